@@ -1,0 +1,123 @@
+"""Engine policies of the reference scheduler: waiting order, victim choice, admission rule.
+
+Each policy answers three questions (DESIGN §5):
+
+- ``waiting_key(req, load)``: the waiting queue's order; the smallest key is admitted next.
+  Every key ends with ``(arrival_time, seq)`` so ties break the same way everywhere.
+- ``choose_victim(candidates)``: which running request to preempt when blocks run out;
+  ``candidates`` are the running requests not yet scheduled this step, in admission order
+  (the one asking for blocks included).
+- ``preempts`` / ``reserves_full_output``: whether it may preempt at all, and whether
+  admission reserves blocks for prompt plus ``max_output_tokens`` (TensorRT-LLM's
+  guaranteed-no-evict) instead of for the prompt only.
+
+The reference re-scores every waiting request at each decision (O(n)): simple to read and
+exact. The Rust core keeps the same orders in O(log n) structures.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable, Sequence
+
+if TYPE_CHECKING:
+    from ..config import SchedulerConfig
+    from .scheduler import Request
+
+
+class Policy:
+    name = ""
+    preempts = True
+    reserves_full_output = False
+
+    def __init__(self, config: "SchedulerConfig") -> None:
+        self.config = config
+
+    def waiting_key(self, req: "Request", load: int) -> tuple:
+        return (req.arrival_time, req.seq)
+
+    def choose_victim(self, candidates: Sequence["Request"]) -> "Request":
+        # vLLM's rule: preempt the most recently admitted running request.
+        return candidates[-1]
+
+
+class Fcfs(Policy):
+    """First come, first served (vLLM's default)."""
+
+    name = "fcfs"
+
+
+class Priority(Policy):
+    """Lower ``priority`` runs first; the worst (priority, arrival) is preempted first."""
+
+    name = "priority"
+
+    def waiting_key(self, req: "Request", load: int) -> tuple:
+        return (req.priority, req.arrival_time, req.seq)
+
+    def choose_victim(self, candidates: Sequence["Request"]) -> "Request":
+        return max(candidates, key=lambda r: (r.priority, r.arrival_time, r.seq))
+
+
+class NoPreempt(Policy):
+    """Reserve prompt + max_output_tokens blocks at admission; never preempt."""
+
+    name = "no_preempt"
+    preempts = False
+    reserves_full_output = True
+
+    def choose_victim(self, candidates: Sequence["Request"]) -> "Request":
+        raise AssertionError("no_preempt never preempts: its reservations make it unnecessary")
+
+
+class Sjf(Policy):
+    """Shortest predicted remaining output first, aged: ``pred_remaining - aging * wait``.
+
+    ``pred_remaining - aging*(now - arrival) = (pred_remaining + aging*arrival) - aging*now``,
+    so the order is the static key ``pred_remaining + aging*arrival``.
+    """
+
+    name = "sjf"
+
+    def waiting_key(self, req: "Request", load: int) -> tuple:
+        aged = float(req.predicted_remaining) + self.config.sjf_aging * req.arrival_time
+        return (aged, req.arrival_time, req.seq)
+
+    def choose_victim(self, candidates: Sequence["Request"]) -> "Request":
+        return max(candidates, key=lambda r: (r.predicted_remaining, r.arrival_time, r.seq))
+
+
+class OracleSrpt(Policy):
+    """Shortest true remaining output first (simulation only: the clairvoyant bound)."""
+
+    name = "oracle_srpt"
+
+    def waiting_key(self, req: "Request", load: int) -> tuple:
+        return (req.true_remaining, req.arrival_time, req.seq)
+
+    def choose_victim(self, candidates: Sequence["Request"]) -> "Request":
+        return max(candidates, key=lambda r: (r.true_remaining, r.arrival_time, r.seq))
+
+
+class Larry(Policy):
+    """LARRY: admit the waiting request with the highest ``alpha*wait - L*mem``.
+
+    ``mem`` = tokens to (re)compute (prompt plus generated tokens after a recompute
+    preemption), ``L`` the load signal (``config.larry_load``), ``alpha`` in tokens/s. As
+    ``alpha*(now - arrival) - L*mem = alpha*now - (alpha*arrival + L*mem)``, the best request
+    has the smallest ``alpha*arrival + L*mem``. Victims as FCFS.
+    """
+
+    name = "larry"
+
+    def waiting_key(self, req: "Request", load: int) -> tuple:
+        return (self.config.larry_alpha * req.arrival_time + float(load * req.num_tokens),
+                req.arrival_time, req.seq)
+
+
+POLICIES: dict[str, Callable[["SchedulerConfig"], Policy]] = {
+    cls.name: cls for cls in (Fcfs, Priority, NoPreempt, Sjf, OracleSrpt, Larry)
+}
+
+
+def make_policy(config: "SchedulerConfig") -> Policy:
+    return POLICIES[config.policy](config)

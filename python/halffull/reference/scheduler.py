@@ -1,0 +1,629 @@
+"""The reference engine scheduler: plain Python, written to be read, exact.
+
+It is the oracle the Hypothesis tests compare the Rust core against, so every rule below is
+the rule. One step (``schedule`` then ``update``), after DESIGN §4:
+
+1. Running requests, in admission order, each get their next prefill chunk or one decode
+   token within the token budget. If the blocks for those tokens are not free, the policy
+   picks victims among the running requests not yet scheduled this step (the asking one
+   included) until they are; the asking one may be its own victim.
+2. If nothing was preempted: swapped requests come back (oldest first) while seats, budget
+   and blocks above the watermark allow.
+3. If nothing was preempted and nothing is still swapped: waiting requests are admitted in
+   policy order while seats, budget and blocks allow, stopping at the first that does not fit.
+4. ``update`` advances computed tokens. A request whose computed tokens reach its known tokens
+   (prompt + generated) samples one token; it finishes at ``max_output_tokens``, when the
+   cache could not hold another token, or when the caller names it in ``finished`` (EOS).
+
+Token and block arithmetic for a request with prompt P and o generated tokens::
+
+    tokens:   [ p0 p1 ... p(P-1) | g0 g1 ... g(o-1) ]      num_tokens = P + o
+    computed: [ <---- num_computed_tokens ---->      ]      KV present for these
+    blocks:   ceil(tokens held / block_size), allocated for the whole prompt at admission,
+              then one more each time a decode token crosses a block boundary.
+
+Recompute preemption frees every block and sets ``num_computed_tokens = 0``: the next
+admission re-prefills all P + o tokens and then samples token o + 1 (generated tokens are
+folded into the prompt). Swap preemption copies the blocks to CPU blocks and keeps the
+computed tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from itertools import count
+from typing import Any, Iterable, Optional, Union
+
+import numpy as np
+
+from ..config import SchedulerConfig
+from ..errors import (
+    ClockError,
+    ConfigError,
+    DuplicateRequestError,
+    InvalidArgumentError,
+    InvalidUpdateError,
+    InvariantError,
+    RequestTooLargeError,
+    StalePlanError,
+    UnknownRequestError,
+)
+from .policies import make_policy
+
+RequestId = Union[str, int]
+
+WAITING, RUNNING, SWAPPED, FINISHED, ABORTED = "waiting", "running", "swapped", "finished", "aborted"
+
+_MAX_INT = 2**40          # counts above this are certainly a caller's bug
+_MAX_TIME = 1e12          # seconds; keeps every key exact in float64
+_scheduler_ids = count(1)
+
+
+def _blocks_for(num_tokens: int, block_size: int) -> int:
+    return -(-num_tokens // block_size)
+
+
+def _object_array(items: list) -> np.ndarray:
+    out = np.empty(len(items), dtype=object)
+    out[:] = items
+    return out
+
+
+@dataclass(eq=False)
+class Request:
+    request_id: RequestId
+    seq: int                      # order of add_request: the last tie-breaker
+    arrival_time: float
+    prompt_tokens: int
+    max_output_tokens: int        # effective: capped so prompt + output fits the cache
+    priority: int = 0
+    predicted_output_tokens: Optional[int] = None
+    true_output_tokens: Optional[int] = None
+    status: str = WAITING
+    num_output_tokens: int = 0
+    num_computed_tokens: int = 0
+    num_preemptions: int = 0
+    block_table: list[int] = field(default_factory=list)
+    cpu_blocks: list[int] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens whose KV the request needs: prompt plus generated."""
+        return self.prompt_tokens + self.num_output_tokens
+
+    @property
+    def predicted_remaining(self) -> int:
+        pred = self.max_output_tokens if self.predicted_output_tokens is None else self.predicted_output_tokens
+        return max(pred - self.num_output_tokens, 0)
+
+    @property
+    def true_remaining(self) -> int:
+        true = self.max_output_tokens if self.true_output_tokens is None else self.true_output_tokens
+        return max(true - self.num_output_tokens, 0)
+
+
+class BlockPool:
+    """A pool of KV blocks: a FIFO free queue (allocate from the front, free to the back)."""
+
+    def __init__(self, num_blocks: int) -> None:
+        self.num_blocks = num_blocks
+        self.free: deque[int] = deque(range(num_blocks))
+
+    @property
+    def num_free(self) -> int:
+        return len(self.free)
+
+    def allocate(self, n: int) -> list[int]:
+        assert n <= len(self.free), "caller checks capacity first"
+        return [self.free.popleft() for _ in range(n)]
+
+    def release(self, blocks: Iterable[int]) -> None:
+        self.free.extend(blocks)
+
+
+@dataclass(eq=False)
+class StepPlan:
+    """What one step runs. Bulk fields are numpy arrays, one entry per scheduled request:
+
+    - ``req_ids`` (object), ``num_new_tokens`` and ``num_computed_tokens`` (tokens already
+      in the cache before this step: the position of the first new token) as int64,
+      ``is_prefill`` and ``samples`` (the step ends the request's known tokens, so it
+      samples one token) as bool.
+
+    The lists, in the order things happened:
+
+    - ``admitted``: ids newly admitted from waiting (their block table starts empty).
+    - ``preempted``: ``(id, "recompute" | "swap")``.
+    - ``swapped_out``: ``(id, int64[n, 2])`` rows of (GPU block, CPU block) to copy out.
+    - ``swapped_in``: ``(id, int64[n, 2])`` rows of (CPU block, GPU block) to copy in (the
+      request's block table starts empty, as for admitted ones).
+    - ``new_blocks``: ``(id, [block ids])`` appended to the block table of a scheduled request.
+    - ``finished``: ids that finished or were aborted since the previous plan.
+
+    The engine copies swap-outs first, then swap-ins, then runs the batch.
+    """
+
+    step: int
+    scheduler_id: int
+    req_ids: np.ndarray
+    num_new_tokens: np.ndarray
+    num_computed_tokens: np.ndarray
+    is_prefill: np.ndarray
+    samples: np.ndarray
+    admitted: list
+    preempted: list
+    swapped_out: list
+    swapped_in: list
+    new_blocks: list
+    finished: list
+
+    @property
+    def num_scheduled(self) -> int:
+        return len(self.req_ids)
+
+    @property
+    def num_batched_tokens(self) -> int:
+        return int(self.num_new_tokens.sum())
+
+    def __len__(self) -> int:
+        return len(self.req_ids)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python values, for comparing plans and logging."""
+        return {
+            "step": self.step,
+            "req_ids": list(self.req_ids),
+            "num_new_tokens": [int(x) for x in self.num_new_tokens],
+            "num_computed_tokens": [int(x) for x in self.num_computed_tokens],
+            "is_prefill": [bool(x) for x in self.is_prefill],
+            "samples": [bool(x) for x in self.samples],
+            "admitted": list(self.admitted),
+            "preempted": [tuple(p) for p in self.preempted],
+            "swapped_out": [(i, [tuple(int(v) for v in row) for row in m]) for i, m in self.swapped_out],
+            "swapped_in": [(i, [tuple(int(v) for v in row) for row in m]) for i, m in self.swapped_in],
+            "new_blocks": [(i, [int(b) for b in bl]) for i, bl in self.new_blocks],
+            "finished": list(self.finished),
+        }
+
+    def __repr__(self) -> str:
+        return (f"StepPlan(step={self.step}, scheduled={len(self)}, tokens={self.num_batched_tokens}, "
+                f"admitted={len(self.admitted)}, preempted={len(self.preempted)}, "
+                f"swapped_in={len(self.swapped_in)}, finished={len(self.finished)})")
+
+
+# ---------------------------------------------------------------------------- checks
+
+
+def _check_id(request_id: Any) -> RequestId:
+    if isinstance(request_id, bool) or not isinstance(request_id, (str, int)):
+        raise InvalidArgumentError(
+            f"request_id must be a str or an int, got {type(request_id).__name__}",
+            field="request_id", value=request_id)
+    if isinstance(request_id, int) and not -(2**63) <= request_id < 2**63:
+        raise InvalidArgumentError("an int request_id must fit in 64 bits", field="request_id", value=request_id)
+    return request_id
+
+
+def _check_count(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise InvalidArgumentError(f"{name} must be an int, got {type(value).__name__} {value!r}",
+                                   field=name, value=value)
+    value = int(value)
+    if value < minimum or value > _MAX_INT:
+        raise InvalidArgumentError(f"{name} must be in [{minimum}, 2**40], got {value}", field=name, value=value)
+    return value
+
+
+def _check_time(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InvalidArgumentError(f"{name} must be a number, got {type(value).__name__} {value!r}",
+                                   field=name, value=value)
+    v = float(value)
+    if not math.isfinite(v) or v < 0.0 or v > _MAX_TIME:
+        raise InvalidArgumentError(f"{name} must be finite and in [0, 1e12] seconds, got {value!r}",
+                                   field=name, value=value)
+    return v
+
+
+# ---------------------------------------------------------------------------- scheduler
+
+
+class Scheduler:
+    """The reference scheduler. Same constructor, methods and plans as ``halffull.Scheduler``."""
+
+    def __init__(self, config: SchedulerConfig) -> None:
+        if not isinstance(config, SchedulerConfig):
+            raise ConfigError(f"expected a SchedulerConfig, got {type(config).__name__}")
+        self.config = config
+        self.policy = make_policy(config)
+        self.scheduler_id = next(_scheduler_ids)
+        self.gpu = BlockPool(config.num_gpu_blocks)
+        self.cpu = BlockPool(config.num_cpu_blocks)
+        self.requests: dict[RequestId, Request] = {}     # live requests only
+        self.waiting: list[Request] = []                  # unordered: the policy orders it
+        self.running: list[Request] = []                  # admission order
+        self.swapped: list[Request] = []                  # unordered: oldest is swapped in first
+        self.now = 0.0
+        self.num_steps = 0
+        self.num_preemptions = 0
+        self.reserved_blocks = 0                          # no_preempt: sum of running requests' reservations
+        self._seq = count()
+        self._pending: Optional[StepPlan] = None
+        self._pending_scheduled: list[tuple[Request, int]] = []
+        self._aborted_in_step: set[RequestId] = set()
+        self._ended_since_plan: list[RequestId] = []
+        self._last_plan_tokens = 0
+        self._last_plan_seqs = 0
+
+    # -- read-only counters
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_swapped(self) -> int:
+        return len(self.swapped)
+
+    @property
+    def num_free_gpu_blocks(self) -> int:
+        return self.gpu.num_free
+
+    @property
+    def num_free_cpu_blocks(self) -> int:
+        return self.cpu.num_free
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self.requests)
+
+    def request_info(self, request_id: RequestId) -> dict[str, Any]:
+        req = self._live(request_id)
+        return {
+            "status": req.status,
+            "num_computed_tokens": req.num_computed_tokens,
+            "num_output_tokens": req.num_output_tokens,
+            "num_preemptions": req.num_preemptions,
+            "block_table": list(req.block_table),
+            "num_cpu_blocks": len(req.cpu_blocks),
+        }
+
+    # -- requests
+
+    def add_request(
+        self,
+        request_id: RequestId,
+        prompt_tokens: int,
+        max_output_tokens: int,
+        arrival_time: Optional[float] = None,
+        *,
+        priority: int = 0,
+        predicted_output_tokens: Optional[int] = None,
+        true_output_tokens: Optional[int] = None,
+    ) -> None:
+        """Queue a request. Raises (and changes nothing) on a duplicate live id, a bad value,
+        or a request that can never fit in the GPU cache."""
+        cfg = self.config
+        request_id = _check_id(request_id)
+        prompt_tokens = _check_count("prompt_tokens", prompt_tokens, 1)
+        max_output_tokens = _check_count("max_output_tokens", max_output_tokens, 1)
+        arrival = self.now if arrival_time is None else _check_time("arrival_time", arrival_time)
+        if isinstance(priority, bool) or not isinstance(priority, (int, np.integer)) \
+                or not -(2**63) <= int(priority) < 2**63:
+            raise InvalidArgumentError(f"priority must be a 64-bit int, got {priority!r}",
+                                       field="priority", value=priority)
+        if predicted_output_tokens is not None:
+            predicted_output_tokens = _check_count("predicted_output_tokens", predicted_output_tokens, 0)
+        if true_output_tokens is not None:
+            true_output_tokens = _check_count("true_output_tokens", true_output_tokens, 1)
+        if request_id in self.requests:
+            raise DuplicateRequestError(f"request {request_id!r} is already live", request_id=request_id)
+        capacity = cfg.capacity_tokens
+        if prompt_tokens + 1 > capacity:
+            need = _blocks_for(prompt_tokens + 1, cfg.block_size)
+            raise RequestTooLargeError(
+                f"request {request_id!r}: prompt of {prompt_tokens} tokens plus one output token needs "
+                f"{need} blocks of {cfg.block_size} tokens; the GPU cache has {cfg.num_gpu_blocks}",
+                request_id=request_id, need_blocks=need, capacity_blocks=cfg.num_gpu_blocks)
+        if self.policy.reserves_full_output:
+            need = _blocks_for(prompt_tokens + max_output_tokens, cfg.block_size)
+            if need > cfg.num_gpu_blocks:
+                raise RequestTooLargeError(
+                    f"request {request_id!r}: no_preempt reserves prompt + max_output_tokens = "
+                    f"{prompt_tokens + max_output_tokens} tokens = {need} blocks; the GPU cache has "
+                    f"{cfg.num_gpu_blocks}", request_id=request_id, need_blocks=need,
+                    capacity_blocks=cfg.num_gpu_blocks)
+        req = Request(
+            request_id=request_id, seq=next(self._seq), arrival_time=arrival,
+            prompt_tokens=prompt_tokens,
+            max_output_tokens=min(max_output_tokens, capacity - prompt_tokens),
+            priority=int(priority), predicted_output_tokens=predicted_output_tokens,
+            true_output_tokens=true_output_tokens,
+        )
+        self.requests[request_id] = req
+        self.waiting.append(req)
+
+    def abort(self, request_id: RequestId) -> None:
+        """End a live request now, wherever it is; its blocks are freed at once."""
+        req = self._live(request_id)
+        if req.status == WAITING:
+            self.waiting.remove(req)
+        elif req.status == RUNNING:
+            self.running.remove(req)
+            if self.policy.reserves_full_output:
+                self.reserved_blocks -= self._max_blocks(req)
+        elif req.status == SWAPPED:
+            self.swapped.remove(req)
+        self.gpu.release(req.block_table)
+        self.cpu.release(req.cpu_blocks)
+        req.block_table, req.cpu_blocks = [], []
+        req.status = ABORTED
+        del self.requests[request_id]
+        self._ended_since_plan.append(request_id)
+        if self._pending is not None:
+            self._aborted_in_step.add(request_id)
+
+    # -- the step
+
+    def schedule(self, now: Optional[float] = None) -> StepPlan:
+        """Decide this step. Call ``update`` with the plan before the next ``schedule``."""
+        if self._pending is not None:
+            raise StalePlanError(f"step {self._pending.step} is still pending: call update(plan) first",
+                                 pending_step=self._pending.step)
+        now = self.now if now is None else self._check_clock(now)
+        self.now = now
+        cfg = self.config
+        budget = cfg.max_num_batched_tokens
+        scheduled: list[tuple[Request, int]] = []
+        new_blocks: dict[RequestId, list[int]] = {}
+        admitted: list[RequestId] = []
+        preempted: list[tuple[RequestId, str]] = []
+        swapped_out: list[tuple[RequestId, np.ndarray]] = []
+        swapped_in: list[tuple[RequestId, np.ndarray]] = []
+
+        # 1. Running requests first, in admission order.
+        i = 0
+        while i < len(self.running) and budget > 0:
+            req = self.running[i]
+            n = min(req.num_tokens - req.num_computed_tokens, budget)
+            need = _blocks_for(req.num_computed_tokens + n, cfg.block_size) - len(req.block_table)
+            while need > self.gpu.num_free:
+                victim = self.policy.choose_victim(self.running[i:])
+                preempted.append((victim.request_id, self._preempt(victim, swapped_out)))
+                if victim is req:
+                    break
+            if req.status != RUNNING:
+                continue                  # preempted itself; the next request moved to index i
+            if need > 0:
+                blocks = self.gpu.allocate(need)
+                req.block_table.extend(blocks)
+                new_blocks[req.request_id] = blocks
+            scheduled.append((req, n))
+            budget -= n
+            i += 1
+
+        # 2. Swapped requests back in, oldest first.
+        if not preempted:
+            for req in sorted(self.swapped, key=lambda r: (r.arrival_time, r.seq)):
+                if len(self.running) >= cfg.max_num_seqs or budget == 0:
+                    break
+                n = min(req.num_tokens - req.num_computed_tokens, budget)
+                total = max(len(req.cpu_blocks), _blocks_for(req.num_computed_tokens + n, cfg.block_size))
+                if not self._fits(total):
+                    break
+                gpu_blocks = self.gpu.allocate(total)
+                mapping = np.array(list(zip(req.cpu_blocks, gpu_blocks)), dtype=np.int64).reshape(-1, 2)
+                self.cpu.release(req.cpu_blocks)
+                req.cpu_blocks, req.block_table = [], gpu_blocks
+                self.swapped.remove(req)
+                req.status = RUNNING
+                self.running.append(req)
+                swapped_in.append((req.request_id, mapping))
+                new_blocks[req.request_id] = list(gpu_blocks)
+                scheduled.append((req, n))
+                budget -= n
+
+        # 3. Waiting requests in policy order; stop at the first that does not fit.
+        if not preempted and not self.swapped:
+            while self.waiting and len(self.running) < cfg.max_num_seqs and budget > 0:
+                load = len(self.waiting)
+                if cfg.larry_load == "outstanding":
+                    load += len(self.running) + len(self.swapped)
+                req = min(self.waiting, key=lambda r: self.policy.waiting_key(r, load))
+                need = _blocks_for(req.num_tokens, cfg.block_size)
+                if self.policy.reserves_full_output:
+                    if self._max_blocks(req) > cfg.num_gpu_blocks - self.reserved_blocks:
+                        break
+                    self.reserved_blocks += self._max_blocks(req)
+                elif not self._fits(need):
+                    break
+                n = min(req.num_tokens - req.num_computed_tokens, budget)
+                self.waiting.remove(req)
+                req.block_table = self.gpu.allocate(need)
+                req.status = RUNNING
+                self.running.append(req)
+                admitted.append(req.request_id)
+                new_blocks[req.request_id] = list(req.block_table)
+                scheduled.append((req, n))
+                budget -= n
+
+        self.num_steps += 1
+        plan = StepPlan(
+            step=self.num_steps,
+            scheduler_id=self.scheduler_id,
+            req_ids=_object_array([r.request_id for r, _ in scheduled]),
+            num_new_tokens=np.array([n for _, n in scheduled], dtype=np.int64),
+            num_computed_tokens=np.array([r.num_computed_tokens for r, _ in scheduled], dtype=np.int64),
+            is_prefill=np.array([r.num_output_tokens == 0 or r.num_computed_tokens < r.num_tokens - 1
+                                 for r, _ in scheduled], dtype=bool),
+            samples=np.array([r.num_computed_tokens + n == r.num_tokens for r, n in scheduled], dtype=bool),
+            admitted=admitted,
+            preempted=preempted,
+            swapped_out=swapped_out,
+            swapped_in=swapped_in,
+            new_blocks=[(r.request_id, new_blocks[r.request_id]) for r, _ in scheduled
+                        if new_blocks.get(r.request_id)],
+            finished=self._ended_since_plan,
+        )
+        self._ended_since_plan = []
+        self._pending = plan
+        self._pending_scheduled = scheduled
+        self._last_plan_tokens = sum(n for _, n in scheduled)
+        self._last_plan_seqs = len(scheduled)
+        return plan
+
+    def update(self, plan: StepPlan, finished: Iterable[RequestId] = (), now: Optional[float] = None) -> list[RequestId]:
+        """Apply what the step produced; returns the ids that finished, in plan order.
+
+        Every scheduled request whose known tokens are all computed after the step sampled one
+        token. ``finished`` names requests that stopped early (EOS); each must have sampled in
+        this step. On any error nothing changes.
+        """
+        if self._pending is None or plan is not self._pending:
+            raise StalePlanError(
+                "this plan is not the scheduler's pending plan (already applied, stale, or from "
+                "another scheduler)", step=getattr(plan, "step", None),
+                pending_step=None if self._pending is None else self._pending.step)
+        now = self.now if now is None else self._check_clock(now)
+        sampling = {r.request_id for r, n in self._pending_scheduled
+                    if r.num_computed_tokens + n == r.num_tokens}
+        if isinstance(finished, (str, int)):
+            raise InvalidArgumentError("finished must be a list of request ids, not a single id",
+                                       field="finished", value=finished)
+        early: set[RequestId] = set()
+        for rid in finished:
+            _check_id(rid)
+            if rid in self._aborted_in_step:
+                continue
+            if rid in self.requests:
+                if rid not in sampling:
+                    raise InvalidUpdateError(
+                        f"request {rid!r} did not sample a token in step {plan.step}, so it cannot "
+                        "finish on EOS; use abort() to end it", request_id=rid)
+                early.add(rid)
+            else:
+                raise UnknownRequestError(f"no live request {rid!r}", request_id=rid)
+
+        self.now = now
+        ended: list[RequestId] = []
+        for req, n in self._pending_scheduled:
+            if req.status != RUNNING:
+                continue                  # aborted after the plan was made
+            req.num_computed_tokens += n
+            if req.num_computed_tokens == req.num_tokens:
+                req.num_output_tokens += 1
+                if req.num_output_tokens >= req.max_output_tokens or req.request_id in early:
+                    self._finish(req)
+                    ended.append(req.request_id)
+        self._pending = None
+        self._pending_scheduled = []
+        self._aborted_in_step = set()
+        self._ended_since_plan.extend(ended)
+        return ended
+
+    # -- invariants
+
+    def check_invariants(self) -> None:
+        """Raise ``InvariantError`` naming the request or block if the state is inconsistent."""
+        cfg = self.config
+
+        def fail(msg: str) -> None:
+            raise InvariantError(msg)
+
+        for name, pool, attr in (("GPU", self.gpu, "block_table"), ("CPU", self.cpu, "cpu_blocks")):
+            held = [b for r in self.requests.values() for b in getattr(r, attr)]
+            if len(held) + pool.num_free != pool.num_blocks:
+                fail(f"{name} blocks: {len(held)} held + {pool.num_free} free != {pool.num_blocks}")
+            if sorted(held + list(pool.free)) != list(range(pool.num_blocks)):
+                fail(f"{name} blocks: some block is held twice, or held and free")
+        queues = {WAITING: self.waiting, RUNNING: self.running, SWAPPED: self.swapped}
+        if sum(len(q) for q in queues.values()) != len(self.requests):
+            fail("a live request is in no queue, or in two")
+        for status, queue in queues.items():
+            for req in queue:
+                if req.status != status or self.requests.get(req.request_id) is not req:
+                    fail(f"request {req.request_id!r} is in the {status} queue with status {req.status}")
+        if len(self.running) > cfg.max_num_seqs:
+            fail(f"{len(self.running)} running > max_num_seqs {cfg.max_num_seqs}")
+        if self._last_plan_tokens > cfg.max_num_batched_tokens or self._last_plan_seqs > cfg.max_num_seqs:
+            fail("the last plan exceeded the token budget or the seats")
+        for req in self.requests.values():
+            if req.status == RUNNING and len(req.block_table) < _blocks_for(req.num_computed_tokens, cfg.block_size):
+                fail(f"running request {req.request_id!r} holds {len(req.block_table)} blocks for "
+                     f"{req.num_computed_tokens} computed tokens")
+            if req.status == SWAPPED and (req.block_table or len(req.cpu_blocks) <
+                                          _blocks_for(req.num_computed_tokens, cfg.block_size)):
+                fail(f"swapped request {req.request_id!r} holds GPU blocks or too few CPU blocks")
+            if req.status == WAITING and (req.block_table or req.cpu_blocks or req.num_computed_tokens):
+                fail(f"waiting request {req.request_id!r} holds blocks or computed tokens")
+            if not 0 <= req.num_computed_tokens <= req.num_tokens:
+                fail(f"request {req.request_id!r} has {req.num_computed_tokens} computed of {req.num_tokens}")
+        if self.policy.reserves_full_output:
+            reserved = sum(self._max_blocks(r) for r in self.running)
+            if reserved != self.reserved_blocks or reserved > cfg.num_gpu_blocks:
+                fail(f"no_preempt reservations {self.reserved_blocks} (recounted {reserved}) exceed "
+                     f"{cfg.num_gpu_blocks} blocks or drifted")
+            if self.num_preemptions:
+                fail("no_preempt preempted")
+
+    # -- internals
+
+    def _live(self, request_id: Any) -> Request:
+        _check_id(request_id)
+        req = self.requests.get(request_id)
+        if req is None:
+            raise UnknownRequestError(f"no live request {request_id!r}", request_id=request_id)
+        return req
+
+    def _check_clock(self, now: Any) -> float:
+        t = _check_time("now", now)
+        if t < self.now:
+            raise ClockError(f"time went backwards: now={t} < scheduler clock {self.now}",
+                             now=t, clock=self.now)
+        return t
+
+    def _fits(self, blocks: int) -> bool:
+        """Admission (and swap-in) rule: keep the watermark free, unless nothing runs."""
+        if not self.running:
+            return blocks <= self.gpu.num_free
+        return blocks <= self.gpu.num_free - self.config.watermark_blocks
+
+    def _max_blocks(self, req: Request) -> int:
+        return _blocks_for(req.prompt_tokens + req.max_output_tokens, self.config.block_size)
+
+    def _preempt(self, req: Request, swapped_out: list) -> str:
+        self.running.remove(req)
+        req.num_preemptions += 1
+        self.num_preemptions += 1
+        if self.config.preemption_mode == "swap" and len(req.block_table) <= self.cpu.num_free:
+            cpu_blocks = self.cpu.allocate(len(req.block_table))
+            swapped_out.append((req.request_id, np.array(list(zip(req.block_table, cpu_blocks)),
+                                                         dtype=np.int64).reshape(-1, 2)))
+            self.gpu.release(req.block_table)
+            req.block_table, req.cpu_blocks = [], cpu_blocks
+            req.status = SWAPPED
+            self.swapped.append(req)
+            return "swap"
+        self.gpu.release(req.block_table)
+        req.block_table = []
+        req.num_computed_tokens = 0
+        req.status = WAITING
+        self.waiting.append(req)
+        return "recompute"
+
+    def _finish(self, req: Request) -> None:
+        self.running.remove(req)
+        if self.policy.reserves_full_output:
+            self.reserved_blocks -= self._max_blocks(req)
+        self.gpu.release(req.block_table)
+        req.block_table = []
+        req.status = FINISHED
+        del self.requests[req.request_id]

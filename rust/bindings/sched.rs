@@ -1,0 +1,575 @@
+//! Python bindings of the engine scheduler: `Scheduler`, `StepPlan`, `policy_names`.
+
+use std::sync::Arc;
+
+use numpy::{PyArray1, PyArrayMethods};
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyInt, PyList, PyString, PyTuple};
+
+use super::{id_to_py, py_error, to_pyerr};
+use crate::sched::{BlockId, NewRequest, RequestId, Scheduler, SchedulerConfig, StepPlan};
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyScheduler>()?;
+    m.add_class::<PyStepPlan>()?;
+    m.add_function(wrap_pyfunction!(policy_names, m)?)?;
+    Ok(())
+}
+
+/// The names of every engine policy, in registry order.
+#[pyfunction]
+fn policy_names() -> Vec<&'static str> {
+    crate::sched::policy_names()
+}
+
+fn invalid_arg(py: Python<'_>, field: &str, message: String) -> PyErr {
+    py_error(
+        py,
+        "InvalidArgumentError",
+        &message,
+        &[(
+            "field",
+            field
+                .into_pyobject(py)
+                .map(|s| s.into_any().unbind())
+                .unwrap_or_else(|_| py.None()),
+        )],
+    )
+}
+
+pub(crate) fn extract_id(py: Python<'_>, ob: &Bound<'_, PyAny>) -> PyResult<RequestId> {
+    if let Ok(s) = ob.cast::<PyString>() {
+        return Ok(RequestId::Str(Arc::from(s.to_str()?)));
+    }
+    if ob.is_instance_of::<PyInt>() && !ob.is_instance_of::<PyBool>() {
+        return ob.extract::<i64>().map(RequestId::Int).map_err(|_| {
+            invalid_arg(
+                py,
+                "request_id",
+                "an int request_id must fit in 64 bits".into(),
+            )
+        });
+    }
+    Err(invalid_arg(
+        py,
+        "request_id",
+        format!(
+            "request_id must be a str or an int, got {}",
+            ob.get_type().name()?
+        ),
+    ))
+}
+
+/// An int argument (Python or numpy int, not bool), as i64.
+fn extract_int(py: Python<'_>, field: &str, ob: &Bound<'_, PyAny>) -> PyResult<i64> {
+    if ob.is_instance_of::<PyBool>() {
+        return Err(invalid_arg(
+            py,
+            field,
+            format!("{field} must be an int, got bool {}", ob.repr()?),
+        ));
+    }
+    if !ob.is_instance_of::<PyInt>() && !ob.hasattr("__index__")? {
+        return Err(invalid_arg(
+            py,
+            field,
+            format!(
+                "{field} must be an int, got {} {}",
+                ob.get_type().name()?,
+                ob.repr()?
+            ),
+        ));
+    }
+    ob.extract::<i64>().map_err(|_| {
+        invalid_arg(
+            py,
+            field,
+            format!(
+                "{field} must be in [0, 2**40], got {}",
+                ob.repr().map(|r| r.to_string()).unwrap_or_default()
+            ),
+        )
+    })
+}
+
+fn extract_count(py: Python<'_>, field: &str, ob: &Bound<'_, PyAny>, min: i64) -> PyResult<u64> {
+    let v = extract_int(py, field, ob)?;
+    if v < min || v > (1 << 40) {
+        return Err(invalid_arg(
+            py,
+            field,
+            format!("{field} must be in [{min}, 2**40], got {v}"),
+        ));
+    }
+    Ok(v as u64)
+}
+
+fn extract_time(
+    py: Python<'_>,
+    field: &str,
+    ob: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Option<f64>> {
+    let Some(ob) = ob.filter(|o| !o.is_none()) else {
+        return Ok(None);
+    };
+    if ob.is_instance_of::<PyBool>() {
+        return Err(invalid_arg(
+            py,
+            field,
+            format!("{field} must be a number, got bool"),
+        ));
+    }
+    ob.extract::<f64>().map(Some).map_err(|_| {
+        invalid_arg(
+            py,
+            field,
+            format!(
+                "{field} must be a number, got {}",
+                ob.get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
+            ),
+        )
+    })
+}
+
+fn config_from_py(py: Python<'_>, config: &Bound<'_, PyAny>) -> PyResult<SchedulerConfig> {
+    let cls = py.import("halffull.config")?.getattr("SchedulerConfig")?;
+    if !config.is_instance(&cls)? {
+        return Err(py_error(
+            py,
+            "ConfigError",
+            &format!(
+                "expected a SchedulerConfig, got {}",
+                config.get_type().name()?
+            ),
+            &[],
+        ));
+    }
+    let get_u = |name: &str| -> PyResult<u64> { config.getattr(name)?.extract::<u64>() };
+    let get_f = |name: &str| -> PyResult<f64> { config.getattr(name)?.extract::<f64>() };
+    let get_s = |name: &str| -> PyResult<String> { config.getattr(name)?.extract::<String>() };
+    let read = || -> PyResult<SchedulerConfig> {
+        Ok(SchedulerConfig {
+            num_gpu_blocks: get_u("num_gpu_blocks")?,
+            block_size: get_u("block_size")?,
+            num_cpu_blocks: get_u("num_cpu_blocks")?,
+            max_num_seqs: get_u("max_num_seqs")?,
+            max_num_batched_tokens: get_u("max_num_batched_tokens")?,
+            policy: get_s("policy")?,
+            preemption_mode: get_s("preemption_mode")?,
+            watermark: get_f("watermark")?,
+            larry_alpha: get_f("larry_alpha")?,
+            larry_load: get_s("larry_load")?,
+            sjf_aging: get_f("sjf_aging")?,
+        })
+    };
+    read().map_err(|e| {
+        py_error(
+            py,
+            "ConfigError",
+            &format!("invalid SchedulerConfig: {e}"),
+            &[],
+        )
+    })
+}
+
+/// The Rust engine scheduler. `Scheduler(config)`; each step call `schedule(now)` for a
+/// `StepPlan`, run it, then `update(plan, finished=[ids stopped on EOS], now=...)`.
+#[pyclass(module = "halffull._core", name = "Scheduler")]
+pub struct PyScheduler {
+    core: Scheduler,
+    config: Py<PyAny>,
+    /// The caller's id object per slot (kept so plans hand back the very same objects).
+    ids: Vec<Option<Py<PyAny>>>,
+}
+
+impl PyScheduler {
+    fn id_of(&self, py: Python<'_>, slot: u32) -> PyResult<Py<PyAny>> {
+        match self.ids.get(slot as usize) {
+            Some(Some(ob)) => Ok(ob.clone_ref(py)),
+            _ => match self.core.request_id(slot) {
+                Some(id) => id_to_py(py, id),
+                None => Ok(py.None()),
+            },
+        }
+    }
+
+    fn mapping_array<'py>(
+        py: Python<'py>,
+        rows: &[(BlockId, BlockId)],
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let flat: Vec<i64> = rows
+            .iter()
+            .flat_map(|&(a, b)| [i64::from(a), i64::from(b)])
+            .collect();
+        Ok(PyArray1::from_vec(py, flat)
+            .reshape([rows.len(), 2])?
+            .into_any())
+    }
+
+    fn build_plan(&self, py: Python<'_>, plan: StepPlan) -> PyResult<PyStepPlan> {
+        let n = plan.scheduled.len();
+        let mut ids = Vec::with_capacity(n);
+        let mut new_tokens = Vec::with_capacity(n);
+        let mut computed = Vec::with_capacity(n);
+        let mut prefill = Vec::with_capacity(n);
+        let mut samples = Vec::with_capacity(n);
+        for s in &plan.scheduled {
+            ids.push(self.id_of(py, s.slot)?);
+            new_tokens.push(s.num_new_tokens as i64);
+            computed.push(s.num_computed_tokens as i64);
+            prefill.push(s.is_prefill);
+            samples.push(s.samples);
+        }
+        let num_batched_tokens: i64 = new_tokens.iter().sum();
+        let admitted = PyList::new(
+            py,
+            plan.admitted
+                .iter()
+                .map(|&s| self.id_of(py, s))
+                .collect::<PyResult<Vec<_>>>()?,
+        )?;
+        let preempted = PyList::empty(py);
+        for &(slot, mode) in &plan.preempted {
+            preempted.append(PyTuple::new(
+                py,
+                [
+                    self.id_of(py, slot)?,
+                    mode.as_str().into_pyobject(py)?.into_any().unbind(),
+                ],
+            )?)?;
+        }
+        let swaps = |list: &[(u32, Vec<(BlockId, BlockId)>)]| -> PyResult<Py<PyList>> {
+            let out = PyList::empty(py);
+            for (slot, rows) in list {
+                out.append(PyTuple::new(
+                    py,
+                    [
+                        self.id_of(py, *slot)?.into_bound(py),
+                        Self::mapping_array(py, rows)?,
+                    ],
+                )?)?;
+            }
+            Ok(out.unbind())
+        };
+        let new_blocks = PyList::empty(py);
+        for (slot, blocks) in &plan.new_blocks {
+            new_blocks.append(PyTuple::new(
+                py,
+                [
+                    self.id_of(py, *slot)?.into_bound(py),
+                    PyList::new(py, blocks)?.into_any(),
+                ],
+            )?)?;
+        }
+        let finished = PyList::new(
+            py,
+            plan.finished
+                .iter()
+                .map(|id| id_to_py(py, id))
+                .collect::<PyResult<Vec<_>>>()?,
+        )?;
+        Ok(PyStepPlan {
+            step: plan.step,
+            scheduler_id: plan.scheduler_id,
+            num_batched_tokens,
+            req_ids: PyArray1::from_vec(py, ids).into_any().unbind(),
+            num_new_tokens: PyArray1::from_vec(py, new_tokens).into_any().unbind(),
+            num_computed_tokens: PyArray1::from_vec(py, computed).into_any().unbind(),
+            is_prefill: PyArray1::from_vec(py, prefill).into_any().unbind(),
+            samples: PyArray1::from_vec(py, samples).into_any().unbind(),
+            admitted: admitted.unbind(),
+            preempted: preempted.unbind(),
+            swapped_out: swaps(&plan.swapped_out)?,
+            swapped_in: swaps(&plan.swapped_in)?,
+            new_blocks: new_blocks.unbind(),
+            finished: finished.unbind(),
+        })
+    }
+}
+
+#[pymethods]
+impl PyScheduler {
+    #[new]
+    fn new(py: Python<'_>, config: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let cfg = config_from_py(py, config)?;
+        let core = Scheduler::new(cfg).map_err(|e| to_pyerr(py, e))?;
+        Ok(PyScheduler {
+            core,
+            config: config.clone().unbind(),
+            ids: Vec::new(),
+        })
+    }
+
+    /// Queue a request. Raises (changing nothing) on a duplicate live id, a bad value, or a
+    /// request that can never fit in the GPU cache (`RequestTooLargeError`).
+    #[pyo3(signature = (request_id, prompt_tokens, max_output_tokens, arrival_time=None, *, priority=None, predicted_output_tokens=None, true_output_tokens=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn add_request(
+        &mut self,
+        py: Python<'_>,
+        request_id: &Bound<'_, PyAny>,
+        prompt_tokens: &Bound<'_, PyAny>,
+        max_output_tokens: &Bound<'_, PyAny>,
+        arrival_time: Option<&Bound<'_, PyAny>>,
+        priority: Option<&Bound<'_, PyAny>>,
+        predicted_output_tokens: Option<&Bound<'_, PyAny>>,
+        true_output_tokens: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let id = extract_id(py, request_id)?;
+        let new = NewRequest {
+            id,
+            prompt_tokens: extract_count(py, "prompt_tokens", prompt_tokens, 1)?,
+            max_output_tokens: extract_count(py, "max_output_tokens", max_output_tokens, 1)?,
+            arrival_time: extract_time(py, "arrival_time", arrival_time)?,
+            priority: match priority.filter(|p| !p.is_none()) {
+                None => 0,
+                Some(p) => extract_int(py, "priority", p).map_err(|_| {
+                    invalid_arg(
+                        py,
+                        "priority",
+                        format!(
+                            "priority must be a 64-bit int, got {}",
+                            p.repr().map(|r| r.to_string()).unwrap_or_default()
+                        ),
+                    )
+                })?,
+            },
+            predicted_output_tokens: match predicted_output_tokens.filter(|p| !p.is_none()) {
+                None => None,
+                Some(p) => Some(extract_count(py, "predicted_output_tokens", p, 0)?),
+            },
+            true_output_tokens: match true_output_tokens.filter(|p| !p.is_none()) {
+                None => None,
+                Some(p) => Some(extract_count(py, "true_output_tokens", p, 1)?),
+            },
+        };
+        let slot = self.core.add_request(new).map_err(|e| to_pyerr(py, e))? as usize;
+        if self.ids.len() <= slot {
+            self.ids.resize_with(slot + 1, || None);
+        }
+        self.ids[slot] = Some(request_id.clone().unbind());
+        Ok(())
+    }
+
+    /// End a live request now (waiting, running or swapped); its blocks are freed at once.
+    fn abort(&mut self, py: Python<'_>, request_id: &Bound<'_, PyAny>) -> PyResult<()> {
+        let id = extract_id(py, request_id)?;
+        self.core.abort(&id).map_err(|e| to_pyerr(py, e))
+    }
+
+    /// Decide this step; `now` (seconds) must not go backwards. Call `update` before the
+    /// next `schedule`.
+    #[pyo3(signature = (now=None))]
+    fn schedule(&mut self, py: Python<'_>, now: Option<&Bound<'_, PyAny>>) -> PyResult<PyStepPlan> {
+        let now = extract_time(py, "now", now)?;
+        let plan = self.core.schedule(now).map_err(|e| to_pyerr(py, e))?;
+        self.build_plan(py, plan)
+    }
+
+    /// Apply what the step produced: every scheduled request whose prefill is complete after
+    /// the step produced one token; `finished` names those that stopped early (EOS).
+    /// Returns the ids that finished. On error nothing changes.
+    #[pyo3(signature = (plan, finished=None, now=None))]
+    fn update(
+        &mut self,
+        py: Python<'_>,
+        plan: &Bound<'_, PyAny>,
+        finished: Option<&Bound<'_, PyAny>>,
+        now: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Py<PyList>> {
+        let Ok(plan) = plan.cast::<PyStepPlan>() else {
+            return Err(py_error(
+                py,
+                "StalePlanError",
+                &format!(
+                    "update() takes the StepPlan returned by this scheduler's schedule(), got {}",
+                    plan.get_type().name()?
+                ),
+                &[],
+            ));
+        };
+        let (step, sid) = {
+            let p = plan.borrow();
+            (p.step, p.scheduler_id)
+        };
+        let mut early = Vec::new();
+        if let Some(f) = finished.filter(|f| !f.is_none()) {
+            if f.is_instance_of::<PyString>() || f.is_instance_of::<PyInt>() {
+                return Err(invalid_arg(
+                    py,
+                    "finished",
+                    "finished must be a list of request ids, not a single id".into(),
+                ));
+            }
+            for item in f.try_iter()? {
+                early.push(extract_id(py, &item?)?);
+            }
+        }
+        let now = extract_time(py, "now", now)?;
+        let ended = self
+            .core
+            .update(step, sid, &early, now)
+            .map_err(|e| to_pyerr(py, e))?;
+        Ok(PyList::new(
+            py,
+            ended
+                .iter()
+                .map(|id| id_to_py(py, id))
+                .collect::<PyResult<Vec<_>>>()?,
+        )?
+        .unbind())
+    }
+
+    /// Raise `InvariantError` naming the request or block if the state is inconsistent.
+    fn check_invariants(&self, py: Python<'_>) -> PyResult<()> {
+        self.core.check_invariants().map_err(|e| to_pyerr(py, e))
+    }
+
+    /// Status, token counts and blocks of a live request.
+    fn request_info<'py>(
+        &self,
+        py: Python<'py>,
+        request_id: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let id = extract_id(py, request_id)?;
+        let r = self.core.get(&id).map_err(|e| to_pyerr(py, e))?;
+        let d = PyDict::new(py);
+        d.set_item("status", r.status.as_str())?;
+        d.set_item("num_computed_tokens", r.num_computed_tokens)?;
+        d.set_item("num_output_tokens", r.num_output_tokens)?;
+        d.set_item("num_preemptions", r.num_preemptions)?;
+        d.set_item("block_table", PyList::new(py, &r.block_table)?)?;
+        d.set_item("num_cpu_blocks", r.cpu_blocks.len())?;
+        Ok(d)
+    }
+
+    fn has_unfinished_requests(&self) -> bool {
+        self.core.num_live() > 0
+    }
+
+    fn __len__(&self) -> usize {
+        self.core.num_live()
+    }
+
+    #[getter]
+    fn config(&self, py: Python<'_>) -> Py<PyAny> {
+        self.config.clone_ref(py)
+    }
+    #[getter]
+    fn num_waiting(&self) -> usize {
+        self.core.num_waiting()
+    }
+    #[getter]
+    fn num_running(&self) -> usize {
+        self.core.num_running()
+    }
+    #[getter]
+    fn num_swapped(&self) -> usize {
+        self.core.num_swapped()
+    }
+    #[getter]
+    fn num_free_gpu_blocks(&self) -> usize {
+        self.core.num_free_gpu_blocks()
+    }
+    #[getter]
+    fn num_free_cpu_blocks(&self) -> usize {
+        self.core.num_free_cpu_blocks()
+    }
+    #[getter]
+    fn now(&self) -> f64 {
+        self.core.now()
+    }
+    #[getter]
+    fn num_steps(&self) -> u64 {
+        self.core.num_steps()
+    }
+    #[getter]
+    fn num_preemptions(&self) -> u64 {
+        self.core.num_preemptions()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Scheduler(policy={:?}, waiting={}, running={}, swapped={}, free_gpu_blocks={}/{})",
+            self.core.config().policy,
+            self.core.num_waiting(),
+            self.core.num_running(),
+            self.core.num_swapped(),
+            self.core.num_free_gpu_blocks(),
+            self.core.config().num_gpu_blocks
+        )
+    }
+}
+
+/// What one step runs: numpy arrays per scheduled request (`req_ids`, `num_new_tokens`,
+/// `num_computed_tokens`, `is_prefill`, `samples`) and lists (`admitted`, `preempted`,
+/// `swapped_out`, `swapped_in`, `new_blocks`, `finished`). See `halffull.reference.StepPlan`.
+#[pyclass(module = "halffull._core", name = "StepPlan", frozen)]
+pub struct PyStepPlan {
+    #[pyo3(get)]
+    step: u64,
+    #[pyo3(get)]
+    scheduler_id: u64,
+    #[pyo3(get)]
+    num_batched_tokens: i64,
+    #[pyo3(get)]
+    req_ids: Py<PyAny>,
+    #[pyo3(get)]
+    num_new_tokens: Py<PyAny>,
+    #[pyo3(get)]
+    num_computed_tokens: Py<PyAny>,
+    #[pyo3(get)]
+    is_prefill: Py<PyAny>,
+    #[pyo3(get)]
+    samples: Py<PyAny>,
+    #[pyo3(get)]
+    admitted: Py<PyList>,
+    #[pyo3(get)]
+    preempted: Py<PyList>,
+    #[pyo3(get)]
+    swapped_out: Py<PyList>,
+    #[pyo3(get)]
+    swapped_in: Py<PyList>,
+    #[pyo3(get)]
+    new_blocks: Py<PyList>,
+    #[pyo3(get)]
+    finished: Py<PyList>,
+}
+
+#[pymethods]
+impl PyStepPlan {
+    #[getter]
+    fn num_scheduled(&self, py: Python<'_>) -> PyResult<usize> {
+        self.req_ids.bind(py).len()
+    }
+
+    fn __len__(&self, py: Python<'_>) -> PyResult<usize> {
+        self.req_ids.bind(py).len()
+    }
+
+    /// Plain Python values, for comparing plans and logging.
+    fn to_dict<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        let f = py
+            .import("halffull.reference.scheduler")?
+            .getattr("StepPlan")?
+            .getattr("to_dict")?;
+        f.call1((slf,))
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        Ok(format!(
+            "StepPlan(step={}, scheduled={}, tokens={}, admitted={}, preempted={}, swapped_in={}, finished={})",
+            self.step,
+            self.req_ids.bind(py).len()?,
+            self.num_batched_tokens,
+            self.admitted.bind(py).len(),
+            self.preempted.bind(py).len(),
+            self.swapped_in.bind(py).len(),
+            self.finished.bind(py).len()
+        ))
+    }
+}

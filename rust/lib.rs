@@ -1,0 +1,16 @@
+//! halffull: a scheduling core for LLM serving.
+//!
+//! - [`sched`]: the engine scheduler (requests, KV block pools, policies, the step).
+//! - [`router`]: cluster load balancers (which replica gets a request).
+//! - `bindings` (feature `python`): the only module that knows about PyO3.
+//!
+//! The core never panics on input: every public entry point returns a `Result`.
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
+pub mod error;
+pub mod router;
+pub mod sched;
+
+#[cfg(feature = "python")]
+mod bindings;

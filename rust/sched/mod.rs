@@ -1,0 +1,995 @@
+//! The engine scheduler: owns the live requests, the GPU and CPU block pools and the
+//! policy's waiting queue, and decides each step (DESIGN §4).
+//!
+//! One step is `schedule(now)` (returns a [`StepPlan`]) then `update(finished, now)`:
+//!
+//! 1. Running requests, in admission order, get their next prefill chunk or one decode token
+//!    within the token budget. If the blocks for those tokens are not free, the policy picks
+//!    victims among the running requests not yet scheduled this step (the asking one
+//!    included) until they are.
+//! 2. If nothing was preempted: swapped requests come back, oldest first, while seats,
+//!    budget and blocks above the watermark allow.
+//! 3. If nothing was preempted and nothing is still swapped: waiting requests are admitted in
+//!    policy order while seats, budget and blocks allow; stop at the first that does not fit.
+//!
+//! The Python reference (`halffull/reference/scheduler.py`) is the specification; this
+//! module must produce identical plans.
+
+pub mod blocks;
+pub mod kinetic;
+pub mod policy;
+pub mod request;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use blocks::{blocks_for, BlockId, BlockPool};
+pub use policy::{policy_names, Policy, F64};
+pub use request::{NewRequest, Request, RequestId, Status};
+
+use crate::error::{Error, Result};
+
+pub const PREEMPTION_MODES: &[&str] = &["recompute", "swap"];
+pub const LARRY_LOADS: &[&str] = &["waiting", "outstanding"];
+const MAX_COUNT: u64 = 1 << 40;
+const MAX_TIME: f64 = 1e12;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SchedulerConfig {
+    pub num_gpu_blocks: u64,
+    pub block_size: u64,
+    pub num_cpu_blocks: u64,
+    pub max_num_seqs: u64,
+    pub max_num_batched_tokens: u64,
+    pub policy: String,
+    pub preemption_mode: String,
+    pub watermark: f64,
+    pub larry_alpha: f64,
+    pub larry_load: String,
+    pub sjf_aging: f64,
+}
+
+impl SchedulerConfig {
+    pub fn new(num_gpu_blocks: u64, block_size: u64) -> Self {
+        SchedulerConfig {
+            num_gpu_blocks,
+            block_size,
+            num_cpu_blocks: 0,
+            max_num_seqs: 256,
+            max_num_batched_tokens: 8192,
+            policy: "fcfs".into(),
+            preemption_mode: "recompute".into(),
+            watermark: 0.01,
+            larry_alpha: 1000.0,
+            larry_load: "waiting".into(),
+            sjf_aging: 10.0,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("num_gpu_blocks", self.num_gpu_blocks),
+            ("block_size", self.block_size),
+            ("max_num_seqs", self.max_num_seqs),
+            ("max_num_batched_tokens", self.max_num_batched_tokens),
+        ];
+        for (field, v) in positive {
+            if v == 0 || v >= MAX_COUNT {
+                return Err(Error::Config {
+                    field,
+                    message: format!("{field} must be in [1, 2**40), got {v}"),
+                });
+            }
+        }
+        for (field, v) in [
+            ("num_gpu_blocks", self.num_gpu_blocks),
+            ("num_cpu_blocks", self.num_cpu_blocks),
+        ] {
+            if v > u64::from(u32::MAX - 1) {
+                return Err(Error::Config {
+                    field,
+                    message: format!("{field} must be < 2**32 - 1, got {v}"),
+                });
+            }
+        }
+        if self.num_gpu_blocks.saturating_mul(self.block_size) >= MAX_COUNT {
+            return Err(Error::Config {
+                field: "num_gpu_blocks",
+                message: "num_gpu_blocks * block_size must be < 2**40 tokens".into(),
+            });
+        }
+        if !(self.watermark.is_finite() && (0.0..1.0).contains(&self.watermark)) {
+            return Err(Error::Config {
+                field: "watermark",
+                message: format!(
+                    "watermark must be finite and in [0.0, 1.0), got {}",
+                    self.watermark
+                ),
+            });
+        }
+        for (field, v) in [
+            ("larry_alpha", self.larry_alpha),
+            ("sjf_aging", self.sjf_aging),
+        ] {
+            if !(v.is_finite() && (0.0..=1e9).contains(&v)) {
+                return Err(Error::Config {
+                    field,
+                    message: format!("{field} must be finite and in [0.0, 1e9], got {v}"),
+                });
+            }
+        }
+        if !policy_names().contains(&self.policy.as_str()) {
+            return Err(Error::UnknownName {
+                field: "policy",
+                name: self.policy.clone(),
+                valid: policy_names(),
+            });
+        }
+        if !PREEMPTION_MODES.contains(&self.preemption_mode.as_str()) {
+            return Err(Error::UnknownName {
+                field: "preemption_mode",
+                name: self.preemption_mode.clone(),
+                valid: PREEMPTION_MODES.to_vec(),
+            });
+        }
+        if !LARRY_LOADS.contains(&self.larry_load.as_str()) {
+            return Err(Error::UnknownName {
+                field: "larry_load",
+                name: self.larry_load.clone(),
+                valid: LARRY_LOADS.to_vec(),
+            });
+        }
+        Ok(())
+    }
+
+    /// GPU blocks kept free when admitting: `floor(watermark * num_gpu_blocks)`.
+    pub fn watermark_blocks(&self) -> u64 {
+        (self.watermark * self.num_gpu_blocks as f64) as u64
+    }
+
+    pub fn capacity_tokens(&self) -> u64 {
+        self.num_gpu_blocks * self.block_size
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PreemptMode {
+    Recompute,
+    Swap,
+}
+
+impl PreemptMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PreemptMode::Recompute => "recompute",
+            PreemptMode::Swap => "swap",
+        }
+    }
+}
+
+/// One scheduled request of a step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scheduled {
+    pub slot: u32,
+    pub num_new_tokens: u64,
+    /// Tokens already in the cache before this step (position of the first new token).
+    pub num_computed_tokens: u64,
+    pub is_prefill: bool,
+    /// The step computes the request's last known token, so it samples one token.
+    pub samples: bool,
+}
+
+/// What one step runs. Requests are named by slot (valid until the plan's `update`; use
+/// [`Scheduler::request_id`]); `finished` holds ids, as their slots are already free.
+#[derive(Debug, Clone, Default)]
+pub struct StepPlan {
+    pub step: u64,
+    pub scheduler_id: u64,
+    pub scheduled: Vec<Scheduled>,
+    pub admitted: Vec<u32>,
+    pub preempted: Vec<(u32, PreemptMode)>,
+    /// (slot, rows of (GPU block, CPU block)) to copy out, before anything else.
+    pub swapped_out: Vec<(u32, Vec<(BlockId, BlockId)>)>,
+    /// (slot, rows of (CPU block, GPU block)) to copy in, after the swap-outs.
+    pub swapped_in: Vec<(u32, Vec<(BlockId, BlockId)>)>,
+    /// (slot, blocks appended to its table); admitted and swapped-in tables start empty.
+    pub new_blocks: Vec<(u32, Vec<BlockId>)>,
+    /// Ids that finished or were aborted since the previous plan.
+    pub finished: Vec<RequestId>,
+}
+
+impl StepPlan {
+    pub fn num_batched_tokens(&self) -> u64 {
+        self.scheduled.iter().map(|s| s.num_new_tokens).sum()
+    }
+}
+
+struct Pending {
+    step: u64,
+    /// (slot, seq, new tokens): seq guards against a slot freed by abort and reused.
+    scheduled: Vec<(u32, u64, u64)>,
+}
+
+static SCHEDULER_IDS: AtomicU64 = AtomicU64::new(1);
+
+pub struct Scheduler {
+    cfg: SchedulerConfig,
+    policy: Box<dyn Policy>,
+    id: u64,
+    gpu: BlockPool,
+    cpu: BlockPool,
+    slab: Vec<Option<Request>>,
+    free_slots: Vec<u32>,
+    index: HashMap<RequestId, u32>,
+    running: Vec<u32>,
+    /// Oldest first: (arrival, seq, slot).
+    swapped: BTreeSet<(F64, u64, u32)>,
+    now: f64,
+    num_steps: u64,
+    num_preemptions: u64,
+    /// no_preempt: the sum of running requests' full reservations, in blocks.
+    reserved_blocks: u64,
+    next_seq: u64,
+    pending: Option<Pending>,
+    aborted_in_step: Vec<RequestId>,
+    ended_since_plan: Vec<RequestId>,
+    last_plan_tokens: u64,
+    last_plan_seqs: u64,
+    // Scratch buffers reused across steps.
+    victims_scratch: Vec<u32>,
+}
+
+fn invalid(field: &'static str, message: String) -> Error {
+    Error::InvalidArgument { field, message }
+}
+
+fn check_count(field: &'static str, v: u64, min: u64) -> Result<u64> {
+    if v < min || v > MAX_COUNT {
+        return Err(invalid(
+            field,
+            format!("{field} must be in [{min}, 2**40], got {v}"),
+        ));
+    }
+    Ok(v)
+}
+
+pub fn check_time(field: &'static str, t: f64) -> Result<f64> {
+    if !t.is_finite() || !(0.0..=MAX_TIME).contains(&t) {
+        return Err(invalid(
+            field,
+            format!("{field} must be finite and in [0, 1e12] seconds, got {t}"),
+        ));
+    }
+    Ok(t)
+}
+
+impl Scheduler {
+    pub fn new(cfg: SchedulerConfig) -> Result<Self> {
+        cfg.validate()?;
+        let policy = policy::make_policy(&cfg).ok_or_else(|| Error::UnknownName {
+            field: "policy",
+            name: cfg.policy.clone(),
+            valid: policy_names(),
+        })?;
+        Ok(Scheduler {
+            gpu: BlockPool::new(cfg.num_gpu_blocks as u32),
+            cpu: BlockPool::new(cfg.num_cpu_blocks as u32),
+            policy,
+            id: SCHEDULER_IDS.fetch_add(1, Ordering::Relaxed),
+            slab: Vec::new(),
+            free_slots: Vec::new(),
+            index: HashMap::new(),
+            running: Vec::new(),
+            swapped: BTreeSet::new(),
+            now: 0.0,
+            num_steps: 0,
+            num_preemptions: 0,
+            reserved_blocks: 0,
+            next_seq: 0,
+            pending: None,
+            aborted_in_step: Vec::new(),
+            ended_since_plan: Vec::new(),
+            last_plan_tokens: 0,
+            last_plan_seqs: 0,
+            victims_scratch: Vec::new(),
+            cfg,
+        })
+    }
+
+    // ---------------------------------------------------------------- read-only views
+
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.cfg
+    }
+    pub fn scheduler_id(&self) -> u64 {
+        self.id
+    }
+    pub fn now(&self) -> f64 {
+        self.now
+    }
+    pub fn num_steps(&self) -> u64 {
+        self.num_steps
+    }
+    pub fn num_preemptions(&self) -> u64 {
+        self.num_preemptions
+    }
+    pub fn num_waiting(&self) -> usize {
+        self.policy.len()
+    }
+    pub fn num_running(&self) -> usize {
+        self.running.len()
+    }
+    pub fn num_swapped(&self) -> usize {
+        self.swapped.len()
+    }
+    pub fn num_live(&self) -> usize {
+        self.index.len()
+    }
+    pub fn num_free_gpu_blocks(&self) -> usize {
+        self.gpu.num_free()
+    }
+    pub fn num_free_cpu_blocks(&self) -> usize {
+        self.cpu.num_free()
+    }
+    pub fn has_pending_plan(&self) -> bool {
+        self.pending.is_some()
+    }
+    /// Running requests' slots, in admission order.
+    pub fn running_slots(&self) -> &[u32] {
+        &self.running
+    }
+    pub fn request(&self, slot: u32) -> Option<&Request> {
+        self.slab.get(slot as usize)?.as_ref()
+    }
+    pub fn request_id(&self, slot: u32) -> Option<&RequestId> {
+        self.request(slot).map(|r| &r.id)
+    }
+    pub fn slot_of(&self, id: &RequestId) -> Option<u32> {
+        self.index.get(id).copied()
+    }
+    pub fn get(&self, id: &RequestId) -> Result<&Request> {
+        self.slot_of(id)
+            .and_then(|s| self.request(s))
+            .ok_or_else(|| Error::UnknownRequest { id: id.clone() })
+    }
+
+    // ---------------------------------------------------------------- requests
+
+    /// Queue a request. On error nothing changes. Returns its slot.
+    pub fn add_request(&mut self, new: NewRequest) -> Result<u32> {
+        let cfg = &self.cfg;
+        let prompt = check_count("prompt_tokens", new.prompt_tokens, 1)?;
+        let max_out = check_count("max_output_tokens", new.max_output_tokens, 1)?;
+        let arrival = match new.arrival_time {
+            None => self.now,
+            Some(t) => check_time("arrival_time", t)?,
+        };
+        if let Some(p) = new.predicted_output_tokens {
+            check_count("predicted_output_tokens", p, 0)?;
+        }
+        if let Some(t) = new.true_output_tokens {
+            check_count("true_output_tokens", t, 1)?;
+        }
+        if self.index.contains_key(&new.id) {
+            return Err(Error::DuplicateRequest { id: new.id });
+        }
+        let capacity = cfg.capacity_tokens();
+        if prompt + 1 > capacity {
+            let need = blocks_for(prompt + 1, cfg.block_size);
+            return Err(Error::RequestTooLarge {
+                message: format!(
+                    "request {}: prompt of {prompt} tokens plus one output token needs {need} blocks of {} tokens; \
+                     the GPU cache has {}",
+                    new.id, cfg.block_size, cfg.num_gpu_blocks
+                ),
+                id: new.id,
+                need_blocks: need,
+                capacity_blocks: cfg.num_gpu_blocks,
+            });
+        }
+        if self.policy.reserves_full_output() {
+            let need = blocks_for(prompt + max_out, cfg.block_size);
+            if need > cfg.num_gpu_blocks {
+                return Err(Error::RequestTooLarge {
+                    message: format!(
+                        "request {}: no_preempt reserves prompt + max_output_tokens = {} tokens = {need} blocks; \
+                         the GPU cache has {}",
+                        new.id,
+                        prompt + max_out,
+                        cfg.num_gpu_blocks
+                    ),
+                    id: new.id,
+                    need_blocks: need,
+                    capacity_blocks: cfg.num_gpu_blocks,
+                });
+            }
+        }
+        let req = Request {
+            id: new.id.clone(),
+            seq: self.next_seq,
+            arrival_time: arrival,
+            prompt_tokens: prompt,
+            max_output_tokens: max_out.min(capacity - prompt),
+            priority: new.priority,
+            predicted_output_tokens: new.predicted_output_tokens,
+            true_output_tokens: new.true_output_tokens,
+            status: Status::Waiting,
+            num_output_tokens: 0,
+            num_computed_tokens: 0,
+            num_preemptions: 0,
+            block_table: Vec::new(),
+            cpu_blocks: Vec::new(),
+        };
+        self.next_seq += 1;
+        let slot = match self.free_slots.pop() {
+            Some(s) => s,
+            None => {
+                self.slab.push(None);
+                (self.slab.len() - 1) as u32
+            }
+        };
+        self.policy.push(slot, &req);
+        self.slab[slot as usize] = Some(req);
+        self.index.insert(new.id, slot);
+        Ok(slot)
+    }
+
+    /// End a live request now, wherever it is; its blocks are freed at once.
+    pub fn abort(&mut self, id: &RequestId) -> Result<()> {
+        let slot = self
+            .slot_of(id)
+            .ok_or_else(|| Error::UnknownRequest { id: id.clone() })?;
+        let Some(mut req) = self.slab.get_mut(slot as usize).and_then(Option::take) else {
+            return Err(Error::UnknownRequest { id: id.clone() });
+        };
+        match req.status {
+            Status::Waiting => self.policy.remove(slot, &req),
+            Status::Running => {
+                self.running.retain(|&s| s != slot);
+                if self.policy.reserves_full_output() {
+                    self.reserved_blocks -= self.max_blocks(&req);
+                }
+            }
+            Status::Swapped => {
+                self.swapped.remove(&(F64(req.arrival_time), req.seq, slot));
+            }
+            _ => {}
+        }
+        self.gpu.release(&req.block_table);
+        self.cpu.release(&req.cpu_blocks);
+        req.status = Status::Aborted;
+        self.index.remove(id);
+        self.free_slots.push(slot);
+        self.ended_since_plan.push(req.id.clone());
+        if self.pending.is_some() {
+            self.aborted_in_step.push(req.id);
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- the step
+
+    /// Decide this step. `now = None` keeps the clock.
+    pub fn schedule(&mut self, now: Option<f64>) -> Result<StepPlan> {
+        if let Some(p) = &self.pending {
+            return Err(Error::StalePlan {
+                message: format!("step {} is still pending: call update(plan) first", p.step),
+                pending_step: Some(p.step),
+            });
+        }
+        let now = self.check_clock(now)?;
+        self.now = now;
+        let bs = self.cfg.block_size;
+        let mut budget = self.cfg.max_num_batched_tokens;
+        let mut plan = StepPlan {
+            scheduler_id: self.id,
+            ..StepPlan::default()
+        };
+        let mut pending = Vec::with_capacity(self.running.len() + 8);
+
+        // 1. Running requests first, in admission order.
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 {
+            let slot = self.running[i];
+            let (n, need, held) = {
+                let r = self.req(slot)?;
+                let n = (r.num_tokens() - r.num_computed_tokens).min(budget);
+                let need = blocks_for(r.num_computed_tokens + n, bs)
+                    .saturating_sub(r.block_table.len() as u64);
+                (n, need, r.block_table.len())
+            };
+            let mut preempted_self = false;
+            while need as usize > self.gpu.num_free() {
+                if !self.policy.preempts() {
+                    return Err(Error::Invariant {
+                        message: format!(
+                            "{} must never need to preempt (slot {slot})",
+                            self.policy.name()
+                        ),
+                    });
+                }
+                self.victims_scratch.clear();
+                self.victims_scratch.extend_from_slice(&self.running[i..]);
+                let victim = self
+                    .policy
+                    .choose_victim(&self.victims_scratch, &self.slab)
+                    .ok_or_else(|| Error::Invariant {
+                        message: "no victim among running requests".into(),
+                    })?;
+                let mode = self.preempt(victim, &mut plan)?;
+                plan.preempted.push((victim, mode));
+                if victim == slot {
+                    preempted_self = true;
+                    break;
+                }
+            }
+            if preempted_self {
+                continue;
+            }
+            let gpu = &mut self.gpu;
+            let r = self
+                .slab
+                .get_mut(slot as usize)
+                .and_then(Option::as_mut)
+                .ok_or_else(|| lost(slot))?;
+            if need > 0 {
+                if !gpu.allocate_into(need as usize, &mut r.block_table) {
+                    return Err(Error::Invariant {
+                        message: "GPU blocks vanished during a step".into(),
+                    });
+                }
+                plan.new_blocks.push((slot, r.block_table[held..].to_vec()));
+            }
+            plan.scheduled.push(scheduled_entry(slot, r, n));
+            pending.push((slot, r.seq, n));
+            budget -= n;
+            i += 1;
+        }
+
+        // 2. Swapped requests back in, oldest first.
+        if plan.preempted.is_empty() {
+            while let Some(&(arrival, seq, slot)) = self.swapped.first() {
+                if self.running.len() as u64 >= self.cfg.max_num_seqs || budget == 0 {
+                    break;
+                }
+                let r = self.req(slot)?;
+                let n = (r.num_tokens() - r.num_computed_tokens).min(budget);
+                let total =
+                    (r.cpu_blocks.len() as u64).max(blocks_for(r.num_computed_tokens + n, bs));
+                if !self.fits(total) {
+                    break;
+                }
+                self.swapped.remove(&(arrival, seq, slot));
+                let gpu = &mut self.gpu;
+                let cpu = &mut self.cpu;
+                let r = self
+                    .slab
+                    .get_mut(slot as usize)
+                    .and_then(Option::as_mut)
+                    .ok_or_else(|| lost(slot))?;
+                r.block_table.clear();
+                if !gpu.allocate_into(total as usize, &mut r.block_table) {
+                    return Err(Error::Invariant {
+                        message: "GPU blocks vanished during swap-in".into(),
+                    });
+                }
+                let mapping: Vec<(BlockId, BlockId)> = r
+                    .cpu_blocks
+                    .iter()
+                    .copied()
+                    .zip(r.block_table.iter().copied())
+                    .collect();
+                cpu.release(&r.cpu_blocks);
+                r.cpu_blocks.clear();
+                r.status = Status::Running;
+                plan.swapped_in.push((slot, mapping));
+                plan.new_blocks.push((slot, r.block_table.clone()));
+                plan.scheduled.push(scheduled_entry(slot, r, n));
+                pending.push((slot, r.seq, n));
+                self.running.push(slot);
+                budget -= n;
+            }
+        }
+
+        // 3. Waiting requests in policy order; stop at the first that does not fit.
+        if plan.preempted.is_empty() && self.swapped.is_empty() {
+            while self.policy.len() > 0
+                && (self.running.len() as u64) < self.cfg.max_num_seqs
+                && budget > 0
+            {
+                let mut load = self.policy.len() as u64;
+                if self.cfg.larry_load == "outstanding" {
+                    load += (self.running.len() + self.swapped.len()) as u64;
+                }
+                let Some(slot) = self.policy.peek(load) else {
+                    break;
+                };
+                let r = self.req(slot)?;
+                let need = blocks_for(r.num_tokens(), bs);
+                let n = (r.num_tokens() - r.num_computed_tokens).min(budget);
+                if self.policy.reserves_full_output() {
+                    let full = self.max_blocks(r);
+                    if full > self.cfg.num_gpu_blocks - self.reserved_blocks {
+                        break;
+                    }
+                    self.reserved_blocks += full;
+                } else if !self.fits(need) {
+                    break;
+                }
+                let gpu = &mut self.gpu;
+                let policy = &mut self.policy;
+                let r = self
+                    .slab
+                    .get_mut(slot as usize)
+                    .and_then(Option::as_mut)
+                    .ok_or_else(|| lost(slot))?;
+                policy.remove(slot, r);
+                if !gpu.allocate_into(need as usize, &mut r.block_table) {
+                    return Err(Error::Invariant {
+                        message: "GPU blocks vanished during admission".into(),
+                    });
+                }
+                r.status = Status::Running;
+                plan.admitted.push(slot);
+                plan.new_blocks.push((slot, r.block_table.clone()));
+                plan.scheduled.push(scheduled_entry(slot, r, n));
+                pending.push((slot, r.seq, n));
+                self.running.push(slot);
+                budget -= n;
+            }
+        }
+
+        self.num_steps += 1;
+        plan.step = self.num_steps;
+        plan.finished = std::mem::take(&mut self.ended_since_plan);
+        self.last_plan_tokens = self.cfg.max_num_batched_tokens - budget;
+        self.last_plan_seqs = plan.scheduled.len() as u64;
+        self.pending = Some(Pending {
+            step: plan.step,
+            scheduled: pending,
+        });
+        Ok(plan)
+    }
+
+    /// Apply what step `step` produced. `finished` names requests that stopped early (EOS);
+    /// each must have sampled in this step. Returns the ids that finished, in plan order.
+    /// On error nothing changes.
+    pub fn update(
+        &mut self,
+        step: u64,
+        scheduler_id: u64,
+        finished: &[RequestId],
+        now: Option<f64>,
+    ) -> Result<Vec<RequestId>> {
+        let pending_step = self.pending.as_ref().map(|p| p.step);
+        if scheduler_id != self.id || pending_step != Some(step) {
+            return Err(Error::StalePlan {
+                message: format!(
+                    "plan of step {step} is not this scheduler's pending plan (already applied, stale, or from another \
+                     scheduler)"
+                ),
+                pending_step,
+            });
+        }
+        let now = self.check_clock(now)?;
+        let Some(pending) = self.pending.take() else {
+            return Err(Error::Invariant {
+                message: "pending plan vanished".into(),
+            });
+        };
+        // Validate everything before changing anything.
+        let mut early: Vec<u32> = Vec::with_capacity(finished.len());
+        let mut bad: Option<Error> = None;
+        for id in finished {
+            if self.aborted_in_step.contains(id) {
+                continue;
+            }
+            match self.slot_of(id) {
+                None => {
+                    bad = Some(Error::UnknownRequest { id: id.clone() });
+                    break;
+                }
+                Some(slot) => {
+                    let sampled = pending.scheduled.iter().any(|&(s, seq, n)| {
+                        s == slot
+                            && self.request(s).is_some_and(|r| {
+                                r.seq == seq && r.num_computed_tokens + n == r.num_tokens()
+                            })
+                    });
+                    if !sampled {
+                        bad = Some(Error::InvalidUpdate {
+                            id: id.clone(),
+                            message: format!(
+                                "request {id} did not sample a token in step {step}, so it cannot finish on EOS; use \
+                                 abort() to end it"
+                            ),
+                        });
+                        break;
+                    }
+                    early.push(slot);
+                }
+            }
+        }
+        if let Some(e) = bad {
+            self.pending = Some(pending);
+            return Err(e);
+        }
+
+        self.now = now;
+        let mut ended = Vec::new();
+        let mut any_finished = false;
+        for &(slot, seq, n) in &pending.scheduled {
+            let Some(r) = self.slab.get_mut(slot as usize).and_then(Option::as_mut) else {
+                continue;
+            };
+            if r.seq != seq || r.status != Status::Running {
+                continue; // aborted after the plan was made
+            }
+            r.num_computed_tokens += n;
+            if r.num_computed_tokens == r.num_tokens() {
+                r.num_output_tokens += 1;
+                if r.num_output_tokens >= r.max_output_tokens || early.contains(&slot) {
+                    r.status = Status::Finished;
+                    any_finished = true;
+                }
+            }
+        }
+        if any_finished {
+            // Release in plan order (the order the reference reports them in).
+            let reserves = self.policy.reserves_full_output();
+            for &(slot, seq, _) in &pending.scheduled {
+                let done = self
+                    .request(slot)
+                    .is_some_and(|r| r.seq == seq && r.status == Status::Finished);
+                if !done {
+                    continue;
+                }
+                if let Some(r) = self.slab.get_mut(slot as usize).and_then(Option::take) {
+                    if reserves {
+                        self.reserved_blocks -=
+                            blocks_for(r.prompt_tokens + r.max_output_tokens, self.cfg.block_size);
+                    }
+                    self.gpu.release(&r.block_table);
+                    self.index.remove(&r.id);
+                    self.free_slots.push(slot);
+                    ended.push(r.id);
+                }
+            }
+            let slab = &self.slab;
+            self.running
+                .retain(|&s| slab.get(s as usize).is_some_and(Option::is_some));
+        }
+        self.aborted_in_step.clear();
+        self.ended_since_plan.extend(ended.iter().cloned());
+        Ok(ended)
+    }
+
+    // ---------------------------------------------------------------- invariants
+
+    /// Check every invariant of DESIGN §4; the error names the request or block.
+    pub fn check_invariants(&self) -> Result<()> {
+        let fail = |message: String| Err(Error::Invariant { message });
+        let live: Vec<&Request> = self.slab.iter().flatten().collect();
+        for (name, pool, gpu) in [("GPU", &self.gpu, true), ("CPU", &self.cpu, false)] {
+            let mut seen = vec![false; pool.num_blocks() as usize];
+            let mut count = 0usize;
+            let held = live.iter().flat_map(|r| {
+                if gpu {
+                    r.block_table.iter()
+                } else {
+                    r.cpu_blocks.iter()
+                }
+            });
+            for &b in held.chain(pool.free_blocks().collect::<Vec<_>>().iter()) {
+                match seen.get_mut(b as usize) {
+                    Some(s) if !*s => *s = true,
+                    _ => {
+                        return fail(format!(
+                            "{name} block {b} is held twice, held and free, or out of range"
+                        ))
+                    }
+                }
+                count += 1;
+            }
+            if count != pool.num_blocks() as usize {
+                return fail(format!(
+                    "{name} blocks: {count} held + free != {}",
+                    pool.num_blocks()
+                ));
+            }
+        }
+        if live.len() != self.index.len()
+            || live.len() != self.policy.len() + self.running.len() + self.swapped.len()
+        {
+            return fail(format!(
+                "{} live requests but {} indexed, {} waiting + {} running + {} swapped",
+                live.len(),
+                self.index.len(),
+                self.policy.len(),
+                self.running.len(),
+                self.swapped.len()
+            ));
+        }
+        for &slot in &self.running {
+            let r = self.req(slot)?;
+            if r.status != Status::Running {
+                return fail(format!(
+                    "request {} is in the running queue with status {}",
+                    r.id,
+                    r.status.as_str()
+                ));
+            }
+            if (r.block_table.len() as u64) < blocks_for(r.num_computed_tokens, self.cfg.block_size)
+            {
+                return fail(format!(
+                    "running request {} holds {} blocks for {} computed tokens",
+                    r.id,
+                    r.block_table.len(),
+                    r.num_computed_tokens
+                ));
+            }
+        }
+        for &(_, _, slot) in &self.swapped {
+            let r = self.req(slot)?;
+            if r.status != Status::Swapped
+                || !r.block_table.is_empty()
+                || (r.cpu_blocks.len() as u64)
+                    < blocks_for(r.num_computed_tokens, self.cfg.block_size)
+            {
+                return fail(format!(
+                    "swapped request {} holds GPU blocks or too few CPU blocks",
+                    r.id
+                ));
+            }
+        }
+        for r in &live {
+            if self
+                .index
+                .get(&r.id)
+                .and_then(|&s| self.request(s))
+                .map(|x| x.seq)
+                != Some(r.seq)
+            {
+                return fail(format!("request {} is not indexed by its id", r.id));
+            }
+            if r.status == Status::Waiting
+                && (!r.block_table.is_empty()
+                    || !r.cpu_blocks.is_empty()
+                    || r.num_computed_tokens != 0)
+            {
+                return fail(format!(
+                    "waiting request {} holds blocks or computed tokens",
+                    r.id
+                ));
+            }
+            if r.num_computed_tokens > r.num_tokens() {
+                return fail(format!(
+                    "request {} has {} computed of {}",
+                    r.id,
+                    r.num_computed_tokens,
+                    r.num_tokens()
+                ));
+            }
+        }
+        if self.running.len() as u64 > self.cfg.max_num_seqs {
+            return fail(format!(
+                "{} running > max_num_seqs {}",
+                self.running.len(),
+                self.cfg.max_num_seqs
+            ));
+        }
+        if self.last_plan_tokens > self.cfg.max_num_batched_tokens
+            || self.last_plan_seqs > self.cfg.max_num_seqs
+        {
+            return fail("the last plan exceeded the token budget or the seats".into());
+        }
+        if self.policy.reserves_full_output() {
+            let mut reserved = 0;
+            for &slot in &self.running {
+                reserved += self.max_blocks(self.req(slot)?);
+            }
+            if reserved != self.reserved_blocks || reserved > self.cfg.num_gpu_blocks {
+                return fail(format!(
+                    "no_preempt reservations {} (recounted {reserved}) exceed {} blocks or drifted",
+                    self.reserved_blocks, self.cfg.num_gpu_blocks
+                ));
+            }
+            if self.num_preemptions != 0 {
+                return fail("no_preempt preempted".into());
+            }
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- internals
+
+    fn req(&self, slot: u32) -> Result<&Request> {
+        self.request(slot).ok_or_else(|| lost(slot))
+    }
+
+    fn check_clock(&self, now: Option<f64>) -> Result<f64> {
+        match now {
+            None => Ok(self.now),
+            Some(t) => {
+                let t = check_time("now", t)?;
+                if t < self.now {
+                    return Err(Error::Clock {
+                        now: t,
+                        clock: self.now,
+                    });
+                }
+                Ok(t)
+            }
+        }
+    }
+
+    /// Admission and swap-in rule: keep the watermark free, unless nothing runs.
+    fn fits(&self, blocks: u64) -> bool {
+        let free = self.gpu.num_free() as u64;
+        if self.running.is_empty() {
+            blocks <= free
+        } else {
+            blocks + self.cfg.watermark_blocks() <= free
+        }
+    }
+
+    fn max_blocks(&self, r: &Request) -> u64 {
+        blocks_for(r.prompt_tokens + r.max_output_tokens, self.cfg.block_size)
+    }
+
+    fn preempt(&mut self, slot: u32, plan: &mut StepPlan) -> Result<PreemptMode> {
+        self.running.retain(|&s| s != slot);
+        self.num_preemptions += 1;
+        let swap = self.cfg.preemption_mode == "swap";
+        let r = self
+            .slab
+            .get_mut(slot as usize)
+            .and_then(Option::as_mut)
+            .ok_or_else(|| lost(slot))?;
+        r.num_preemptions += 1;
+        if swap && r.block_table.len() <= self.cpu.num_free() {
+            let mut cpu_blocks = Vec::with_capacity(r.block_table.len());
+            self.cpu.allocate_into(r.block_table.len(), &mut cpu_blocks);
+            plan.swapped_out.push((
+                slot,
+                r.block_table
+                    .iter()
+                    .copied()
+                    .zip(cpu_blocks.iter().copied())
+                    .collect(),
+            ));
+            self.gpu.release(&r.block_table);
+            r.block_table.clear();
+            r.cpu_blocks = cpu_blocks;
+            r.status = Status::Swapped;
+            self.swapped.insert((F64(r.arrival_time), r.seq, slot));
+            return Ok(PreemptMode::Swap);
+        }
+        self.gpu.release(&r.block_table);
+        r.block_table.clear();
+        r.num_computed_tokens = 0;
+        r.status = Status::Waiting;
+        self.policy.push(slot, r);
+        Ok(PreemptMode::Recompute)
+    }
+}
+
+fn lost(slot: u32) -> Error {
+    Error::Invariant {
+        message: format!("slot {slot} holds no request"),
+    }
+}
+
+fn scheduled_entry(slot: u32, r: &Request, n: u64) -> Scheduled {
+    let c = r.num_computed_tokens;
+    Scheduled {
+        slot,
+        num_new_tokens: n,
+        num_computed_tokens: c,
+        is_prefill: r.num_output_tokens == 0 || c + 1 < r.num_tokens(),
+        samples: c + n == r.num_tokens(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,305 @@
+//! Engine policies: the waiting queue's order, the victim choice and the admission rule
+//! (DESIGN §5). Each policy owns its waiting queue; every order is kept in an O(log n)
+//! structure (a B-tree, or for LARRY a kinetic tournament), never re-sorted per step.
+//!
+//! To add a policy: implement [`Policy`] below and add one line to [`REGISTRY`].
+
+use std::cmp::Ordering;
+use std::collections::BTreeSet;
+
+use super::kinetic::{KineticTournament, Line};
+use super::request::Request;
+use super::SchedulerConfig;
+
+/// What a policy needs to see of the live requests: the slab, indexed by slot.
+pub type Slab = [Option<Request>];
+
+pub trait Policy: Send + Sync {
+    fn name(&self) -> &'static str;
+    /// May this policy preempt running requests?
+    fn preempts(&self) -> bool {
+        true
+    }
+    /// Does admission reserve blocks for prompt + max_output_tokens (no-evict)?
+    fn reserves_full_output(&self) -> bool {
+        false
+    }
+    /// A request enters the waiting queue (its tokens do not change while it waits).
+    fn push(&mut self, slot: u32, req: &Request);
+    /// A waiting request leaves the queue (admitted or aborted).
+    fn remove(&mut self, slot: u32, req: &Request);
+    /// The request to admit next, at load signal `load`.
+    fn peek(&mut self, load: u64) -> Option<u32>;
+    fn len(&self) -> usize;
+    /// Victim among `candidates` (running, not yet scheduled this step, in admission order;
+    /// never empty). Default: the most recently admitted (vLLM's rule).
+    fn choose_victim(&self, candidates: &[u32], _reqs: &Slab) -> Option<u32> {
+        candidates.last().copied()
+    }
+}
+
+type Constructor = fn(&SchedulerConfig) -> Box<dyn Policy>;
+
+/// Every policy, by name.
+pub const REGISTRY: &[(&str, Constructor)] = &[
+    ("fcfs", |_| {
+        Box::new(Ordered::new("fcfs", fcfs_key, None, true))
+    }),
+    ("priority", |_| {
+        Box::new(Ordered::new(
+            "priority",
+            priority_key,
+            Some(priority_victim),
+            true,
+        ))
+    }),
+    ("no_preempt", |_| {
+        Box::new(Ordered::new("no_preempt", fcfs_key, None, false))
+    }),
+    ("sjf", |cfg| {
+        let aging = cfg.sjf_aging;
+        Box::new(Ordered::new_with(
+            "sjf",
+            move |r| sjf_key(r, aging),
+            Some(sjf_victim),
+        ))
+    }),
+    ("oracle_srpt", |_| {
+        Box::new(Ordered::new(
+            "oracle_srpt",
+            srpt_key,
+            Some(srpt_victim),
+            true,
+        ))
+    }),
+    ("larry", |cfg| Box::new(Larry::new(cfg.larry_alpha))),
+];
+
+pub fn policy_names() -> Vec<&'static str> {
+    REGISTRY.iter().map(|(name, _)| *name).collect()
+}
+
+pub fn make_policy(cfg: &SchedulerConfig) -> Option<Box<dyn Policy>> {
+    REGISTRY
+        .iter()
+        .find(|(name, _)| *name == cfg.policy)
+        .map(|(_, make)| make(cfg))
+}
+
+// ------------------------------------------------------------------ keys
+
+/// A total-ordered f64 (inputs are validated finite).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct F64(pub f64);
+
+impl Eq for F64 {}
+impl PartialOrd for F64 {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for F64 {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// Waiting-order key: smaller is admitted first. Policies fill the leading fields they use;
+/// every key ends with (arrival, seq) so ties break the same way everywhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct WaitKey {
+    pub int: i128,
+    pub float: F64,
+    pub arrival: F64,
+    pub seq: u64,
+}
+
+fn base_key(r: &Request) -> WaitKey {
+    WaitKey {
+        int: 0,
+        float: F64(0.0),
+        arrival: F64(r.arrival_time),
+        seq: r.seq,
+    }
+}
+
+fn fcfs_key(r: &Request) -> WaitKey {
+    base_key(r)
+}
+
+fn priority_key(r: &Request) -> WaitKey {
+    WaitKey {
+        int: r.priority as i128,
+        ..base_key(r)
+    }
+}
+
+/// `pred_remaining - aging*wait` orders as the static `pred_remaining + aging*arrival`.
+fn sjf_key(r: &Request, aging: f64) -> WaitKey {
+    WaitKey {
+        float: F64(r.predicted_remaining() as f64 + aging * r.arrival_time),
+        ..base_key(r)
+    }
+}
+
+fn srpt_key(r: &Request) -> WaitKey {
+    WaitKey {
+        int: r.true_remaining() as i128,
+        ..base_key(r)
+    }
+}
+
+/// The candidate with the largest `key` (ties: later arrival, then later seq).
+fn max_victim<K: Ord>(candidates: &[u32], reqs: &Slab, key: impl Fn(&Request) -> K) -> Option<u32> {
+    candidates
+        .iter()
+        .filter_map(|&s| {
+            reqs.get(s as usize)?
+                .as_ref()
+                .map(|r| (key(r), F64(r.arrival_time), r.seq, s))
+        })
+        .max()
+        .map(|(_, _, _, s)| s)
+}
+
+fn priority_victim(c: &[u32], reqs: &Slab) -> Option<u32> {
+    max_victim(c, reqs, |r| r.priority)
+}
+
+fn sjf_victim(c: &[u32], reqs: &Slab) -> Option<u32> {
+    max_victim(c, reqs, |r| r.predicted_remaining())
+}
+
+fn srpt_victim(c: &[u32], reqs: &Slab) -> Option<u32> {
+    max_victim(c, reqs, |r| r.true_remaining())
+}
+
+// ------------------------------------------------------------------ B-tree ordered policies
+
+type Victim = fn(&[u32], &Slab) -> Option<u32>;
+
+/// A policy whose waiting order is a static key per request: a `BTreeSet` of (key, slot).
+pub struct Ordered<F: Fn(&Request) -> WaitKey + Send + Sync> {
+    name: &'static str,
+    key: F,
+    victim: Option<Victim>,
+    preempts: bool,
+    queue: BTreeSet<(WaitKey, u32)>,
+}
+
+impl Ordered<fn(&Request) -> WaitKey> {
+    fn new(
+        name: &'static str,
+        key: fn(&Request) -> WaitKey,
+        victim: Option<Victim>,
+        preempts: bool,
+    ) -> Self {
+        Ordered {
+            name,
+            key,
+            victim,
+            preempts,
+            queue: BTreeSet::new(),
+        }
+    }
+}
+
+impl<F: Fn(&Request) -> WaitKey + Send + Sync> Ordered<F> {
+    fn new_with(name: &'static str, key: F, victim: Option<Victim>) -> Self {
+        Ordered {
+            name,
+            key,
+            victim,
+            preempts: true,
+            queue: BTreeSet::new(),
+        }
+    }
+}
+
+impl<F: Fn(&Request) -> WaitKey + Send + Sync> Policy for Ordered<F> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn preempts(&self) -> bool {
+        self.preempts
+    }
+    fn reserves_full_output(&self) -> bool {
+        !self.preempts
+    }
+    fn push(&mut self, slot: u32, req: &Request) {
+        self.queue.insert(((self.key)(req), slot));
+    }
+    fn remove(&mut self, slot: u32, req: &Request) {
+        self.queue.remove(&((self.key)(req), slot));
+    }
+    fn peek(&mut self, _load: u64) -> Option<u32> {
+        self.queue.first().map(|&(_, slot)| slot)
+    }
+    fn len(&self) -> usize {
+        self.queue.len()
+    }
+    fn choose_victim(&self, candidates: &[u32], reqs: &Slab) -> Option<u32> {
+        match self.victim {
+            Some(f) => f(candidates, reqs),
+            None => candidates.last().copied(),
+        }
+    }
+}
+
+// ------------------------------------------------------------------ LARRY
+
+/// LARRY: admit the smallest `alpha*arrival + L*mem` (= the highest `alpha*wait - L*mem`),
+/// `mem` = tokens to (re)compute. Kept in a kinetic tournament over lines in `L`.
+pub struct Larry {
+    alpha: f64,
+    tree: KineticTournament,
+    /// Leaf of each waiting slot in the tree (u32::MAX: not waiting).
+    leaf_of: Vec<u32>,
+}
+
+impl Larry {
+    fn new(alpha: f64) -> Self {
+        Larry {
+            alpha,
+            tree: KineticTournament::new(),
+            leaf_of: Vec::new(),
+        }
+    }
+}
+
+impl Policy for Larry {
+    fn name(&self) -> &'static str {
+        "larry"
+    }
+    fn push(&mut self, slot: u32, req: &Request) {
+        let line = Line {
+            slope: req.num_tokens(),
+            intercept: self.alpha * req.arrival_time,
+            arrival: req.arrival_time,
+            seq: req.seq,
+            slot,
+        };
+        let leaf = self.tree.insert(line);
+        let i = slot as usize;
+        if self.leaf_of.len() <= i {
+            self.leaf_of.resize(i + 1, u32::MAX);
+        }
+        self.leaf_of[i] = leaf;
+    }
+    fn remove(&mut self, slot: u32, _req: &Request) {
+        if let Some(leaf) = self.leaf_of.get_mut(slot as usize) {
+            if *leaf != u32::MAX {
+                self.tree.remove(*leaf);
+                *leaf = u32::MAX;
+            }
+        }
+    }
+    fn peek(&mut self, load: u64) -> Option<u32> {
+        self.tree
+            .min_at(load.min(i64::MAX as u64) as i64)
+            .map(|l| l.slot)
+    }
+    fn len(&self) -> usize {
+        self.tree.len()
+    }
+}

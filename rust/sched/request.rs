@@ -1,0 +1,137 @@
+//! Requests: ids, states and per-request token and block bookkeeping.
+
+use std::fmt;
+use std::sync::Arc;
+
+use super::blocks::BlockId;
+
+/// A request id as the caller gave it: an int or a string, unique while the request is live.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RequestId {
+    Int(i64),
+    Str(Arc<str>),
+}
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestId::Int(n) => write!(f, "{n}"),
+            RequestId::Str(s) => write!(f, "'{s}'"),
+        }
+    }
+}
+
+impl From<i64> for RequestId {
+    fn from(n: i64) -> Self {
+        RequestId::Int(n)
+    }
+}
+
+impl From<&str> for RequestId {
+    fn from(s: &str) -> Self {
+        RequestId::Str(Arc::from(s))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Waiting,
+    Running,
+    Swapped,
+    Finished,
+    Aborted,
+    Rejected,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Waiting => "waiting",
+            Status::Running => "running",
+            Status::Swapped => "swapped",
+            Status::Finished => "finished",
+            Status::Aborted => "aborted",
+            Status::Rejected => "rejected",
+        }
+    }
+}
+
+/// What the caller says about a new request.
+#[derive(Debug, Clone)]
+pub struct NewRequest {
+    pub id: RequestId,
+    pub prompt_tokens: u64,
+    pub max_output_tokens: u64,
+    /// `None`: the scheduler's clock.
+    pub arrival_time: Option<f64>,
+    pub priority: i64,
+    pub predicted_output_tokens: Option<u64>,
+    /// The true output length, known only in simulation (for `oracle_srpt`).
+    pub true_output_tokens: Option<u64>,
+}
+
+impl NewRequest {
+    pub fn new(id: impl Into<RequestId>, prompt_tokens: u64, max_output_tokens: u64) -> Self {
+        NewRequest {
+            id: id.into(),
+            prompt_tokens,
+            max_output_tokens,
+            arrival_time: None,
+            priority: 0,
+            predicted_output_tokens: None,
+            true_output_tokens: None,
+        }
+    }
+
+    pub fn arrival(mut self, t: f64) -> Self {
+        self.arrival_time = Some(t);
+        self
+    }
+}
+
+/// A live request. Token arithmetic for prompt P and o generated tokens:
+///
+/// ```text
+///   tokens:   [ p0 .. p(P-1) | g0 .. g(o-1) ]     num_tokens = P + o
+///   computed: [ <-- num_computed_tokens --> ]     KV in the cache for these
+/// ```
+///
+/// A step that computes the last known token samples one more (o += 1).
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub id: RequestId,
+    /// Order of `add_request`: the last tie-breaker of every order.
+    pub seq: u64,
+    pub arrival_time: f64,
+    pub prompt_tokens: u64,
+    /// Effective maximum: the caller's, capped so that prompt + output fit the GPU cache.
+    pub max_output_tokens: u64,
+    pub priority: i64,
+    pub predicted_output_tokens: Option<u64>,
+    pub true_output_tokens: Option<u64>,
+    pub status: Status,
+    pub num_output_tokens: u64,
+    pub num_computed_tokens: u64,
+    pub num_preemptions: u32,
+    pub block_table: Vec<BlockId>,
+    pub cpu_blocks: Vec<BlockId>,
+}
+
+impl Request {
+    #[inline]
+    pub fn num_tokens(&self) -> u64 {
+        self.prompt_tokens + self.num_output_tokens
+    }
+
+    pub fn predicted_remaining(&self) -> u64 {
+        self.predicted_output_tokens
+            .unwrap_or(self.max_output_tokens)
+            .saturating_sub(self.num_output_tokens)
+    }
+
+    pub fn true_remaining(&self) -> u64 {
+        self.true_output_tokens
+            .unwrap_or(self.max_output_tokens)
+            .saturating_sub(self.num_output_tokens)
+    }
+}
