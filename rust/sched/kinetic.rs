@@ -39,7 +39,12 @@ pub struct Line {
 impl Line {
     #[inline]
     fn value(&self, x: i64) -> f64 {
-        self.intercept + ((x as u128) * (self.slope as u128)) as f64
+        // x * slope exactly, then rounded once to f64, as Python's float(L * mem) does.
+        let product = match (x as u64).checked_mul(self.slope) {
+            Some(p) => p as f64,
+            None => ((x as u128) * (self.slope as u128)) as f64,
+        };
+        self.intercept + product
     }
 }
 
@@ -58,16 +63,40 @@ fn beats(a: &Line, b: &Line, x: i64) -> bool {
     }
 }
 
+/// One tree node: the winning line of its subtree (inlined, so a recomputation reads two
+/// adjacent nodes and nothing else) and the aggregate certificate of its subtree: the query
+/// point may move within `[sub_lo, sub_hi]` without any comparison below changing.
+#[derive(Debug, Clone, Copy)]
+struct Node {
+    line: Line,
+    sub_lo: i64,
+    sub_hi: i64,
+}
+
+const EMPTY_LINE: Line = Line {
+    slope: 0,
+    intercept: 0.0,
+    arrival: 0.0,
+    seq: 0,
+    slot: NONE,
+};
+const DIRTY: Node = Node {
+    line: EMPTY_LINE,
+    sub_lo: i64::MAX,
+    sub_hi: i64::MIN,
+};
+const EMPTY_LEAF: Node = Node {
+    line: EMPTY_LINE,
+    sub_lo: i64::MIN,
+    sub_hi: i64::MAX,
+};
+
 #[derive(Debug, Default)]
 pub struct KineticTournament {
     cap: usize,
-    lines: Vec<Option<Line>>,
+    /// 1-based heap layout: node `i` has children `2i` and `2i + 1`; leaves at `cap + leaf`.
+    nodes: Vec<Node>,
     free_leaves: Vec<u32>,
-    /// Per node (1-based heap layout; leaves at `cap + leaf`): the winning leaf or NONE.
-    win: Vec<u32>,
-    /// The node's own certificate and the aggregate over its subtree (max lo, min hi).
-    sub_lo: Vec<i64>,
-    sub_hi: Vec<i64>,
     len: usize,
 }
 
@@ -89,54 +118,55 @@ impl KineticTournament {
     /// Grow to `cap` leaves. Every line keeps its leaf index (callers hold them as handles);
     /// all internal nodes become dirty and are recomputed by the next query.
     fn resize(&mut self, cap: usize) {
-        let mut lines = std::mem::take(&mut self.lines);
-        lines.resize(cap, None);
-        self.cap = cap;
-        self.win = vec![NONE; 2 * cap];
-        self.sub_lo = vec![i64::MAX; 2 * cap];
-        self.sub_hi = vec![i64::MIN; 2 * cap];
+        let old_cap = self.cap;
+        let mut nodes = vec![DIRTY; 2 * cap];
         for leaf in 0..cap {
-            self.sub_lo[cap + leaf] = i64::MIN;
-            self.sub_hi[cap + leaf] = i64::MAX;
-            if lines[leaf].is_some() {
-                self.win[cap + leaf] = leaf as u32;
-            }
+            nodes[cap + leaf] = if leaf < old_cap {
+                self.nodes[old_cap + leaf]
+            } else {
+                EMPTY_LEAF
+            };
         }
         self.free_leaves = (0..cap as u32)
             .rev()
-            .filter(|&i| lines[i as usize].is_none())
+            .filter(|&i| nodes[cap + i as usize].line.slot == NONE)
             .collect();
-        self.lines = lines;
-    }
-
-    fn insert_no_dirty(&mut self, line: Line) -> u32 {
-        let leaf = match self.free_leaves.pop() {
-            Some(leaf) => leaf,
-            None => {
-                self.resize((self.cap * 2).max(16));
-                return self.insert_no_dirty(line);
-            }
-        };
-        self.lines[leaf as usize] = Some(line);
-        self.win[self.cap + leaf as usize] = leaf;
-        self.len += 1;
-        leaf
+        self.nodes = nodes;
+        self.cap = cap;
     }
 
     /// Insert a line; returns its leaf index (the handle for `remove`).
     pub fn insert(&mut self, line: Line) -> u32 {
-        let cap_before = self.cap;
-        let leaf = self.insert_no_dirty(line);
-        if self.cap == cap_before {
-            self.dirty_path(leaf);
-        }
+        let leaf = match self.free_leaves.pop() {
+            Some(leaf) => leaf,
+            None => {
+                self.resize((self.cap * 2).max(16));
+                return self.insert(line);
+            }
+        };
+        self.nodes[self.cap + leaf as usize].line = line;
+        self.len += 1;
+        self.dirty_path(leaf);
         leaf
+    }
+
+    /// Put `line` in place of the line at `leaf` (which must hold one).
+    pub fn replace(&mut self, leaf: u32, line: Line) {
+        if let Some(node) = self.nodes.get_mut(self.cap + leaf as usize) {
+            if node.line.slot != NONE {
+                node.line = line;
+                self.dirty_path(leaf);
+            }
+        }
     }
 
     /// Remove the line at `leaf`; returns it (None if the leaf was empty).
     pub fn remove(&mut self, leaf: u32) -> Option<Line> {
-        let line = self.lines.get_mut(leaf as usize)?.take()?;
-        self.win[self.cap + leaf as usize] = NONE;
+        let node = self.nodes.get_mut(self.cap + leaf as usize)?;
+        if node.line.slot == NONE {
+            return None;
+        }
+        let line = std::mem::replace(&mut node.line, EMPTY_LINE);
         self.free_leaves.push(leaf);
         self.len -= 1;
         self.dirty_path(leaf);
@@ -146,8 +176,8 @@ impl KineticTournament {
     fn dirty_path(&mut self, leaf: u32) {
         let mut node = (self.cap + leaf as usize) / 2;
         while node >= 1 {
-            self.sub_lo[node] = i64::MAX;
-            self.sub_hi[node] = i64::MIN;
+            self.nodes[node].sub_lo = i64::MAX;
+            self.nodes[node].sub_hi = i64::MIN;
             node /= 2;
         }
     }
@@ -156,47 +186,37 @@ impl KineticTournament {
     pub fn min_at(&mut self, x: i64) -> Option<Line> {
         let x = x.clamp(0, X_MAX);
         self.refresh(1, x);
-        let w = self.win[1];
-        if w == NONE {
-            None
-        } else {
-            self.lines[w as usize]
-        }
+        let line = self.nodes[1].line;
+        (line.slot != NONE).then_some(line)
     }
 
     fn refresh(&mut self, node: usize, x: i64) {
-        if node >= self.cap || (self.sub_lo[node] <= x && x <= self.sub_hi[node]) {
+        let n = &self.nodes[node];
+        if node >= self.cap || (n.sub_lo <= x && x <= n.sub_hi) {
             return;
         }
         self.refresh(2 * node, x);
         self.refresh(2 * node + 1, x);
-        let (a, b) = (self.win[2 * node], self.win[2 * node + 1]);
-        let (winner, lo, hi) = match (self.line(a), self.line(b)) {
-            (None, None) => (NONE, i64::MIN, i64::MAX),
-            (Some(_), None) => (a, i64::MIN, i64::MAX),
-            (None, Some(_)) => (b, i64::MIN, i64::MAX),
-            (Some(la), Some(lb)) => {
-                if beats(&la, &lb, x) {
-                    let (lo, hi) = certificate(&la, &lb, x);
-                    (a, lo, hi)
+        let (a, b) = (self.nodes[2 * node], self.nodes[2 * node + 1]);
+        let (line, lo, hi) = match (a.line.slot != NONE, b.line.slot != NONE) {
+            (false, false) => (EMPTY_LINE, i64::MIN, i64::MAX),
+            (true, false) => (a.line, i64::MIN, i64::MAX),
+            (false, true) => (b.line, i64::MIN, i64::MAX),
+            (true, true) => {
+                let (w, l) = if beats(&a.line, &b.line, x) {
+                    (a.line, b.line)
                 } else {
-                    let (lo, hi) = certificate(&lb, &la, x);
-                    (b, lo, hi)
-                }
+                    (b.line, a.line)
+                };
+                let (lo, hi) = certificate(&w, &l, x);
+                (w, lo, hi)
             }
         };
-        self.win[node] = winner;
-        self.sub_lo[node] = lo.max(self.sub_lo[2 * node]).max(self.sub_lo[2 * node + 1]);
-        self.sub_hi[node] = hi.min(self.sub_hi[2 * node]).min(self.sub_hi[2 * node + 1]);
-    }
-
-    #[inline]
-    fn line(&self, leaf: u32) -> Option<Line> {
-        if leaf == NONE {
-            None
-        } else {
-            self.lines[leaf as usize]
-        }
+        self.nodes[node] = Node {
+            line,
+            sub_lo: lo.max(a.sub_lo).max(b.sub_lo),
+            sub_hi: hi.min(a.sub_hi).min(b.sub_hi),
+        };
     }
 }
 

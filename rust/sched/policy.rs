@@ -5,7 +5,7 @@
 //! To add a policy: implement [`Policy`] below and add one line to [`REGISTRY`].
 
 use std::cmp::Ordering;
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use super::kinetic::{KineticTournament, Line};
 use super::request::Request;
@@ -249,12 +249,23 @@ impl<F: Fn(&Request) -> WaitKey + Send + Sync> Policy for Ordered<F> {
 // ------------------------------------------------------------------ LARRY
 
 /// LARRY: admit the smallest `alpha*arrival + L*mem` (= the highest `alpha*wait - L*mem`),
-/// `mem` = tokens to (re)compute. Kept in a kinetic tournament over lines in `L`.
+/// `mem` = tokens to (re)compute.
+///
+/// Requests with equal `mem` keep their (arrival, seq) order at every `L` (the intercept
+/// `alpha*arrival` is monotone in arrival), so only the head of each equal-`mem` group is a
+/// line in the kinetic tournament. Prompt lengths repeat, so the tournament holds far fewer
+/// lines than there are waiting requests, and an arrival behind its group's head does not
+/// touch it at all.
 pub struct Larry {
     alpha: f64,
     tree: KineticTournament,
-    /// Leaf of each waiting slot in the tree (u32::MAX: not waiting).
-    leaf_of: Vec<u32>,
+    groups: HashMap<u64, Group>,
+    len: usize,
+}
+
+struct Group {
+    leaf: u32,
+    members: BTreeSet<(F64, u64, u32)>,
 }
 
 impl Larry {
@@ -262,7 +273,19 @@ impl Larry {
         Larry {
             alpha,
             tree: KineticTournament::new(),
-            leaf_of: Vec::new(),
+            groups: HashMap::new(),
+            len: 0,
+        }
+    }
+
+    fn line(&self, mem: u64, head: &(F64, u64, u32)) -> Line {
+        let &(arrival, seq, slot) = head;
+        Line {
+            slope: mem,
+            intercept: self.alpha * arrival.0,
+            arrival: arrival.0,
+            seq,
+            slot,
         }
     }
 }
@@ -272,25 +295,53 @@ impl Policy for Larry {
         "larry"
     }
     fn push(&mut self, slot: u32, req: &Request) {
-        let line = Line {
-            slope: req.num_tokens(),
-            intercept: self.alpha * req.arrival_time,
-            arrival: req.arrival_time,
-            seq: req.seq,
-            slot,
-        };
-        let leaf = self.tree.insert(line);
-        let i = slot as usize;
-        if self.leaf_of.len() <= i {
-            self.leaf_of.resize(i + 1, u32::MAX);
+        let mem = req.num_tokens();
+        let key = (F64(req.arrival_time), req.seq, slot);
+        self.len += 1;
+        match self.groups.get_mut(&mem) {
+            Some(group) => {
+                group.members.insert(key);
+                if group.members.first() == Some(&key) {
+                    let leaf = group.leaf;
+                    let line = self.line(mem, &key);
+                    self.tree.replace(leaf, line);
+                }
+            }
+            None => {
+                let leaf = self.tree.insert(self.line(mem, &key));
+                self.groups.insert(
+                    mem,
+                    Group {
+                        leaf,
+                        members: BTreeSet::from([key]),
+                    },
+                );
+            }
         }
-        self.leaf_of[i] = leaf;
     }
-    fn remove(&mut self, slot: u32, _req: &Request) {
-        if let Some(leaf) = self.leaf_of.get_mut(slot as usize) {
-            if *leaf != u32::MAX {
-                self.tree.remove(*leaf);
-                *leaf = u32::MAX;
+    fn remove(&mut self, slot: u32, req: &Request) {
+        let mem = req.num_tokens();
+        let key = (F64(req.arrival_time), req.seq, slot);
+        let Some(group) = self.groups.get_mut(&mem) else {
+            return;
+        };
+        let was_head = group.members.first() == Some(&key);
+        if !group.members.remove(&key) {
+            return;
+        }
+        self.len -= 1;
+        if !was_head {
+            return;
+        }
+        let leaf = group.leaf;
+        match group.members.first().copied() {
+            Some(head) => {
+                let line = self.line(mem, &head);
+                self.tree.replace(leaf, line);
+            }
+            None => {
+                self.tree.remove(leaf);
+                self.groups.remove(&mem);
             }
         }
     }
@@ -300,6 +351,6 @@ impl Policy for Larry {
             .map(|l| l.slot)
     }
     fn len(&self) -> usize {
-        self.tree.len()
+        self.len
     }
 }
