@@ -593,7 +593,7 @@ impl Scheduler {
 
         // 3. Waiting requests in policy order; stop at the first that does not fit.
         if plan.preempted.is_empty() && self.swapped.is_empty() {
-            while self.policy.len() > 0
+            while !self.policy.is_empty()
                 && (self.running.len() as u64) < self.cfg.max_num_seqs
                 && budget > 0
             {

@@ -31,6 +31,9 @@ pub trait Policy: Send + Sync {
     /// The request to admit next, at load signal `load`.
     fn peek(&mut self, load: u64) -> Option<u32>;
     fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Victim among `candidates` (running, not yet scheduled this step, in admission order;
     /// never empty). Default: the most recently admitted (vLLM's rule).
     fn choose_victim(&self, candidates: &[u32], _reqs: &Slab) -> Option<u32> {
