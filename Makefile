@@ -1,0 +1,38 @@
+.DEFAULT_GOAL := help
+PY ?= python3
+
+.PHONY: help
+help: ## Show this help
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+.PHONY: build-dev
+build-dev: ## Build the extension and install the package editable, with every extra
+	$(PY) -m pip install -e ".[all]"
+
+.PHONY: test
+test: ## The whole test suite (fast Hypothesis profile)
+	$(PY) -m pytest
+
+.PHONY: test-ci
+test-ci: ## As CI: thorough Hypothesis profile (>= 1,000 examples per policy)
+	HYPOTHESIS_PROFILE=ci $(PY) -m pytest
+
+.PHONY: test-rust
+test-rust: ## Rust unit tests (no Python needed)
+	cargo test --lib
+
+.PHONY: lint
+lint: ## cargo fmt --check, clippy, the stub check
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --features python -- -D warnings
+	$(PY) -m mypy.stubtest halffull._core
+
+.PHONY: format
+format: ## Format the Rust code
+	cargo fmt --all
+
+.PHONY: bench
+bench: ## Time the benches (pytest-benchmark) and print the scheduler ratio table
+	$(PY) -m pytest benches --benchmark-enable
+	$(PY) benches/bench_scheduler.py
