@@ -10,7 +10,7 @@ import math
 import pytest
 
 import halffull
-from conftest import make_config
+from support import make_config
 
 
 def fresh_pair(Sched, **cfg):

@@ -7,7 +7,7 @@ import hypothesis.strategies as st
 from hypothesis import given
 
 import halffull
-from conftest import IMPLS, make_config, run_to_completion
+from support import IMPLS, make_config, run_to_completion
 
 
 def step(s, now=None, finished=()):
