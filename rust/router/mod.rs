@@ -1,1 +1,790 @@
-//! Cluster load balancers (DESIGN §6). Placeholder: filled in by the routers work.
+//! Cluster load balancers (DESIGN §6): which replica gets a request.
+//!
+//! State owned here: per replica, a [`ReplicaLoad`] (capacity and load as the router sees
+//! it); per live request, its replica and what it was charged there; the sums of finished
+//! requests' input and output lengths (SAL's β and the default decode estimate). Each
+//! policy ([`policy::POLICIES`]) owns its own state (round-robin pointer, SplitMix64).
+//!
+//! Load comes in two ways, which mix:
+//!
+//! ```text
+//! (a) bookkeeping   route(id, prompt)        -> waiting += 1, queued_prefill += prompt,
+//!                                               remaining_decode += estimate
+//!                   on_progress(id, out)     -> first call: waiting -> running,
+//!                                               queued_prefill -= prompt;
+//!                                               used_blocks: ceil((prompt + out) / block_size);
+//!                                               remaining_decode: max(0, estimate - out)
+//!                   on_finish(id, out)       -> undoes the request's charges; feeds β
+//!                   on_abort(id)             -> undoes the charges; does not feed β
+//! (b) snapshots     update_replica(i, ...)   -> overwrites the given fields of replica i;
+//!                                               later bookkeeping applies on top (saturating)
+//! ```
+//!
+//! The decode estimate of a request is fixed when it is routed:
+//! `min(predicted_output_tokens or round(mean output of finished requests, or the prior),
+//!      max_output_tokens if given)`.
+//!
+//! A call that returns an error changes nothing (and draws no random numbers). No decision
+//! depends on a `HashMap`'s order: the map only answers "which replica holds this request".
+
+pub mod error;
+pub mod load;
+pub mod policy;
+pub mod rng;
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::hash::Hash;
+
+pub use error::{Result, RouterError};
+pub use load::{ReplicaLoad, ReplicaSnapshot, ReplicaSpec};
+pub use policy::{
+    llumnix_freeness, make_policy, policy_names, sal_start_delay, Cluster, Policy, PolicyInfo,
+    RouteRequest, POLICIES,
+};
+pub use rng::SplitMix64;
+
+/// Every count (tokens, blocks, requests) must be at most this; larger is a caller's bug.
+pub const MAX_COUNT: u64 = 1 << 40;
+/// At most this many replicas.
+pub const MAX_REPLICAS: usize = 1 << 16;
+
+/// How to build a [`Router`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouterConfig {
+    /// A name from [`policy_names`].
+    pub policy: String,
+    /// Seeds `random` and `power_of_two`.
+    pub seed: u64,
+    /// One entry per replica.
+    pub replicas: Vec<ReplicaSpec>,
+    /// Fixes SAL's β (KV tokens a running request frees per iteration); `None` learns it as
+    /// `(Σ input + Σ output) / Σ output` over finished requests.
+    pub beta: Option<f64>,
+    /// Mean input and output lengths assumed until a request with output has finished.
+    pub prior_input_tokens: u64,
+    pub prior_output_tokens: u64,
+}
+
+impl RouterConfig {
+    /// `num_replicas` identical replicas of [`ReplicaSpec::default`], seed 0, learned β.
+    pub fn new(policy: &str, num_replicas: usize) -> Self {
+        RouterConfig {
+            policy: policy.to_string(),
+            seed: 0,
+            replicas: vec![ReplicaSpec::default(); num_replicas],
+            beta: None,
+            prior_input_tokens: 1024,
+            prior_output_tokens: 256,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        make_policy(&self.policy, self.seed)?;
+        let n = self.replicas.len();
+        if n == 0 || n > MAX_REPLICAS {
+            return Err(RouterError::Config {
+                field: "num_replicas",
+                message: format!("num_replicas must be in [1, {MAX_REPLICAS}], got {n}"),
+            });
+        }
+        for spec in &self.replicas {
+            check_config_count("num_gpu_blocks", spec.num_gpu_blocks)?;
+            check_config_count("block_size", spec.block_size)?;
+            check_config_count("max_num_batched_tokens", spec.max_num_batched_tokens)?;
+        }
+        if let Some(beta) = self.beta {
+            if !(beta.is_finite() && beta > 0.0 && beta <= 1e12) {
+                return Err(RouterError::Config {
+                    field: "beta",
+                    message: format!("beta must be finite and in (0, 1e12], got {beta}"),
+                });
+            }
+        }
+        check_config_count("prior_input_tokens", self.prior_input_tokens)?;
+        check_config_count("prior_output_tokens", self.prior_output_tokens)?;
+        Ok(())
+    }
+}
+
+fn check_config_count(field: &'static str, value: u64) -> Result<()> {
+    if value == 0 || value > MAX_COUNT {
+        return Err(RouterError::Config {
+            field,
+            message: format!("{field} must be in [1, 2**40], got {value}"),
+        });
+    }
+    Ok(())
+}
+
+fn check_count(field: &'static str, value: u64, minimum: u64) -> Result<u64> {
+    if value < minimum || value > MAX_COUNT {
+        return Err(RouterError::InvalidArgument {
+            field,
+            value,
+            message: format!("{field} must be in [{minimum}, 2**40], got {value}"),
+        });
+    }
+    Ok(value)
+}
+
+fn check_request(request: &RouteRequest) -> Result<()> {
+    check_count("prompt_tokens", request.prompt_tokens, 1)?;
+    if let Some(m) = request.max_output_tokens {
+        check_count("max_output_tokens", m, 1)?;
+    }
+    if let Some(p) = request.predicted_output_tokens {
+        check_count("predicted_output_tokens", p, 0)?;
+    }
+    Ok(())
+}
+
+/// A live request: where it went and what it was charged there.
+#[derive(Debug, Clone)]
+struct Live {
+    replica: usize,
+    prompt_tokens: u64,
+    max_output_tokens: Option<u64>,
+    decode_estimate: u64,
+    output_tokens: u64,
+    started: bool,
+    /// Blocks charged to the replica's `used_blocks` (0 until started).
+    used_blocks: u64,
+}
+
+impl Live {
+    fn remaining_decode(&self) -> u64 {
+        self.decode_estimate.saturating_sub(self.output_tokens)
+    }
+
+    /// `output_tokens` is a cumulative count: it may not shrink or pass the request's cap.
+    fn check_output(&self, output_tokens: u64) -> Result<()> {
+        if output_tokens < self.output_tokens {
+            return Err(RouterError::InvalidArgument {
+                field: "output_tokens",
+                value: output_tokens,
+                message: format!(
+                    "output_tokens is cumulative and went backwards: {output_tokens} < {}",
+                    self.output_tokens
+                ),
+            });
+        }
+        if let Some(cap) = self.max_output_tokens {
+            if output_tokens > cap {
+                return Err(RouterError::InvalidArgument {
+                    field: "output_tokens",
+                    value: output_tokens,
+                    message: format!(
+                        "output_tokens {output_tokens} exceeds the request's max_output_tokens {cap}"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A cluster load balancer. `K` is the request id type (the Python binding uses
+/// `sched::RequestId`, an int or a string); its `Display` names it in error messages.
+#[derive(Debug)]
+pub struct Router<K> {
+    config: RouterConfig,
+    policy: Box<dyn Policy>,
+    replicas: Vec<ReplicaLoad>,
+    /// Replicas that got a snapshot: their counters need not equal the bookkeeping sums.
+    snapshotted: Vec<bool>,
+    live: HashMap<K, Live>,
+    num_finished: u64,
+    sum_input_tokens: u128,
+    sum_output_tokens: u128,
+}
+
+impl<K: Hash + Eq + fmt::Display> Router<K> {
+    pub fn new(config: RouterConfig) -> Result<Self> {
+        config.validate()?;
+        let policy = make_policy(&config.policy, config.seed)?;
+        let replicas: Vec<ReplicaLoad> = config
+            .replicas
+            .iter()
+            .map(|s| ReplicaLoad::new(*s))
+            .collect();
+        Ok(Router {
+            snapshotted: vec![false; replicas.len()],
+            replicas,
+            policy,
+            live: HashMap::new(),
+            num_finished: 0,
+            sum_input_tokens: 0,
+            sum_output_tokens: 0,
+            config,
+        })
+    }
+
+    pub fn config(&self) -> &RouterConfig {
+        &self.config
+    }
+
+    pub fn policy_name(&self) -> &'static str {
+        self.policy.name()
+    }
+
+    pub fn num_replicas(&self) -> usize {
+        self.replicas.len()
+    }
+
+    pub fn replicas(&self) -> &[ReplicaLoad] {
+        &self.replicas
+    }
+
+    pub fn replica(&self, index: usize) -> Result<&ReplicaLoad> {
+        self.replicas
+            .get(index)
+            .ok_or(RouterError::ReplicaOutOfRange {
+                index: index as u64,
+                num_replicas: self.replicas.len(),
+            })
+    }
+
+    /// Live (routed, not finished or aborted) requests.
+    pub fn num_live(&self) -> usize {
+        self.live.len()
+    }
+
+    pub fn num_finished(&self) -> u64 {
+        self.num_finished
+    }
+
+    pub fn contains(&self, id: &K) -> bool {
+        self.live.contains_key(id)
+    }
+
+    pub fn replica_of(&self, id: &K) -> Result<usize> {
+        self.live
+            .get(id)
+            .map(|l| l.replica)
+            .ok_or_else(|| unknown(id))
+    }
+
+    /// SAL's β: the override, else `(Σ in + Σ out) / Σ out` over finished requests, else
+    /// `(prior_in + prior_out) / prior_out` while no finished request has output.
+    pub fn beta(&self) -> f64 {
+        if let Some(beta) = self.config.beta {
+            return beta;
+        }
+        let (sum_in, sum_out) = if self.sum_output_tokens > 0 {
+            (self.sum_input_tokens, self.sum_output_tokens)
+        } else {
+            (
+                u128::from(self.config.prior_input_tokens),
+                u128::from(self.config.prior_output_tokens),
+            )
+        };
+        (sum_in + sum_out) as f64 / sum_out as f64
+    }
+
+    /// Mean output length of finished requests, rounded half up (the prior before any).
+    pub fn mean_output_tokens(&self) -> u64 {
+        if self.num_finished == 0 {
+            return self.config.prior_output_tokens;
+        }
+        let n = u128::from(self.num_finished);
+        let mean = (2 * self.sum_output_tokens + n) / (2 * n);
+        u64::try_from(mean).unwrap_or(u64::MAX)
+    }
+
+    /// The decode tokens a request is expected to generate, fixed when it is routed.
+    pub fn decode_estimate(&self, request: &RouteRequest) -> u64 {
+        let guess = request
+            .predicted_output_tokens
+            .unwrap_or_else(|| self.mean_output_tokens());
+        match request.max_output_tokens {
+            Some(cap) => guess.min(cap),
+            None => guess,
+        }
+    }
+
+    /// Choose a replica for a new request and charge it there. Errors (bad counts, a live
+    /// duplicate id) change nothing.
+    pub fn route(&mut self, id: K, request: RouteRequest) -> Result<usize> {
+        check_request(&request)?;
+        if self.live.contains_key(&id) {
+            return Err(RouterError::DuplicateRequest {
+                id: format!("{id}"),
+            });
+        }
+        Ok(self.dispatch(id, request))
+    }
+
+    /// `route` for each request in order; all are checked first, so on error nothing is routed.
+    pub fn route_many(&mut self, requests: Vec<(K, RouteRequest)>) -> Result<Vec<usize>> {
+        {
+            let mut seen: HashSet<&K> = HashSet::with_capacity(requests.len());
+            for (id, request) in &requests {
+                check_request(request)?;
+                if self.live.contains_key(id) || !seen.insert(id) {
+                    return Err(RouterError::DuplicateRequest {
+                        id: format!("{id}"),
+                    });
+                }
+            }
+        }
+        Ok(requests
+            .into_iter()
+            .map(|(id, request)| self.dispatch(id, request))
+            .collect())
+    }
+
+    fn dispatch(&mut self, id: K, request: RouteRequest) -> usize {
+        let estimate = self.decode_estimate(&request);
+        let cluster = Cluster {
+            replicas: &self.replicas,
+            beta: self.beta(),
+        };
+        let last = self.replicas.len().saturating_sub(1);
+        let index = self.policy.choose(&cluster, &request).min(last);
+        if let Some(load) = self.replicas.get_mut(index) {
+            load.waiting = load.waiting.saturating_add(1);
+            load.queued_prefill_tokens = load
+                .queued_prefill_tokens
+                .saturating_add(request.prompt_tokens);
+            load.remaining_decode_tokens = load.remaining_decode_tokens.saturating_add(estimate);
+        }
+        self.live.insert(
+            id,
+            Live {
+                replica: index,
+                prompt_tokens: request.prompt_tokens,
+                max_output_tokens: request.max_output_tokens,
+                decode_estimate: estimate,
+                output_tokens: 0,
+                started: false,
+                used_blocks: 0,
+            },
+        );
+        index
+    }
+
+    /// The request has started (its prefill is done) and has generated `output_tokens`
+    /// tokens so far (cumulative; 0 is allowed: "started").
+    pub fn on_progress(&mut self, id: &K, output_tokens: u64) -> Result<()> {
+        check_count("output_tokens", output_tokens, 0)?;
+        let live = self.live.get_mut(id).ok_or_else(|| unknown(id))?;
+        live.check_output(output_tokens)?;
+        let Some(load) = self.replicas.get_mut(live.replica) else {
+            return Err(RouterError::Invariant {
+                message: format!(
+                    "request {id} is on replica {} which does not exist",
+                    live.replica
+                ),
+            });
+        };
+        let old_remaining = live.remaining_decode();
+        if !live.started {
+            live.started = true;
+            load.waiting = load.waiting.saturating_sub(1);
+            load.running = load.running.saturating_add(1);
+            load.queued_prefill_tokens = load
+                .queued_prefill_tokens
+                .saturating_sub(live.prompt_tokens);
+        }
+        live.output_tokens = output_tokens;
+        let used = load.blocks_for(live.prompt_tokens.saturating_add(output_tokens));
+        load.used_blocks = load
+            .used_blocks
+            .saturating_add(used.saturating_sub(live.used_blocks));
+        live.used_blocks = used;
+        let freed_estimate = old_remaining.saturating_sub(live.remaining_decode());
+        load.remaining_decode_tokens = load.remaining_decode_tokens.saturating_sub(freed_estimate);
+        Ok(())
+    }
+
+    /// The request finished after generating `output_tokens` tokens: its charges are undone
+    /// and its lengths feed β and the mean output length.
+    pub fn on_finish(&mut self, id: &K, output_tokens: u64) -> Result<()> {
+        check_count("output_tokens", output_tokens, 0)?;
+        self.live
+            .get(id)
+            .ok_or_else(|| unknown(id))?
+            .check_output(output_tokens)?;
+        if let Some(live) = self.live.remove(id) {
+            self.release(&live);
+            self.num_finished += 1;
+            self.sum_input_tokens += u128::from(live.prompt_tokens);
+            self.sum_output_tokens += u128::from(output_tokens);
+        }
+        Ok(())
+    }
+
+    /// The request ended without a meaningful length (client gone, error): its charges are
+    /// undone; β does not learn from it.
+    pub fn on_abort(&mut self, id: &K) -> Result<()> {
+        let live = self.live.remove(id).ok_or_else(|| unknown(id))?;
+        self.release(&live);
+        Ok(())
+    }
+
+    fn release(&mut self, live: &Live) {
+        let Some(load) = self.replicas.get_mut(live.replica) else {
+            return;
+        };
+        if live.started {
+            load.running = load.running.saturating_sub(1);
+            load.used_blocks = load.used_blocks.saturating_sub(live.used_blocks);
+        } else {
+            load.waiting = load.waiting.saturating_sub(1);
+            load.queued_prefill_tokens = load
+                .queued_prefill_tokens
+                .saturating_sub(live.prompt_tokens);
+        }
+        load.remaining_decode_tokens = load
+            .remaining_decode_tokens
+            .saturating_sub(live.remaining_decode());
+    }
+
+    /// Overwrite the given fields of replica `index`'s load (an engine's report, possibly
+    /// stale). `free_blocks` sets `used_blocks = num_gpu_blocks - free_blocks`.
+    pub fn update_replica(&mut self, index: usize, snapshot: ReplicaSnapshot) -> Result<()> {
+        let num_replicas = self.replicas.len();
+        let load = self
+            .replicas
+            .get_mut(index)
+            .ok_or(RouterError::ReplicaOutOfRange {
+                index: index as u64,
+                num_replicas,
+            })?;
+        let fields = [
+            ("waiting", snapshot.waiting),
+            ("running", snapshot.running),
+            ("queued_prefill_tokens", snapshot.queued_prefill_tokens),
+            ("remaining_decode_tokens", snapshot.remaining_decode_tokens),
+            ("free_blocks", snapshot.free_blocks),
+        ];
+        for (field, value) in fields {
+            if let Some(v) = value {
+                check_count(field, v, 0)?;
+            }
+        }
+        if let Some(free) = snapshot.free_blocks {
+            if free > load.num_gpu_blocks {
+                return Err(RouterError::InvalidArgument {
+                    field: "free_blocks",
+                    value: free,
+                    message: format!(
+                        "free_blocks {free} exceeds replica {index}'s num_gpu_blocks {}",
+                        load.num_gpu_blocks
+                    ),
+                });
+            }
+            load.used_blocks = load.num_gpu_blocks - free;
+        }
+        if let Some(v) = snapshot.waiting {
+            load.waiting = v;
+        }
+        if let Some(v) = snapshot.running {
+            load.running = v;
+        }
+        if let Some(v) = snapshot.queued_prefill_tokens {
+            load.queued_prefill_tokens = v;
+        }
+        if let Some(v) = snapshot.remaining_decode_tokens {
+            load.remaining_decode_tokens = v;
+        }
+        if let Some(flag) = self.snapshotted.get_mut(index) {
+            *flag = true;
+        }
+        Ok(())
+    }
+
+    /// Check that every live request sits on an existing replica and that each replica never
+    /// given a snapshot has counters equal to the sums over its live requests.
+    pub fn check_invariants(&self) -> Result<()> {
+        let n = self.replicas.len();
+        let mut sums = vec![ReplicaLoad::new(ReplicaSpec::default()); n];
+        for (id, live) in &self.live {
+            let Some(sum) = sums.get_mut(live.replica) else {
+                return Err(RouterError::Invariant {
+                    message: format!("request {id} is on replica {} of {n}", live.replica),
+                });
+            };
+            if live.started {
+                sum.running += 1;
+                sum.used_blocks += live.used_blocks;
+            } else {
+                sum.waiting += 1;
+                sum.queued_prefill_tokens += live.prompt_tokens;
+                if live.used_blocks != 0 || live.output_tokens != 0 {
+                    return Err(RouterError::Invariant {
+                        message: format!("request {id} has not started but holds blocks or tokens"),
+                    });
+                }
+            }
+            sum.remaining_decode_tokens += live.remaining_decode();
+        }
+        for (i, (load, sum)) in self.replicas.iter().zip(&sums).enumerate() {
+            if self.snapshotted.get(i).copied().unwrap_or(true) {
+                continue;
+            }
+            let got = (
+                load.waiting,
+                load.running,
+                load.queued_prefill_tokens,
+                load.remaining_decode_tokens,
+                load.used_blocks,
+            );
+            let want = (
+                sum.waiting,
+                sum.running,
+                sum.queued_prefill_tokens,
+                sum.remaining_decode_tokens,
+                sum.used_blocks,
+            );
+            if got != want {
+                return Err(RouterError::Invariant {
+                    message: format!(
+                        "replica {i}: (waiting, running, queued_prefill_tokens, \
+                         remaining_decode_tokens, used_blocks) = {got:?}, but its live requests sum to {want:?}"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn unknown<K: fmt::Display>(id: &K) -> RouterError {
+    RouterError::UnknownRequest {
+        id: format!("{id}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router(policy: &str, n: usize) -> Router<u64> {
+        let mut cfg = RouterConfig::new(policy, n);
+        cfg.replicas = vec![
+            ReplicaSpec {
+                num_gpu_blocks: 64,
+                block_size: 4,
+                max_num_batched_tokens: 128
+            };
+            n
+        ];
+        Router::new(cfg).unwrap()
+    }
+
+    fn req(prompt: u64) -> RouteRequest {
+        RouteRequest::new(prompt)
+    }
+
+    #[test]
+    fn config_errors() {
+        let err = Router::<u64>::new(RouterConfig::new("fastest", 2)).unwrap_err();
+        assert!(matches!(err, RouterError::UnknownPolicy { .. }));
+        let err = Router::<u64>::new(RouterConfig::new("sal", 0)).unwrap_err();
+        assert!(matches!(
+            err,
+            RouterError::Config {
+                field: "num_replicas",
+                ..
+            }
+        ));
+        let mut cfg = RouterConfig::new("sal", 2);
+        cfg.beta = Some(f64::NAN);
+        assert!(matches!(
+            Router::<u64>::new(cfg).unwrap_err(),
+            RouterError::Config { field: "beta", .. }
+        ));
+        let mut cfg = RouterConfig::new("sal", 2);
+        cfg.replicas[1].block_size = 0;
+        assert!(matches!(
+            Router::<u64>::new(cfg).unwrap_err(),
+            RouterError::Config {
+                field: "block_size",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn bookkeeping_follows_a_request() {
+        let mut r = router("least_requests", 2);
+        assert_eq!(
+            r.route(
+                1,
+                RouteRequest {
+                    max_output_tokens: Some(10),
+                    ..req(9)
+                }
+            )
+            .unwrap(),
+            0
+        );
+        assert_eq!(r.route(2, req(5)).unwrap(), 1);
+        let l = r.replicas()[0];
+        assert_eq!(
+            (
+                l.waiting,
+                l.queued_prefill_tokens,
+                l.remaining_decode_tokens
+            ),
+            (1, 9, 10)
+        );
+        assert_eq!(r.replicas()[1].remaining_decode_tokens, 256); // the prior mean
+        r.on_progress(&1, 1).unwrap();
+        let l = r.replicas()[0];
+        assert_eq!((l.waiting, l.running, l.queued_prefill_tokens), (0, 1, 0));
+        assert_eq!((l.used_blocks, l.remaining_decode_tokens), (3, 9)); // ceil(10 / 4)
+        r.on_progress(&1, 4).unwrap();
+        assert_eq!(r.replicas()[0].used_blocks, 4); // ceil(13 / 4)
+        r.check_invariants().unwrap();
+        assert!(matches!(
+            r.on_progress(&1, 3),
+            Err(RouterError::InvalidArgument { .. })
+        ));
+        assert!(matches!(
+            r.on_progress(&1, 11),
+            Err(RouterError::InvalidArgument { .. })
+        ));
+        r.on_finish(&1, 6).unwrap();
+        assert_eq!(r.replicas()[0], ReplicaLoad::new(r.config().replicas[0]));
+        assert_eq!(r.mean_output_tokens(), 6);
+        assert_eq!(r.beta(), 15.0 / 6.0);
+        r.on_abort(&2).unwrap();
+        assert_eq!(r.num_finished(), 1);
+        assert_eq!(r.num_live(), 0);
+        r.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn errors_change_nothing() {
+        let mut r = router("random", 3);
+        r.route(7, req(5)).unwrap();
+        let before = (r.replicas().to_vec(), r.num_live());
+        let rng_probe = |r: &mut Router<u64>, id| {
+            let i = r.route(id, req(1)).unwrap();
+            r.on_abort(&id).unwrap();
+            i
+        };
+        assert!(matches!(
+            r.route(7, req(5)),
+            Err(RouterError::DuplicateRequest { .. })
+        ));
+        assert!(matches!(
+            r.route(8, req(0)),
+            Err(RouterError::InvalidArgument {
+                field: "prompt_tokens",
+                ..
+            })
+        ));
+        assert!(matches!(
+            r.route(
+                8,
+                RouteRequest {
+                    max_output_tokens: Some(0),
+                    ..req(1)
+                }
+            ),
+            Err(RouterError::InvalidArgument { .. })
+        ));
+        assert!(matches!(
+            r.route(8, req(MAX_COUNT + 1)),
+            Err(RouterError::InvalidArgument { .. })
+        ));
+        assert!(matches!(
+            r.on_finish(&8, 1),
+            Err(RouterError::UnknownRequest { .. })
+        ));
+        assert!(matches!(
+            r.on_abort(&8),
+            Err(RouterError::UnknownRequest { .. })
+        ));
+        assert!(matches!(
+            r.update_replica(3, ReplicaSnapshot::default()),
+            Err(RouterError::ReplicaOutOfRange {
+                index: 3,
+                num_replicas: 3
+            })
+        ));
+        let bad = ReplicaSnapshot {
+            waiting: Some(4),
+            free_blocks: Some(65),
+            ..Default::default()
+        };
+        assert!(matches!(
+            r.update_replica(0, bad),
+            Err(RouterError::InvalidArgument {
+                field: "free_blocks",
+                ..
+            })
+        ));
+        let many = vec![(20, req(1)), (21, req(1)), (20, req(1))];
+        assert!(matches!(
+            r.route_many(many),
+            Err(RouterError::DuplicateRequest { .. })
+        ));
+        assert_eq!((r.replicas().to_vec(), r.num_live()), before);
+        // The random stream was not advanced by the failed calls.
+        let mut twin = router("random", 3);
+        twin.route(7, req(5)).unwrap();
+        assert_eq!(rng_probe(&mut r, 100), rng_probe(&mut twin, 100));
+    }
+
+    #[test]
+    fn snapshots_overwrite_and_bookkeeping_saturates() {
+        let mut r = router("least_requests", 2);
+        r.route(1, req(8)).unwrap();
+        r.on_progress(&1, 1).unwrap();
+        let snap = ReplicaSnapshot {
+            waiting: Some(0),
+            running: Some(0),
+            queued_prefill_tokens: Some(0),
+            remaining_decode_tokens: Some(0),
+            free_blocks: Some(64),
+        };
+        r.update_replica(0, snap).unwrap();
+        r.on_finish(&1, 2).unwrap();
+        assert_eq!(r.replicas()[0], ReplicaLoad::new(r.config().replicas[0]));
+        r.check_invariants().unwrap();
+        r.update_replica(
+            1,
+            ReplicaSnapshot {
+                waiting: Some(5),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(r.route(2, req(1)).unwrap(), 0);
+        assert_eq!(r.replicas()[1].waiting, 5);
+    }
+
+    #[test]
+    fn route_many_equals_route_in_a_loop() {
+        for name in policy_names() {
+            let mut a = router(name, 5);
+            let mut b = router(name, 5);
+            let reqs: Vec<(u64, RouteRequest)> =
+                (0..40).map(|i| (i, req(1 + (i * 37) % 50))).collect();
+            let one: Vec<usize> = reqs
+                .iter()
+                .map(|(id, q)| a.route(*id, *q).unwrap())
+                .collect();
+            assert_eq!(b.route_many(reqs).unwrap(), one, "{name}");
+            assert_eq!(a.replicas(), b.replicas());
+        }
+    }
+
+    #[test]
+    fn sal_learns_beta_and_honours_the_override() {
+        let mut r = router("sal", 2);
+        assert_eq!(r.beta(), (1024.0 + 256.0) / 256.0);
+        r.route(1, req(30)).unwrap();
+        r.on_finish(&1, 10).unwrap();
+        assert_eq!(r.beta(), 4.0);
+        let mut cfg = RouterConfig::new("sal", 2);
+        cfg.beta = Some(2.5);
+        let r2 = Router::<u64>::new(cfg).unwrap();
+        assert_eq!(r2.beta(), 2.5);
+    }
+}

@@ -3,6 +3,7 @@ Hypothesis tests compare the Rust core against. Slow on purpose (O(n) per decisi
 
 from ..config import SchedulerConfig
 from .policies import POLICIES
+from .router import ROUTERS, Router
 from .scheduler import Request, Scheduler, StepPlan
 
-__all__ = ["POLICIES", "Request", "Scheduler", "SchedulerConfig", "StepPlan"]
+__all__ = ["POLICIES", "ROUTERS", "Request", "Router", "Scheduler", "SchedulerConfig", "StepPlan"]

@@ -1,0 +1,489 @@
+"""The cluster routers: the Rust ``Router`` against the reference, step for step, for every
+policy; then targeted behaviour (round robin, join-shortest-queue, SAL's memory awareness,
+ties, β) and bad input (typed errors, state unchanged)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
+
+import halffull
+from halffull import errors
+from halffull.reference import router as ref
+
+RustRouter = getattr(halffull, "Router", None) or halffull._core.Router
+ROUTERS = tuple(halffull._core.router_names())
+IMPLS = {"rust": RustRouter, "reference": ref.Router}
+
+
+@pytest.fixture(params=sorted(IMPLS))
+def Router(request):
+    """The router class under test: the Rust core and the reference, in turn."""
+    return IMPLS[request.param]
+
+
+def state(r) -> tuple:
+    """Everything observable about a router (for equality across implementations)."""
+    return (r.replica_loads(), len(r), r.beta, r.mean_output_tokens, r.num_finished)
+
+
+def test_registry_matches_reference():
+    assert ROUTERS == ref.ROUTERS
+    assert set(ROUTERS) == {"round_robin", "random", "power_of_two", "least_requests", "least_tokens",
+                            "llumnix", "sal"}
+
+
+# ---------------------------------------------------------------------------- Rust == reference
+
+ids = st.one_of(st.integers(-5, 40), st.sampled_from(["a", "b", "c", "req-1", "req-2", "é"]))
+counts = st.none() | st.integers(0, 2) | st.integers(0, 300)
+
+
+class RouterParity(RuleBasedStateMachine):
+    """Drive both routers with the same operations; they must return the same replica (or
+    raise the same error) every time and agree on every replica's load after every step."""
+
+    policy = "round_robin"
+
+    @initialize(
+        n=st.integers(1, 6),
+        seed=st.integers(0, 2**64 - 1),
+        blocks=st.integers(1, 40),
+        block_size=st.integers(1, 8),
+        budget=st.integers(1, 64),
+        hetero=st.booleans(),
+        beta=st.none() | st.floats(0.1, 20.0),
+        priors=st.tuples(st.integers(1, 100), st.integers(1, 100)),
+        data=st.data(),
+    )
+    def setup(self, n, seed, blocks, block_size, budget, hetero, beta, priors, data):
+        if hetero:
+            blocks = data.draw(st.lists(st.integers(1, 40), min_size=n, max_size=n))
+            block_size = data.draw(st.lists(st.integers(1, 8), min_size=n, max_size=n))
+        kwargs = dict(seed=seed, num_gpu_blocks=blocks, block_size=block_size, max_num_batched_tokens=budget,
+                      beta=beta, prior_input_tokens=priors[0], prior_output_tokens=priors[1])
+        self.rust = RustRouter(self.policy, n, **kwargs)
+        self.ref = ref.Router(self.policy, n, **kwargs)
+        self.n = n
+        self.live: list = []          # ids live in both, in routing order (never a set: order matters)
+
+    def both(self, method: str, *args, **kwargs):
+        """Call ``method`` on both; same result or same exception class and attributes."""
+        results = []
+        for impl in (self.rust, self.ref):
+            try:
+                out = getattr(impl, method)(*args, **kwargs)
+                results.append(("ok", out.tolist() if isinstance(out, np.ndarray) else out))
+            except errors.HalffullError as e:
+                attrs = {k: getattr(e, k, None) for k in ("field", "request_id", "num_replicas")}
+                results.append((type(e).__name__, attrs))
+        assert results[0] == results[1], f"{method}{args}{kwargs}: rust {results[0]} != reference {results[1]}"
+        return results[0]
+
+    def pick_live(self, data):
+        return data.draw(st.sampled_from(self.live))
+
+    @rule(rid=ids, prompt=st.integers(1, 80), cap=st.none() | st.integers(1, 40),
+          predicted=st.none() | st.integers(0, 50))
+    def route(self, rid, prompt, cap, predicted):
+        kind, out = self.both("route", rid, prompt, max_output_tokens=cap, predicted_output_tokens=predicted)
+        if kind == "ok":
+            assert 0 <= out < self.n
+            self.live.append(rid)
+        else:
+            assert kind == "DuplicateRequestError" and rid in self.live
+
+    @rule(batch=st.lists(st.tuples(ids, st.integers(1, 80), st.none() | st.integers(0, 50)), max_size=5),
+          cap=st.none() | st.integers(1, 40))
+    def route_many(self, batch, cap):
+        rids = [b[0] for b in batch]
+        prompts = [b[1] for b in batch]
+        caps = None if cap is None else [cap] * len(batch)
+        predicted = [b[2] for b in batch]
+        if any(p is None for p in predicted):
+            predicted = None
+        kind, _ = self.both("route_many", rids, prompts, caps, predicted)
+        if kind == "ok":
+            self.live.extend(rids)
+        else:
+            assert kind == "DuplicateRequestError"
+
+    @precondition(lambda self: self.live)
+    @rule(data=st.data(), step=st.integers(0, 12))
+    def progress(self, data, step):
+        rid = self.pick_live(data)
+        done = self.ref.requests[ref._check_id(rid)].output_tokens
+        self.both("on_progress", rid, done + step)
+
+    @precondition(lambda self: self.live)
+    @rule(data=st.data(), extra=st.integers(0, 12))
+    def finish(self, data, extra):
+        rid = self.pick_live(data)
+        done = self.ref.requests[ref._check_id(rid)].output_tokens
+        kind, _ = self.both("on_finish", rid, done + extra)
+        if kind == "ok":
+            self.live.remove(rid)
+
+    @precondition(lambda self: self.live)
+    @rule(data=st.data())
+    def abort(self, data):
+        rid = self.pick_live(data)
+        self.both("on_abort", rid)
+        self.live.remove(rid)
+
+    @rule(data=st.data(), waiting=counts, running=counts, queued=counts, decode=counts,
+          free=st.none() | st.integers(0, 45))
+    def snapshot(self, data, waiting, running, queued, decode, free):
+        """An engine report (often zeros, as after finishes the router has not heard of yet)."""
+        index = data.draw(st.integers(0, self.n - 1))
+        self.both("update_replica", index, waiting=waiting, running=running, queued_prefill_tokens=queued,
+                  remaining_decode_tokens=decode, free_blocks=free)
+
+    @rule(index=st.sampled_from([-1, 6, 7, 2**70, 1.0, None]), waiting=counts)
+    def bad_snapshot(self, index, waiting):
+        kind, _ = self.both("update_replica", index, waiting=waiting)
+        assert kind == "InvalidArgumentError" or 0 <= index < self.n
+
+    @rule(rid=ids, out=st.integers(-2, 5))
+    def bad_feedback(self, rid, out):
+        """Unknown ids, negative or backwards counts: the same error, nothing changes."""
+        for method in ("on_progress", "on_finish"):
+            kind, _ = self.both(method, rid, out)
+            if kind == "ok":
+                if method == "on_finish":
+                    self.live.remove(rid)
+                break
+
+    @rule(rid=ids, prompt=st.sampled_from([0, -1, 2**41, 1.5, True, "3", None]))
+    def bad_route(self, rid, prompt):
+        kind, _ = self.both("route", rid, prompt)
+        assert kind in ("InvalidArgumentError", "DuplicateRequestError")
+
+    @invariant()
+    def same_state(self):
+        if not hasattr(self, "rust"):
+            return
+        assert state(self.rust) == state(self.ref)
+        for rid in self.live[:3]:
+            assert self.rust.replica_of(rid) == self.ref.replica_of(rid)
+        self.rust.check_invariants()
+        self.ref.check_invariants()
+
+
+@pytest.mark.parametrize("policy", ROUTERS)
+def test_rust_matches_reference(policy):
+    machine = type(f"RouterParity_{policy}", (RouterParity,), {"policy": policy})
+    run_state_machine_as_test(machine, settings=settings(stateful_step_count=40))
+
+
+@settings(max_examples=30)
+@given(policy=st.sampled_from(ROUTERS), n=st.integers(1, 64), seed=st.integers(0, 2**64 - 1),
+       prompts=st.lists(st.integers(1, 4096), min_size=1, max_size=200))
+def test_route_many_matches_route_loop(policy, n, seed, prompts):
+    a, b, c = (RustRouter(policy, n, seed=seed), RustRouter(policy, n, seed=seed), ref.Router(policy, n, seed=seed))
+    one = [a.route(i, p) for i, p in enumerate(prompts)]
+    many = b.route_many(range(len(prompts)), prompts)
+    assert isinstance(many, np.ndarray) and many.dtype == np.int64
+    assert many.tolist() == one == c.route_many(range(len(prompts)), prompts).tolist()
+    assert a.replica_loads() == b.replica_loads() == c.replica_loads()
+
+
+# ---------------------------------------------------------------------------- the PRNG
+
+
+def test_splitmix64_matches_the_published_vector():
+    rng = ref.SplitMix64(1234567)
+    assert [rng.next_u64() for _ in range(5)] == [
+        6457827717110365317, 3203168211198807973, 9817491932198370423, 4593380528125082431,
+        16408922859458223821]
+
+
+def test_random_is_seeded_and_roughly_uniform(Router):
+    a = Router("random", 4, seed=42)
+    b = Router("random", 4, seed=42)
+    picks = [a.route(i, 1) for i in range(4000)]
+    assert picks == [b.route(i, 1) for i in range(4000)]
+    assert picks != [Router("random", 4, seed=43).route(i, 1) for i in range(4000)]
+    counts = np.bincount(picks, minlength=4)
+    assert counts.min() > 850, counts
+
+
+def test_power_of_two_prefers_the_lighter_of_two(Router):
+    r = Router("power_of_two", 2, seed=5)
+    r.update_replica(1, waiting=3)
+    for i in range(50):
+        assert r.route(i, 1) == 0
+        r.on_abort(i)
+    # With equal load, the lower index of the two (with two replicas: always 0).
+    r2 = Router("power_of_two", 2, seed=5)
+    assert r2.route("x", 1) == 0
+    # Three replicas: every replica is sampled sometimes.
+    r3 = Router("power_of_two", 3, seed=1)
+    seen = set()
+    for i in range(60):
+        seen.add(r3.route(i, 1))
+        r3.on_abort(i)
+    assert seen == {0, 1}  # with no load the lower of the two drawn wins: never 2
+    r4 = Router("power_of_two", 3, seed=1)
+    r4.update_replica(0, waiting=9)
+    r4.update_replica(1, waiting=9)
+    assert 2 in {r4.route(i, 1) for i in range(30)}
+
+
+# ---------------------------------------------------------------------------- targeted behaviour
+
+
+def test_round_robin_cycles(Router):
+    r = Router("round_robin", 3)
+    assert [r.route(i, 10) for i in range(7)] == [0, 1, 2, 0, 1, 2, 0]
+    r.update_replica(1, waiting=100)      # load does not matter
+    assert [r.route(i, 10) for i in range(7, 10)] == [1, 2, 0]
+
+
+def test_least_requests_picks_the_emptiest(Router):
+    r = Router("least_requests", 4)
+    r.update_replica(0, waiting=3, running=2)
+    r.update_replica(1, running=1)
+    r.update_replica(2, waiting=2)
+    r.update_replica(3, waiting=1, running=1)
+    assert r.route("a", 10) == 1
+    assert r.route("b", 10) == 1          # 2 = 2 = 2 outstanding on replicas 1, 2, 3: lowest index
+    assert r.route("c", 10000) == 2
+    r.on_finish("a", 5)
+    assert r.route("d", 10) == 1
+
+
+def test_least_tokens_counts_tokens(Router):
+    r = Router("least_tokens", 2)
+    r.route("big", 5000, max_output_tokens=10)          # replica 0
+    for i in range(3):
+        r.route(i, 10, predicted_output_tokens=5)       # all to replica 1: 15 tokens each
+    assert [r.replica_of(i) for i in range(3)] == [1, 1, 1]
+    assert r.replica(1)["outstanding_tokens"] == 45
+    r.on_progress(0, 4)                                 # prefill done: 1 decode token left
+    assert r.replica(1)["outstanding_tokens"] == 31
+
+
+def test_sal_prefers_free_memory_over_a_short_full_queue(Router):
+    r = Router("sal", 2, num_gpu_blocks=100, block_size=16, max_num_batched_tokens=2048, beta=4.0)
+    r.update_replica(0, running=4, free_blocks=0)                       # short queue, full cache
+    r.update_replica(1, waiting=3, queued_prefill_tokens=1000)          # longer queue, free cache
+    assert r.route("x", 500) == 1
+    # least_tokens would go the other way.
+    lt = Router("least_tokens", 2, num_gpu_blocks=100)
+    lt.update_replica(0, running=4, free_blocks=0)
+    lt.update_replica(1, waiting=3, queued_prefill_tokens=1000)
+    assert lt.route("x", 500) == 0
+
+
+def test_sal_start_delay_formula():
+    load = ref.ReplicaLoad(num_gpu_blocks=10, block_size=16, max_num_batched_tokens=100,
+                           running=2, queued_prefill_tokens=60, used_blocks=5)
+    # queued = 60 + 100 = 160 > free 5 * 16 = 80: deficit 80, release 2 * 4.0 = 8 per iteration
+    assert ref.sal_start_delay(load, 100, 4.0) == 10.0
+    load.running = 0
+    assert ref.sal_start_delay(load, 100, 4.0) == math.inf      # nothing runs: cannot free memory
+    assert ref.sal_start_delay(load, 10, 4.0) == 0.7           # fits: queue wait (60 + 10) / 100
+
+
+def test_sal_infinite_delays_tie_on_requests(Router):
+    r = Router("sal", 3, num_gpu_blocks=1, block_size=4)
+    r.update_replica(0, waiting=2, queued_prefill_tokens=1)
+    r.update_replica(1, waiting=1, queued_prefill_tokens=1)
+    r.update_replica(2, waiting=1, queued_prefill_tokens=1)
+    assert r.route("x", 100) == 1    # all inf: fewest outstanding requests, then lowest index
+
+
+def test_llumnix_most_free_per_seat(Router):
+    r = Router("llumnix", 3, num_gpu_blocks=100, block_size=10)
+    r.update_replica(0, free_blocks=60, running=2)                           # 60 / 3 = 20
+    r.update_replica(1, free_blocks=50, running=1)                           # 50 / 2 = 25
+    r.update_replica(2, free_blocks=90, running=0, queued_prefill_tokens=651)  # (90 - 66) / 1 = 24
+    assert r.route("x", 1) == 1
+    r.update_replica(1, queued_prefill_tokens=0)                             # 50 / 2 = 25 again
+    r.update_replica(2, queued_prefill_tokens=641)                           # (90 - 65) / 1 = 25: tie
+    assert r.route("y", 1) == 2   # tie: replica 2 has fewer outstanding requests (0 < 2)
+    r.update_replica(0, free_blocks=75, running=2, waiting=0)                # 75 / 3 = 25: tie, 2 requests
+    r.update_replica(2, free_blocks=50, running=1, waiting=1, queued_prefill_tokens=0)
+    assert r.route("z", 1) == 0   # three-way tie at 25, 2 outstanding each: lowest index
+
+
+@pytest.mark.parametrize("policy", ["least_requests", "least_tokens", "llumnix", "sal"])
+def test_ties_go_to_the_lowest_index(Router, policy):
+    r = Router(policy, 5)
+    for i in range(3):                       # an empty cluster: every score ties
+        assert r.route(i, 8) == 0
+        r.on_abort(i)
+    r.update_replica(0, waiting=1, queued_prefill_tokens=8, remaining_decode_tokens=256)
+    assert r.route("x", 8) == 1
+
+
+@pytest.mark.parametrize("policy", ROUTERS)
+def test_one_replica_always_zero(Router, policy):
+    r = Router(policy, 1, seed=9)
+    assert {r.route(i, 1 + i) for i in range(20)} == {0}
+
+
+def test_bookkeeping_follows_a_request(Router):
+    r = Router("least_requests", 2, num_gpu_blocks=64, block_size=4, prior_output_tokens=7)
+    r.route("a", 9, max_output_tokens=10)
+    assert r.replica(0) == {"waiting": 1, "running": 0, "queued_prefill_tokens": 9, "remaining_decode_tokens": 7,
+                            "used_blocks": 0, "free_blocks": 64, "num_gpu_blocks": 64, "block_size": 4,
+                            "max_num_batched_tokens": 8192, "outstanding_requests": 1, "outstanding_tokens": 16}
+    r.on_progress("a", 1)
+    load = r.replica(0)
+    assert (load["waiting"], load["running"], load["queued_prefill_tokens"]) == (0, 1, 0)
+    assert (load["used_blocks"], load["remaining_decode_tokens"]) == (3, 6)     # ceil(10 / 4)
+    r.on_progress("a", 4)
+    assert r.replica(0)["used_blocks"] == 4                                      # ceil(13 / 4)
+    r.check_invariants()
+    r.on_finish("a", 6)
+    assert r.replica(0)["outstanding_requests"] == 0 and r.replica(0)["free_blocks"] == 64
+    assert r.mean_output_tokens == 6 and r.beta == 15 / 6 and r.num_finished == 1
+    r.route("b", 3)
+    assert r.replica(0)["remaining_decode_tokens"] == 6      # the learned mean, fixed at routing
+    r.on_abort("b")
+    assert r.num_finished == 1 and len(r) == 0 and "b" not in r
+
+
+def test_beta_prior_and_override(Router):
+    assert Router("sal", 2).beta == (1024 + 256) / 256
+    assert Router("sal", 2, prior_input_tokens=300, prior_output_tokens=100).beta == 4.0
+    assert Router("sal", 2, beta=2.5).beta == 2.5
+    r = Router("sal", 2)
+    r.route(1, 100)
+    r.on_finish(1, 0)              # no output yet: still the prior
+    assert r.beta == 5.0
+    r.route(2, 30)
+    r.on_finish(2, 10)
+    assert r.beta == (130 + 10) / 10
+
+
+def test_snapshots_and_saturation(Router):
+    r = Router("least_requests", 2, num_gpu_blocks=10, block_size=1)
+    r.route("a", 4)
+    r.on_progress("a", 2)
+    r.update_replica(0, waiting=0, running=0, queued_prefill_tokens=0, remaining_decode_tokens=0, free_blocks=10)
+    r.on_finish("a", 3)          # a stale snapshot: counters stay at zero, blocks stay free
+    load = r.replica(0)
+    assert (load["running"], load["free_blocks"], load["used_blocks"]) == (0, 10, 0)
+    r.check_invariants()         # snapshotted replicas are exempt from the sum check
+
+
+def test_heterogeneous_capacity(Router):
+    r = Router("sal", 3, num_gpu_blocks=[10, 1000, 10], block_size=[16, 16, 8], max_num_batched_tokens=512)
+    assert [r.replica(i)["num_gpu_blocks"] for i in range(3)] == [10, 1000, 10]
+    assert r.replica(2)["block_size"] == 8
+    r.update_replica(0, running=1)
+    r.update_replica(1, running=1)
+    r.update_replica(2, running=1)
+    assert r.route("x", 1000) == 1
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def test_unknown_policy_lists_valid_names(Router):
+    with pytest.raises(errors.ConfigError) as e:
+        Router("fastest", 2)
+    assert e.value.valid == ROUTERS and e.value.field == "policy"
+    assert "least_requests" in str(e.value) and "sal" in str(e.value)
+    with pytest.raises(ValueError):      # ConfigError is a ValueError
+        Router(3, 2)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(num_replicas=0), dict(num_replicas=-1), dict(num_replicas=2.0), dict(num_replicas=2**17),
+    dict(seed=-1), dict(seed=2**64), dict(seed=1.5), dict(beta=float("nan")), dict(beta=0.0), dict(beta=-1.0),
+    dict(beta=float("inf")), dict(beta="1"), dict(num_gpu_blocks=0), dict(block_size=-4),
+    dict(num_gpu_blocks=[4, 4, 4]), dict(max_num_batched_tokens=[1, 0]), dict(block_size=2.0),
+    dict(prior_output_tokens=0), dict(prior_input_tokens=2**41),
+])
+def test_bad_config(Router, kwargs):
+    args = dict(policy="sal", num_replicas=2)
+    args.update(kwargs)
+    with pytest.raises(errors.ConfigError) as e:
+        Router(args.pop("policy"), args.pop("num_replicas"), **args)
+    assert e.value.field == next(iter(kwargs))
+
+
+def test_errors_leave_state_unchanged(Router):
+    twin = Router("power_of_two", 5, seed=11, num_gpu_blocks=20, block_size=4)
+    r = Router("power_of_two", 5, seed=11, num_gpu_blocks=20, block_size=4)
+    for t in (twin, r):
+        t.route("a", 10, max_output_tokens=8)
+        t.route(7, 10)
+        t.on_progress("a", 2)
+    before = state(r)
+    cases = [
+        (errors.DuplicateRequestError, lambda: r.route("a", 5)),
+        (errors.DuplicateRequestError, lambda: r.route_many(["x", "y", "x"], [1, 1, 1])),
+        (errors.DuplicateRequestError, lambda: r.route_many(["x", 7], [1, 1])),
+        (errors.InvalidArgumentError, lambda: r.route("b", 0)),
+        (errors.InvalidArgumentError, lambda: r.route("b", -3)),
+        (errors.InvalidArgumentError, lambda: r.route("b", float("nan"))),
+        (errors.InvalidArgumentError, lambda: r.route("b", 5, max_output_tokens=0)),
+        (errors.InvalidArgumentError, lambda: r.route("b", 5, predicted_output_tokens=-1)),
+        (errors.InvalidArgumentError, lambda: r.route(1.5, 5)),
+        (errors.InvalidArgumentError, lambda: r.route(True, 5)),
+        (errors.InvalidArgumentError, lambda: r.route(2**70, 5)),
+        (errors.InvalidArgumentError, lambda: r.route_many(["x", "y"], [1])),
+        (errors.InvalidArgumentError, lambda: r.route_many(["x", "y"], [1, 0])),
+        (errors.UnknownRequestError, lambda: r.on_finish("zz", 1)),
+        (errors.UnknownRequestError, lambda: r.on_progress("zz", 1)),
+        (errors.UnknownRequestError, lambda: r.on_abort("zz")),
+        (errors.UnknownRequestError, lambda: r.replica_of("zz")),
+        (errors.InvalidArgumentError, lambda: r.on_finish("a", -1)),
+        (errors.InvalidArgumentError, lambda: r.on_finish("a", 1)),          # went backwards
+        (errors.InvalidArgumentError, lambda: r.on_progress("a", 9)),        # past max_output_tokens
+        (errors.InvalidArgumentError, lambda: r.on_progress("a", 2.0)),
+        (errors.InvalidArgumentError, lambda: r.update_replica(5, waiting=1)),
+        (errors.InvalidArgumentError, lambda: r.update_replica(-1, waiting=1)),
+        (errors.InvalidArgumentError, lambda: r.update_replica(0, waiting=1, free_blocks=21)),
+        (errors.InvalidArgumentError, lambda: r.update_replica(0, waiting=1, running=-1)),
+        (errors.InvalidArgumentError, lambda: r.replica(5)),
+    ]
+    for cls, call in cases:
+        with pytest.raises(cls) as e:
+            call()
+        assert isinstance(e.value, errors.HalffullError)
+        assert state(r) == before, e.value
+    # The random stream did not move either: the next choices equal an untouched twin's.
+    assert [r.route(f"n{i}", 3) for i in range(20)] == [twin.route(f"n{i}", 3) for i in range(20)]
+
+
+def test_error_attributes(Router):
+    r = Router("sal", 3)
+    r.route("a", 5)
+    with pytest.raises(errors.DuplicateRequestError) as e:
+        r.route("a", 5)
+    assert e.value.request_id == "a"
+    with pytest.raises(errors.UnknownRequestError) as e:
+        r.on_finish(42, 1)
+    assert e.value.request_id == 42 and isinstance(e.value, KeyError)
+    with pytest.raises(errors.InvalidArgumentError) as e:
+        r.update_replica(3, waiting=0)
+    assert (e.value.field, e.value.value, e.value.num_replicas) == ("index", 3, 3)
+    with pytest.raises(errors.InvalidArgumentError) as e:
+        r.route("b", -1)
+    assert (e.value.field, e.value.value) == ("prompt_tokens", -1)
+    with pytest.raises(errors.DuplicateRequestError) as e:
+        r.route_many(["c", "a"], [1, 1])
+    assert e.value.request_id == "a"
+
+
+def test_ids_are_int_or_str_and_distinct(Router):
+    r = Router("round_robin", 2)
+    r.route(1, 5)
+    r.route("1", 5)
+    r.route(np.int64(2).item(), 5)
+    assert 1 in r and "1" in r and 2 in r and 3 not in r and 1.0 not in r and None not in r
+    with pytest.raises(errors.InvalidArgumentError):
+        r.route(np.int64(3), 5)          # like the scheduler: Python ints and strs only
+    r.route("x", np.int64(5), max_output_tokens=np.int32(3))   # counts may be numpy ints
+    assert repr(r).startswith("Router(policy='round_robin', num_replicas=2")
