@@ -2,6 +2,7 @@
 //!
 //! - [`sched`]: the engine scheduler (requests, KV block pools, policies, the step).
 //! - [`router`]: cluster load balancers (which replica gets a request).
+//! - [`sim`]: the trace-driven cluster simulator (replicas behind a router, a cost model).
 //! - `bindings` (feature `python`): the only module that knows about PyO3.
 //!
 //! The core never panics on input: every public entry point returns a `Result`.
@@ -11,6 +12,7 @@
 pub mod error;
 pub mod router;
 pub mod sched;
+pub mod sim;
 
 #[cfg(feature = "python")]
 mod bindings;

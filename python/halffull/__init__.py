@@ -1,13 +1,16 @@
 """halffull: a fast scheduling core for LLM serving.
 
 The engine scheduler (``Scheduler``: who runs this step, who waits, who is preempted, which
-KV blocks each request holds) is written in Rust and exposed here; ``halffull.reference``
-holds a plain-Python twin used as the test oracle.
+KV blocks each request holds), the load balancer (``Router``) and the trace simulator
+(``simulate``) are written in Rust and exposed here; ``halffull.reference`` holds plain-Python
+twins used as test oracles; ``halffull.traces`` loads and generates traces;
+``halffull.engine`` (needs torch) drives a real transformer with the scheduler.
 """
 
-from . import errors
-from ._core import Scheduler, StepPlan, policy_names
+from . import errors, sim, traces
+from ._core import Router, Scheduler, StepPlan, policy_names, router_names
 from .config import PREEMPTION_MODES, SchedulerConfig
+from .sim import CostModel, SimResult, presets, simulate
 from .errors import (
     ClockError,
     ConfigError,
@@ -23,12 +26,17 @@ from .errors import (
 )
 
 POLICIES: tuple[str, ...] = tuple(policy_names())
+ROUTERS: tuple[str, ...] = tuple(router_names())
 
 __version__ = "0.1.0"
 
 __all__ = [
     "POLICIES",
     "PREEMPTION_MODES",
+    "ROUTERS",
+    "CostModel",
+    "Router",
+    "SimResult",
     "ClockError",
     "ConfigError",
     "DuplicateRequestError",
@@ -44,4 +52,8 @@ __all__ = [
     "TraceError",
     "UnknownRequestError",
     "errors",
+    "presets",
+    "sim",
+    "simulate",
+    "traces",
 ]

@@ -1,6 +1,6 @@
 """Type stubs of the Rust extension (checked against the module by mypy.stubtest)."""
 
-from typing import Any, Iterable, final
+from typing import Any, Iterable, Sequence, final
 
 import numpy as np
 import numpy.typing as npt
@@ -8,7 +8,10 @@ from typing_extensions import Self
 
 _RequestId = str | int
 
-__all__ = ["Scheduler", "StepPlan", "policy_names"]
+__all__ = [
+    "Scheduler", "StepPlan", "policy_names", "Router", "router_names",
+    "CostModel", "sim_preset_names", "sim_preset", "simulate", "measure_capacity",
+]
 
 def policy_names() -> list[str]: ...
 
@@ -90,3 +93,94 @@ class Scheduler:
     def num_steps(self) -> int: ...
     @property
     def num_preemptions(self) -> int: ...
+
+# --- routers (rust/bindings/router.rs) ---
+def router_names() -> list[str]: ...
+
+@final
+class Router:
+    """A cluster load balancer; ``halffull.reference.router`` states the exact rules."""
+
+    def __new__(
+        cls,
+        policy: str,
+        num_replicas: int,
+        *,
+        seed: int | None = None,
+        num_gpu_blocks: int | Sequence[int] | None = None,
+        block_size: int | Sequence[int] | None = None,
+        max_num_batched_tokens: int | Sequence[int] | None = None,
+        beta: float | None = None,
+        prior_input_tokens: int | None = None,
+        prior_output_tokens: int | None = None,
+    ) -> Self: ...
+    def route(
+        self,
+        request_id: _RequestId,
+        prompt_tokens: int,
+        max_output_tokens: int | None = None,
+        predicted_output_tokens: int | None = None,
+    ) -> int: ...
+    def route_many(
+        self,
+        request_ids: Iterable[_RequestId],
+        prompt_tokens: Iterable[int],
+        max_output_tokens: Iterable[int] | None = None,
+        predicted_output_tokens: Iterable[int] | None = None,
+    ) -> npt.NDArray[np.int64]: ...
+    def on_progress(self, request_id: _RequestId, output_tokens: int) -> None: ...
+    def on_finish(self, request_id: _RequestId, output_tokens: int) -> None: ...
+    def on_abort(self, request_id: _RequestId) -> None: ...
+    def update_replica(
+        self,
+        index: int,
+        *,
+        waiting: int | None = None,
+        running: int | None = None,
+        queued_prefill_tokens: int | None = None,
+        remaining_decode_tokens: int | None = None,
+        free_blocks: int | None = None,
+    ) -> None: ...
+    def replica(self, index: int) -> dict[str, int]: ...
+    def replica_loads(self) -> list[dict[str, int]]: ...
+    def replica_of(self, request_id: _RequestId) -> int: ...
+    def check_invariants(self) -> None: ...
+    def __len__(self) -> int: ...
+    def __contains__(self, request_id: object, /) -> bool: ...
+    @property
+    def policy(self) -> str: ...
+    @property
+    def num_replicas(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def beta(self) -> float: ...
+    @property
+    def mean_output_tokens(self) -> int: ...
+    @property
+    def num_finished(self) -> int: ...
+
+# --- simulator (rust/bindings/sim.rs) ---
+
+@final
+class CostModel:
+    @staticmethod
+    def preset(name: str, *, block_size: int = 16, overhead_s: float | None = None, eff_compute: float | None = None,
+               eff_memory: float | None = None, host_bw: float | None = None) -> CostModel: ...
+    @staticmethod
+    def linear(c0: float, c1: float, c2: float, c3: float, swap_s_per_block: float = 0.0) -> CostModel: ...
+    @property
+    def kind(self) -> str: ...
+    def params(self) -> dict[str, float]: ...
+    def step_time(self, num_new_tokens: Any, num_computed_tokens: Any, is_prefill: Any, swap_blocks: int = 0) -> float: ...
+
+def sim_preset_names() -> list[str]: ...
+def sim_preset(name: str, block_size: int = 16) -> dict[str, Any]: ...
+def simulate(arrival_time: npt.NDArray[np.float64], prompt_tokens: npt.NDArray[np.int64], output_tokens: npt.NDArray[np.int64], *,
+             replicas: int, router: str, cost: CostModel, engine: dict[str, Any], seed: int = 0,
+             max_output_tokens: int = 2048, snapshot_interval: float | None = None,
+             record_steps: bool = True,
+             predicted_output_tokens: npt.NDArray[np.int64] | None = None) -> dict[str, Any]: ...
+def measure_capacity(arrival_time: npt.NDArray[np.float64], prompt_tokens: npt.NDArray[np.int64], output_tokens: npt.NDArray[np.int64], *,
+                     cost: CostModel, engine: dict[str, Any], max_output_tokens: int = 2048,
+                     max_requests: int = 2000) -> float: ...

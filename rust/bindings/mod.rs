@@ -4,6 +4,7 @@
 
 mod router;
 mod sched;
+mod sim;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
@@ -120,5 +121,6 @@ pub(crate) fn to_pyerr(py: Python<'_>, e: Error) -> PyErr {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     sched::register(m)?;
     router::register(m)?;
+    sim::register(m)?;
     Ok(())
 }

@@ -1,0 +1,455 @@
+"""Replay a trace through a simulated cluster: N replicas, each the Rust engine scheduler,
+behind one router, with step times from a cost model (DESIGN §7).
+
+>>> import halffull
+>>> res = halffull.simulate("default", replicas=4, policy="larry", router="sal", load=0.9)
+>>> res.summary()["ttft_p99"]                                    # doctest: +SKIP
+
+The simulation itself runs in Rust (``halffull._core.simulate``); this module resolves
+presets, scales the arrival rate, measures capacity and summarises the results.
+
+**Load.** ``load=x`` sets the arrival rate to ``x`` times the cluster's capacity, where
+capacity is *measured*, not assumed: a sample of the trace's request mix (at most
+``capacity_requests`` rows, even stride) arrives all at t = 0 on one replica with the same
+engine configuration and cost model, under ``fcfs``; the replica's rate is the number of
+requests finished between the 10th and 90th percentile of finish times divided by that span
+(so neither the ramp-up nor the drain counts); the cluster's capacity is that times
+``replicas``. Results are cached per (trace, cost model, engine configuration). The trace's
+arrival times are then divided by ``load * capacity / trace.rate``, keeping its burstiness.
+``rate_scale=f`` instead multiplies the trace's own rate by ``f``.
+
+**Times** are seconds of simulated time. A request's ``max_output_tokens`` (the client's
+cap, default 2048) is what the scheduler sees (``no_preempt`` reserves it); the trace's true
+output length ends the request the way EOS would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from . import _core
+from . import traces as _traces
+from .errors import ConfigError, InvalidArgumentError
+
+CostModel = _core.CostModel
+
+#: Engine policies compared by ``halffull simulate`` with no arguments.
+DEFAULT_POLICIES: tuple[str, ...] = ("fcfs", "no_preempt", "sjf", "larry", "oracle_srpt")
+DEFAULT_PRESET = "llama-3-8b/h100"
+DEFAULT_SLO_TTFT = 2.0
+DEFAULT_SLO_TPOT = 0.1
+
+_CAPACITY_CACHE: dict[tuple[Any, ...], float] = {}
+
+
+def preset_names() -> list[str]:
+    """Names of the model/GPU presets (``llama-3-8b/h100`` ...)."""
+    return list(_core.sim_preset_names())
+
+
+def presets(block_size: int = 16) -> list[dict[str, Any]]:
+    """Every preset with its numbers: model shape, GPU peak FLOP/s, bandwidth, memory, and
+    the derived KV capacity (``num_gpu_blocks`` of ``block_size`` tokens). Sources of the
+    numbers: comments in ``rust/sim/cost.rs``."""
+    return [dict(_core.sim_preset(name, block_size)) for name in preset_names()]
+
+
+def preset_name(preset: str | None = None, model: str | None = None, gpu: str | None = None) -> str:
+    """Resolve ``preset`` or ``model`` + ``gpu`` (``--model llama-3-8b --gpu h100``; a
+    tensor-parallel group is ``--gpu 4xh100``) to a preset name; unknown names raise
+    ``ConfigError`` listing the valid ones."""
+    if model is not None or gpu is not None:
+        if preset is not None:
+            raise ConfigError("give preset or model/gpu, not both", field="preset")
+        name = f"{model or 'llama-3-8b'}/{(gpu or 'h100').lower()}"
+    else:
+        name = preset or DEFAULT_PRESET
+    valid = preset_names()
+    if name not in valid:
+        raise ConfigError(
+            f"unknown preset {name!r}; valid: {', '.join(valid)}",
+            field="preset",
+            value=name,
+            valid=tuple(valid),
+        )
+    return name
+
+
+def _as_trace(trace: Any) -> _traces.Trace:
+    if trace is None:
+        return _traces.builtin("default")
+    if isinstance(trace, _traces.Trace):
+        return trace
+    if isinstance(trace, (str, Path)):
+        text = str(trace)
+        if isinstance(trace, str) and text in _traces.builtin_names():
+            return _traces.builtin(text)
+        return _traces.load(trace)
+    raise InvalidArgumentError(
+        f"trace must be a halffull.traces.Trace, a path or a built-in name, got {type(trace).__name__}",
+        argument="trace",
+    )
+
+
+def _number(name: str, value: Any, *, positive: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InvalidArgumentError(f"{name} must be a number, got {value!r}", argument=name, value=value)
+    v = float(value)
+    if not math.isfinite(v) or (v <= 0 if positive else v < 0):
+        raise InvalidArgumentError(
+            f"{name} must be finite and {'> 0' if positive else '>= 0'}, got {value!r}",
+            argument=name,
+            value=value,
+        )
+    return v
+
+
+def _cost_model(cost_model: Any, preset: str, block_size: int) -> Any:
+    if cost_model is None:
+        return CostModel.preset(preset, block_size=block_size)
+    if isinstance(cost_model, CostModel):
+        return cost_model
+    if isinstance(cost_model, Mapping):
+        keys = {"c0", "c1", "c2", "c3", "swap_s_per_block"}
+        unknown = set(cost_model) - keys
+        if unknown or not {"c0", "c1", "c2", "c3"} <= set(cost_model):
+            raise ConfigError(
+                f"a linear cost model needs c0, c1, c2, c3 (and optionally swap_s_per_block); got {sorted(cost_model)}",
+                field="cost_model",
+            )
+        return CostModel.linear(**{k: float(v) for k, v in cost_model.items()})
+    raise ConfigError(
+        f"cost_model must be a CostModel or a dict of c0..c3, got {type(cost_model).__name__}",
+        field="cost_model",
+    )
+
+
+def _trace_key(trace: _traces.Trace) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for a in (trace.arrival_time, trace.prompt_tokens, trace.output_tokens):
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def _columns(trace: _traces.Trace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return (
+        np.ascontiguousarray(trace.arrival_time, dtype=np.float64),
+        np.ascontiguousarray(trace.prompt_tokens, dtype=np.int64),
+        np.ascontiguousarray(trace.output_tokens, dtype=np.int64),
+    )
+
+
+def measure_capacity(
+    trace: Any = None,
+    *,
+    preset: str | None = None,
+    cost_model: Any = None,
+    max_output_tokens: int = 2048,
+    capacity_requests: int = 2000,
+    **engine_config: Any,
+) -> float:
+    """One replica's capacity in finished requests per second on this trace's request mix
+    (the method is in the module docstring). Cached per (trace, cost model, engine)."""
+    tr = _as_trace(trace)
+    name = preset_name(preset)
+    engine = _engine_config(name, engine_config)
+    cost = _cost_model(cost_model, name, engine["block_size"])
+    key = (_trace_key(tr), repr(cost), tuple(sorted(engine.items())), max_output_tokens, capacity_requests)
+    if key not in _CAPACITY_CACHE:
+        _CAPACITY_CACHE[key] = float(
+            _core.measure_capacity(
+                *_columns(tr),
+                cost=cost,
+                engine=engine,
+                max_output_tokens=max_output_tokens,
+                max_requests=capacity_requests,
+            )
+        )
+    return _CAPACITY_CACHE[key]
+
+
+def _engine_config(preset: str, engine_config: Mapping[str, Any]) -> dict[str, Any]:
+    engine = dict(engine_config)
+    engine.setdefault("block_size", 16)
+    info = _core.sim_preset(preset, int(engine["block_size"]))
+    engine.setdefault("num_gpu_blocks", int(info["num_gpu_blocks"]))
+    if engine.get("preemption_mode") == "swap":
+        engine.setdefault("num_cpu_blocks", int(info["num_cpu_blocks"]))
+    return engine
+
+
+def _pct(x: np.ndarray, q: float) -> float:
+    return float(np.percentile(x, q)) if x.size else float("nan")
+
+
+def _mean(x: np.ndarray) -> float:
+    return float(np.mean(x)) if x.size else float("nan")
+
+
+@dataclass
+class SimResult:
+    """What ``simulate`` returns.
+
+    - ``requests``: per trace row (numpy columns): ``replica`` (-1 if rejected),
+      ``arrival_time``, ``first_token_time``, ``finish_time`` (NaN where none),
+      ``prompt_tokens``, ``output_tokens``, ``preemptions``, ``status`` (``"finished"`` or
+      ``"rejected"``), ``reject_reason`` ("" unless rejected), and derived ``ttft``,
+      ``tpot`` (time per output token after the first; NaN with one token), ``e2e``.
+    - ``steps``: per engine step: ``time`` (start), ``duration``, ``replica``,
+      ``batch_size``, ``prefill_tokens``, ``decode_tokens``, ``kv_blocks_used``,
+      ``queue_length`` (waiting + swapped after planning), ``preempted``.
+    - ``config``: what ran (trace, replicas, policy, router, preset, engine, load ...).
+    """
+
+    requests: dict[str, np.ndarray]
+    steps: dict[str, np.ndarray]
+    config: dict[str, Any]
+    num_steps: int = 0
+    end_time: float = 0.0
+    wall_time_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.requests["arrival_time"].size)
+
+    def summary(self, slo_ttft: float = DEFAULT_SLO_TTFT, slo_tpot: float = DEFAULT_SLO_TPOT) -> dict[str, Any]:
+        """Latency and throughput in seconds. Latencies are over finished requests;
+        rates are over the span from the first arrival to the last finish. ``goodput``:
+        finished requests per second with TTFT <= ``slo_ttft`` and TPOT <= ``slo_tpot``."""
+        r = self.requests
+        done = r["status"] == "finished"
+        n, nf = len(self), int(done.sum())
+        ttft, e2e = r["ttft"][done], r["e2e"][done]
+        tpot = r["tpot"][done]
+        tpot_ok = tpot[np.isfinite(tpot)]
+        out = r["output_tokens"][done]
+        pre = r["preemptions"][done]
+        span = 0.0
+        if nf:
+            span = float(np.nanmax(r["finish_time"]) - np.min(r["arrival_time"]))
+        per_s = (lambda x: x / span) if span > 0 else (lambda x: float("nan"))
+        good = (ttft <= slo_ttft) & ((tpot <= slo_tpot) | ~np.isfinite(tpot))
+        s: dict[str, Any] = {
+            "num_requests": n,
+            "num_finished": nf,
+            "num_rejected": n - nf,
+            "ttft_mean": _mean(ttft),
+            "ttft_p50": _pct(ttft, 50),
+            "ttft_p90": _pct(ttft, 90),
+            "ttft_p99": _pct(ttft, 99),
+            "tpot_mean": _mean(tpot_ok),
+            "tpot_p50": _pct(tpot_ok, 50),
+            "tpot_p90": _pct(tpot_ok, 90),
+            "tpot_p99": _pct(tpot_ok, 99),
+            "e2e_mean": _mean(e2e),
+            "e2e_p50": _pct(e2e, 50),
+            "e2e_p90": _pct(e2e, 90),
+            "e2e_p99": _pct(e2e, 99),
+            "throughput_tokens_per_s": per_s(float(out.sum())),
+            "requests_per_s": per_s(float(nf)),
+            "preemptions_per_request": _mean(pre.astype(np.float64)),
+            "preempted_share": _mean((pre > 0).astype(np.float64)),
+            "goodput_requests_per_s": per_s(float(good.sum())),
+            "goodput_share": _mean(good.astype(np.float64)),
+            "slo_ttft": slo_ttft,
+            "slo_tpot": slo_tpot,
+            "duration_s": span,
+            "num_steps": self.num_steps,
+        }
+        for k in ("policy", "router", "preset", "replicas", "load", "rate_scale", "offered_rate",
+                  "capacity_requests_per_s"):
+            s[k] = self.config.get(k)
+        return s
+
+    def to_pandas(self) -> Any:
+        """The per-request table as a ``pandas.DataFrame`` (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError("to_pandas() needs pandas: pip install pandas") from e
+        return pd.DataFrame(self.requests)
+
+    def steps_to_pandas(self) -> Any:
+        """The per-step series as a ``pandas.DataFrame`` (needs pandas)."""
+        try:
+            import pandas as pd
+        except ImportError as e:  # pragma: no cover
+            raise ImportError("steps_to_pandas() needs pandas: pip install pandas") from e
+        return pd.DataFrame(self.steps)
+
+
+def simulate(
+    trace: Any = None,
+    *,
+    replicas: int = 8,
+    policy: str = "fcfs",
+    router: str = "round_robin",
+    preset: str | None = None,
+    model: str | None = None,
+    gpu: str | None = None,
+    load: float | None = None,
+    rate_scale: float | None = None,
+    seed: int = 0,
+    cost_model: Any = None,
+    max_output_tokens: int = 2048,
+    snapshot_interval: float | None = None,
+    record_steps: bool = True,
+    capacity_requests: int = 2000,
+    predictor: Any = None,
+    **engine_config: Any,
+) -> SimResult:
+    """Replay ``trace`` (a ``Trace``, a path, a built-in name; default: the built-in
+    ``default``) through ``replicas`` engines running ``policy`` behind ``router``.
+
+    - ``preset`` (``"llama-3-8b/h100"``) or ``model`` + ``gpu`` picks the roofline cost model
+      and the KV capacity; ``cost_model`` overrides the step cost (a ``CostModel`` or a dict
+      ``{"c0", "c1", "c2", "c3"}`` for the linear model).
+    - ``load`` (x the measured capacity) or ``rate_scale`` (x the trace's own rate) sets the
+      arrival rate; neither: the trace as it is.
+    - ``predictor``: output-length predictions the scheduler (``sjf``) and the router see:
+      ``None`` (none: ``sjf`` falls back to the declared cap, i.e. FCFS), ``"oracle"`` (the
+      true length) or a float ``sigma`` (the true length times lognormal noise
+      ``exp(N(0, sigma))``, seeded by ``seed``; ``"noisy:0.5"`` also works).
+    - ``snapshot_interval``: also push replica snapshots to the router every so many
+      seconds (its own bookkeeping of dispatches and finishes is always on).
+    - ``**engine_config``: ``SchedulerConfig`` fields (``num_gpu_blocks``,
+      ``max_num_seqs``, ``max_num_batched_tokens``, ``preemption_mode``, ``watermark``,
+      ``larry_alpha`` ...); ``num_gpu_blocks`` defaults to the preset's.
+    """
+    tr = _as_trace(trace)
+    if len(tr) == 0:
+        raise InvalidArgumentError("the trace has no requests", argument="trace")
+    if isinstance(replicas, bool) or not isinstance(replicas, (int, np.integer)) or replicas < 1:
+        raise ConfigError(f"replicas must be an int >= 1, got {replicas!r}", field="replicas", value=replicas)
+    if load is not None and rate_scale is not None:
+        raise InvalidArgumentError("give load or rate_scale, not both", argument="load")
+    name = preset_name(preset, model, gpu)
+    engine = _engine_config(name, engine_config)
+    engine["policy"] = policy
+    cost = _cost_model(cost_model, name, int(engine["block_size"]))
+    config: dict[str, Any] = {
+        "trace": tr.name,
+        "replicas": int(replicas),
+        "policy": policy,
+        "router": router,
+        "preset": name,
+        "cost_model": cost.kind,
+        "seed": seed,
+        "max_output_tokens": max_output_tokens,
+        "snapshot_interval": snapshot_interval,
+        "engine": dict(engine),
+        "load": None,
+        "rate_scale": None,
+        "capacity_requests_per_s": None,
+    }
+    if load is not None:
+        x = _number("load", load)
+        cap_engine = {k: v for k, v in engine.items() if k != "policy"}
+        per_replica = measure_capacity(
+            tr, preset=name, cost_model=cost, max_output_tokens=max_output_tokens,
+            capacity_requests=capacity_requests, **cap_engine,
+        )
+        capacity = per_replica * int(replicas)
+        rate = tr.rate if tr.rate > 0 else float("nan")
+        if not math.isfinite(rate) or rate <= 0:
+            raise InvalidArgumentError(
+                "load needs a trace whose arrivals span time (its rate is undefined)", argument="load"
+            )
+        tr = tr.scale_rate(x * capacity / rate)
+        config.update(load=x, capacity_requests_per_s=capacity)
+    elif rate_scale is not None:
+        tr = tr.scale_rate(_number("rate_scale", rate_scale))
+        config["rate_scale"] = float(rate_scale)
+    config["offered_rate"] = tr.rate
+    predicted = predict_output_tokens(tr.output_tokens, predictor, seed)
+    config["predictor"] = None if predictor is None else str(predictor)
+    t0 = time.perf_counter()
+    raw = _core.simulate(
+        *_columns(tr),
+        replicas=int(replicas),
+        router=router,
+        cost=cost,
+        engine=engine,
+        seed=int(seed),
+        max_output_tokens=int(max_output_tokens),
+        snapshot_interval=snapshot_interval,
+        record_steps=record_steps,
+        predicted_output_tokens=predicted,
+    )
+    wall = time.perf_counter() - t0
+    return _result(raw, config, wall)
+
+
+def predict_output_tokens(true_output: np.ndarray, predictor: Any, seed: int = 0) -> np.ndarray | None:
+    """Predicted output lengths for a trace: ``None``, ``"oracle"``, or a noise level
+    ``sigma`` (float, or ``"noisy:SIGMA"``): ``round(true * exp(N(0, sigma)))``, at least 1."""
+    if predictor is None or predictor == "none":
+        return None
+    true = np.asarray(true_output, dtype=np.int64)
+    if predictor == "oracle":
+        return true.copy()
+    sigma = predictor
+    if isinstance(predictor, str) and predictor.startswith("noisy:"):
+        sigma = predictor[len("noisy:"):]
+    try:
+        sigma = float(sigma)
+    except (TypeError, ValueError):
+        sigma = math.nan
+    if not math.isfinite(sigma) or sigma < 0:
+        raise InvalidArgumentError(
+            f"predictor must be None, 'oracle', or a noise level sigma >= 0 ('noisy:0.5'), got {predictor!r}",
+            argument="predictor", value=predictor)
+    noise = np.random.default_rng(seed).normal(0.0, sigma, size=len(true))
+    return np.maximum(np.rint(true * np.exp(noise)), 1).astype(np.int64)
+
+
+def _result(raw: dict[str, Any], config: dict[str, Any], wall: float) -> SimResult:
+    status = np.where(raw["status"] == 0, "finished", "rejected")
+    arrival, first, finish = raw["arrival_time"], raw["first_token_time"], raw["finish_time"]
+    out = raw["output_tokens"]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(out > 1, (finish - first) / np.maximum(out - 1, 1), np.nan)
+    requests = {
+        "replica": raw["replica"],
+        "arrival_time": arrival,
+        "first_token_time": first,
+        "finish_time": finish,
+        "prompt_tokens": raw["prompt_tokens"],
+        "output_tokens": out,
+        "preemptions": raw["preemptions"],
+        "status": status,
+        "reject_reason": np.array(raw["reject_reason"], dtype=object),
+        "ttft": first - arrival,
+        "tpot": tpot,
+        "e2e": finish - arrival,
+    }
+    steps = {k[len("step_"):]: raw[k] for k in raw if k.startswith("step_")}
+    return SimResult(
+        requests=requests,
+        steps=steps,
+        config=config,
+        num_steps=int(raw["num_steps"]),
+        end_time=float(raw["end_time"]),
+        wall_time_s=wall,
+    )
+
+
+__all__ = [
+    "DEFAULT_POLICIES",
+    "DEFAULT_PRESET",
+    "CostModel",
+    "SimResult",
+    "measure_capacity",
+    "preset_name",
+    "predict_output_tokens",
+    "preset_names",
+    "presets",
+    "simulate",
+]

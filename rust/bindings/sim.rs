@@ -1,0 +1,475 @@
+//! Python bindings of the simulator: `CostModel`, `simulate`, `measure_capacity`,
+//! `sim_preset_names`, `sim_preset`. The trace goes in as numpy columns, the results come
+//! back as a dict of numpy columns; the GIL is released while the simulation runs.
+
+use numpy::{PyArray1, PyReadonlyArray1};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+use super::to_pyerr;
+use crate::error::Error;
+use crate::sched::SchedulerConfig;
+use crate::sim::{self, CostModel, Linear, Preset, SimConfig, SimOutput, StepShape, TraceView};
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyCostModel>()?;
+    m.add_function(wrap_pyfunction!(sim_preset_names, m)?)?;
+    m.add_function(wrap_pyfunction!(sim_preset, m)?)?;
+    m.add_function(wrap_pyfunction!(simulate, m)?)?;
+    m.add_function(wrap_pyfunction!(measure_capacity, m)?)?;
+    Ok(())
+}
+
+/// Names of the model/GPU presets (`llama-3-8b/h100`, ...), in registry order.
+#[pyfunction]
+fn sim_preset_names() -> Vec<&'static str> {
+    sim::preset_names()
+}
+
+/// A preset's numbers: model shape, GPU, tensor parallelism, derived KV capacity.
+#[pyfunction]
+#[pyo3(signature = (name, block_size=16))]
+fn sim_preset<'py>(py: Python<'py>, name: &str, block_size: u64) -> PyResult<Bound<'py, PyDict>> {
+    let p = Preset::by_name(name).map_err(|e| to_pyerr(py, e))?;
+    let d = PyDict::new(py);
+    d.set_item("name", p.name)?;
+    d.set_item("model", p.model.name)?;
+    d.set_item("gpu", p.gpu.name)?;
+    d.set_item("tp", p.tp)?;
+    d.set_item("num_layers", p.model.num_layers)?;
+    d.set_item("hidden_size", p.model.hidden_size)?;
+    d.set_item("num_heads", p.model.num_heads)?;
+    d.set_item("num_kv_heads", p.model.num_kv_heads)?;
+    d.set_item("head_dim", p.model.head_dim)?;
+    d.set_item("params", p.model.params)?;
+    d.set_item("weight_bytes", p.model.weight_bytes())?;
+    d.set_item("kv_bytes_per_token", p.model.kv_bytes_per_token())?;
+    d.set_item("peak_flops", p.gpu.peak_flops * p.tp as f64)?;
+    d.set_item("mem_bw", p.gpu.mem_bw * p.tp as f64)?;
+    d.set_item("memory_bytes", p.gpu.memory_bytes * p.tp as f64)?;
+    d.set_item("host_bw", p.gpu.host_bw * p.tp as f64)?;
+    d.set_item("kv_cache_bytes", p.kv_cache_bytes())?;
+    d.set_item("block_size", block_size)?;
+    d.set_item("num_gpu_blocks", p.num_gpu_blocks(block_size))?;
+    d.set_item("num_cpu_blocks", p.num_cpu_blocks(block_size))?;
+    Ok(d)
+}
+
+/// A step cost model: `CostModel.preset("llama-3-8b/h100")` (roofline) or
+/// `CostModel.linear(c0, c1, c2, c3)`. `step_time(...)` prices one step exactly as the
+/// simulator does.
+#[pyclass(name = "CostModel", module = "halffull._core", frozen, from_py_object)]
+#[derive(Clone)]
+pub struct PyCostModel {
+    inner: CostModel,
+}
+
+#[pymethods]
+impl PyCostModel {
+    /// The roofline model of a preset; efficiencies and overhead may be overridden.
+    #[staticmethod]
+    #[pyo3(signature = (name, *, block_size=16, overhead_s=None, eff_compute=None, eff_memory=None, host_bw=None))]
+    fn preset(
+        py: Python<'_>,
+        name: &str,
+        block_size: u64,
+        overhead_s: Option<f64>,
+        eff_compute: Option<f64>,
+        eff_memory: Option<f64>,
+        host_bw: Option<f64>,
+    ) -> PyResult<Self> {
+        let p = Preset::by_name(name).map_err(|e| to_pyerr(py, e))?;
+        let mut r = p.roofline(block_size);
+        if let Some(v) = overhead_s {
+            r.overhead_s = v;
+        }
+        if let Some(v) = eff_compute {
+            r.eff_compute = v;
+        }
+        if let Some(v) = eff_memory {
+            r.eff_memory = v;
+        }
+        if let Some(v) = host_bw {
+            r.host_bw = v;
+        }
+        let inner = CostModel::Roofline(r);
+        inner.validate().map_err(|e| to_pyerr(py, e))?;
+        Ok(PyCostModel { inner })
+    }
+
+    /// `c0 + c1*prefill_tokens + c2*decode_seqs + c3*kv_tokens (+ swap_s_per_block*blocks)`.
+    #[staticmethod]
+    #[pyo3(signature = (c0, c1, c2, c3, swap_s_per_block=0.0))]
+    fn linear(
+        py: Python<'_>,
+        c0: f64,
+        c1: f64,
+        c2: f64,
+        c3: f64,
+        swap_s_per_block: f64,
+    ) -> PyResult<Self> {
+        let inner = CostModel::Linear(Linear {
+            c0,
+            c1,
+            c2,
+            c3,
+            swap_s_per_block,
+        });
+        inner.validate().map_err(|e| to_pyerr(py, e))?;
+        Ok(PyCostModel { inner })
+    }
+
+    /// `"roofline"` or `"linear"`.
+    #[getter]
+    fn kind(&self) -> &'static str {
+        match self.inner {
+            CostModel::Roofline(_) => "roofline",
+            CostModel::Linear(_) => "linear",
+        }
+    }
+
+    /// The parameters as a dict.
+    fn params<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        match self.inner {
+            CostModel::Roofline(r) => {
+                for (k, v) in [
+                    ("overhead_s", r.overhead_s),
+                    ("params", r.params),
+                    ("num_layers", r.num_layers),
+                    ("q_dim", r.q_dim),
+                    ("weight_bytes", r.weight_bytes),
+                    ("kv_bytes_per_token", r.kv_bytes_per_token),
+                    ("peak_flops", r.peak_flops),
+                    ("mem_bw", r.mem_bw),
+                    ("eff_compute", r.eff_compute),
+                    ("eff_memory", r.eff_memory),
+                    ("host_bw", r.host_bw),
+                    ("block_size", r.block_size),
+                ] {
+                    d.set_item(k, v)?;
+                }
+            }
+            CostModel::Linear(l) => {
+                for (k, v) in [
+                    ("c0", l.c0),
+                    ("c1", l.c1),
+                    ("c2", l.c2),
+                    ("c3", l.c3),
+                    ("swap_s_per_block", l.swap_s_per_block),
+                ] {
+                    d.set_item(k, v)?;
+                }
+            }
+        }
+        Ok(d)
+    }
+
+    /// Seconds one step takes: per scheduled request its new tokens, cached tokens and
+    /// whether it is a prefill (a `StepPlan`'s arrays), plus blocks swapped in or out.
+    #[pyo3(signature = (num_new_tokens, num_computed_tokens, is_prefill, swap_blocks=0))]
+    fn step_time(
+        &self,
+        py: Python<'_>,
+        num_new_tokens: Vec<u64>,
+        num_computed_tokens: Vec<u64>,
+        is_prefill: Vec<bool>,
+        swap_blocks: u64,
+    ) -> PyResult<f64> {
+        if num_new_tokens.len() != num_computed_tokens.len()
+            || num_new_tokens.len() != is_prefill.len()
+        {
+            return Err(to_pyerr(
+                py,
+                Error::InvalidArgument {
+                    field: "num_new_tokens",
+                    message: "num_new_tokens, num_computed_tokens and is_prefill differ in length"
+                        .into(),
+                },
+            ));
+        }
+        let mut shape = StepShape::default();
+        for ((&n, &c), &p) in num_new_tokens
+            .iter()
+            .zip(&num_computed_tokens)
+            .zip(&is_prefill)
+        {
+            shape.add(n, c, p);
+        }
+        shape.swap_blocks = swap_blocks;
+        Ok(self.inner.step_time(&shape))
+    }
+
+    fn __repr__(&self) -> String {
+        format!("CostModel({:?})", self.inner)
+    }
+}
+
+fn config_err(py: Python<'_>, field: &'static str, message: String) -> PyErr {
+    to_pyerr(py, Error::Config { field, message })
+}
+
+const ENGINE_KEYS: &[&str] = &[
+    "num_gpu_blocks",
+    "block_size",
+    "num_cpu_blocks",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "policy",
+    "preemption_mode",
+    "watermark",
+    "larry_alpha",
+    "larry_load",
+    "sjf_aging",
+];
+
+/// Engine settings from a dict; `num_gpu_blocks` is required, the rest default as in
+/// `SchedulerConfig`.
+fn engine_config(py: Python<'_>, engine: &Bound<'_, PyDict>) -> PyResult<SchedulerConfig> {
+    let get_u64 = |k: &'static str| -> PyResult<Option<u64>> {
+        match engine.get_item(k)? {
+            None => Ok(None),
+            Some(v) => v.extract::<u64>().map(Some).map_err(|_| {
+                config_err(
+                    py,
+                    k,
+                    format!(
+                        "{k} must be an int >= 0, got {}",
+                        v.repr().map(|r| r.to_string()).unwrap_or_default()
+                    ),
+                )
+            }),
+        }
+    };
+    let get_f64 = |k: &'static str| -> PyResult<Option<f64>> {
+        match engine.get_item(k)? {
+            None => Ok(None),
+            Some(v) => v
+                .extract::<f64>()
+                .map(Some)
+                .map_err(|_| config_err(py, k, format!("{k} must be a number"))),
+        }
+    };
+    let get_str = |k: &'static str| -> PyResult<Option<String>> {
+        match engine.get_item(k)? {
+            None => Ok(None),
+            Some(v) => v
+                .extract::<String>()
+                .map(Some)
+                .map_err(|_| config_err(py, k, format!("{k} must be a str"))),
+        }
+    };
+    for key in engine.keys() {
+        let k: String = key.extract()?;
+        if !ENGINE_KEYS.contains(&k.as_str()) {
+            return Err(to_pyerr(
+                py,
+                Error::UnknownName {
+                    field: "engine setting",
+                    name: k,
+                    valid: ENGINE_KEYS.to_vec(),
+                },
+            ));
+        }
+    }
+    let blocks = get_u64("num_gpu_blocks")?
+        .ok_or_else(|| config_err(py, "num_gpu_blocks", "num_gpu_blocks is required".into()))?;
+    let mut c = SchedulerConfig::new(blocks, get_u64("block_size")?.unwrap_or(16));
+    if let Some(v) = get_u64("num_cpu_blocks")? {
+        c.num_cpu_blocks = v;
+    }
+    if let Some(v) = get_u64("max_num_seqs")? {
+        c.max_num_seqs = v;
+    }
+    if let Some(v) = get_u64("max_num_batched_tokens")? {
+        c.max_num_batched_tokens = v;
+    }
+    if let Some(v) = get_str("policy")? {
+        c.policy = v;
+    }
+    if let Some(v) = get_str("preemption_mode")? {
+        c.preemption_mode = v;
+    }
+    if let Some(v) = get_f64("watermark")? {
+        c.watermark = v;
+    }
+    if let Some(v) = get_f64("larry_alpha")? {
+        c.larry_alpha = v;
+    }
+    if let Some(v) = get_str("larry_load")? {
+        c.larry_load = v;
+    }
+    if let Some(v) = get_f64("sjf_aging")? {
+        c.sjf_aging = v;
+    }
+    Ok(c)
+}
+
+struct Columns {
+    arrival: Vec<f64>,
+    prompt: Vec<i64>,
+    output: Vec<i64>,
+    predicted: Option<Vec<i64>>,
+}
+
+impl Columns {
+    fn new(
+        arrival: PyReadonlyArray1<'_, f64>,
+        prompt: PyReadonlyArray1<'_, i64>,
+        output: PyReadonlyArray1<'_, i64>,
+    ) -> Self {
+        Columns {
+            arrival: arrival.as_array().iter().copied().collect(),
+            prompt: prompt.as_array().iter().copied().collect(),
+            output: output.as_array().iter().copied().collect(),
+            predicted: None,
+        }
+    }
+    fn view(&self) -> TraceView<'_> {
+        TraceView {
+            arrival_time: &self.arrival,
+            prompt_tokens: &self.prompt,
+            output_tokens: &self.output,
+            predicted_output_tokens: self.predicted.as_deref(),
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sim_config(
+    py: Python<'_>,
+    replicas: i64,
+    router: &str,
+    cost: &PyCostModel,
+    engine: &Bound<'_, PyDict>,
+    seed: u64,
+    max_output_tokens: u64,
+    snapshot_interval: Option<f64>,
+    record_steps: bool,
+) -> PyResult<SimConfig> {
+    if replicas <= 0 {
+        return Err(config_err(
+            py,
+            "replicas",
+            format!("replicas must be in [1, 65536], got {replicas}"),
+        ));
+    }
+    let mut cfg = SimConfig::new(
+        replicas as usize,
+        router,
+        engine_config(py, engine)?,
+        cost.inner,
+    );
+    cfg.seed = seed;
+    cfg.max_output_tokens = max_output_tokens;
+    cfg.snapshot_interval = snapshot_interval;
+    cfg.record_steps = record_steps;
+    Ok(cfg)
+}
+
+fn output_dict<'py>(py: Python<'py>, o: SimOutput) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("replica", PyArray1::from_vec(py, o.replica))?;
+    d.set_item("arrival_time", PyArray1::from_vec(py, o.arrival_time))?;
+    d.set_item(
+        "first_token_time",
+        PyArray1::from_vec(py, o.first_token_time),
+    )?;
+    d.set_item("finish_time", PyArray1::from_vec(py, o.finish_time))?;
+    d.set_item("prompt_tokens", PyArray1::from_vec(py, o.prompt_tokens))?;
+    d.set_item("output_tokens", PyArray1::from_vec(py, o.output_tokens))?;
+    d.set_item("preemptions", PyArray1::from_vec(py, o.preemptions))?;
+    d.set_item("status", PyArray1::from_vec(py, o.status))?;
+    d.set_item("reject_reason", PyList::new(py, o.reject_reason)?)?;
+    d.set_item("step_time", PyArray1::from_vec(py, o.step_time))?;
+    d.set_item("step_duration", PyArray1::from_vec(py, o.step_duration))?;
+    d.set_item("step_replica", PyArray1::from_vec(py, o.step_replica))?;
+    d.set_item("step_batch_size", PyArray1::from_vec(py, o.step_batch_size))?;
+    d.set_item(
+        "step_prefill_tokens",
+        PyArray1::from_vec(py, o.step_prefill_tokens),
+    )?;
+    d.set_item(
+        "step_decode_tokens",
+        PyArray1::from_vec(py, o.step_decode_tokens),
+    )?;
+    d.set_item(
+        "step_kv_blocks_used",
+        PyArray1::from_vec(py, o.step_kv_blocks_used),
+    )?;
+    d.set_item(
+        "step_queue_length",
+        PyArray1::from_vec(py, o.step_queue_length),
+    )?;
+    d.set_item("step_preempted", PyArray1::from_vec(py, o.step_preempted))?;
+    d.set_item("num_steps", o.num_steps)?;
+    d.set_item("end_time", o.end_time)?;
+    Ok(d)
+}
+
+/// Run a trace (numpy columns) through `replicas` engines behind a router; returns a dict of
+/// numpy columns per request and per step (see `halffull.sim`).
+#[pyfunction]
+#[pyo3(signature = (arrival_time, prompt_tokens, output_tokens, *, replicas, router, cost, engine, seed=0, max_output_tokens=2048, snapshot_interval=None, record_steps=true, predicted_output_tokens=None))]
+#[allow(clippy::too_many_arguments)]
+fn simulate<'py>(
+    py: Python<'py>,
+    arrival_time: PyReadonlyArray1<'py, f64>,
+    prompt_tokens: PyReadonlyArray1<'py, i64>,
+    output_tokens: PyReadonlyArray1<'py, i64>,
+    replicas: i64,
+    router: &str,
+    cost: PyCostModel,
+    engine: &Bound<'py, PyDict>,
+    seed: u64,
+    max_output_tokens: u64,
+    snapshot_interval: Option<f64>,
+    record_steps: bool,
+    predicted_output_tokens: Option<PyReadonlyArray1<'py, i64>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let cfg = sim_config(
+        py,
+        replicas,
+        router,
+        &cost,
+        engine,
+        seed,
+        max_output_tokens,
+        snapshot_interval,
+        record_steps,
+    )?;
+    let mut cols = Columns::new(arrival_time, prompt_tokens, output_tokens);
+    cols.predicted = predicted_output_tokens.map(|p| p.as_array().iter().copied().collect());
+    let res = py.detach(|| sim::simulate(cols.view(), &cfg));
+    output_dict(py, res.map_err(|e| to_pyerr(py, e))?)
+}
+
+/// One replica's capacity in requests/s at saturation on (a sample of) the trace's mix.
+#[pyfunction]
+#[pyo3(signature = (arrival_time, prompt_tokens, output_tokens, *, cost, engine, max_output_tokens=2048, max_requests=2000))]
+#[allow(clippy::too_many_arguments)]
+fn measure_capacity<'py>(
+    py: Python<'py>,
+    arrival_time: PyReadonlyArray1<'py, f64>,
+    prompt_tokens: PyReadonlyArray1<'py, i64>,
+    output_tokens: PyReadonlyArray1<'py, i64>,
+    cost: PyCostModel,
+    engine: &Bound<'py, PyDict>,
+    max_output_tokens: u64,
+    max_requests: usize,
+) -> PyResult<f64> {
+    let cfg = sim_config(
+        py,
+        1,
+        "round_robin",
+        &cost,
+        engine,
+        0,
+        max_output_tokens,
+        None,
+        false,
+    )?;
+    let cols = Columns::new(arrival_time, prompt_tokens, output_tokens);
+    let res = py.detach(|| sim::measure_capacity(cols.view(), &cfg, max_requests));
+    res.map_err(|e| to_pyerr(py, e))
+}
