@@ -180,7 +180,8 @@ def simulate(arrival_time: npt.NDArray[np.float64], prompt_tokens: npt.NDArray[n
              replicas: int, router: str, cost: CostModel, engine: dict[str, Any], seed: int = 0,
              max_output_tokens: int = 2048, snapshot_interval: float | None = None,
              record_steps: bool = True,
-             predicted_output_tokens: npt.NDArray[np.int64] | None = None) -> dict[str, Any]: ...
+             predicted_output_tokens: npt.NDArray[np.int64] | None = None,
+             sal_beta: float | None = None) -> dict[str, Any]: ...
 def measure_capacity(arrival_time: npt.NDArray[np.float64], prompt_tokens: npt.NDArray[np.int64], output_tokens: npt.NDArray[np.int64], *,
                      cost: CostModel, engine: dict[str, Any], max_output_tokens: int = 2048,
                      max_requests: int = 2000) -> float: ...

@@ -26,11 +26,15 @@ from rich.table import Table
 from .errors import HalffullError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
-console = Console()
+console = Console(width=max(Console().width, 120))
 
 DEFAULT_LOAD = 1.2
 DEFAULT_REPLICAS = 4
 DEFAULT_ROUTER = "round_robin"
+# SJF needs predictions; the default comparison gives it a rough one (true length times
+# lognormal noise, sigma 0.5: typically off by a factor of 1.6), and says so.
+DEFAULT_PREDICTOR = "noisy:0.5"
+PREDICTOR_HELP = "Output-length predictor seen by sjf and routers: none, oracle, or noisy:SIGMA."
 
 _COLUMNS = [
     ("policy", "policy", "{}"),
@@ -91,6 +95,14 @@ def _loads(text: str) -> list[float]:
         raise typer.BadParameter(f"loads must be start:stop:step or a comma list, got {text!r}") from None
 
 
+def _predictor(text: str) -> Optional[str]:
+    return None if text.strip().lower() == "none" else text.strip()
+
+
+def _engine_opts(larry_alpha: Optional[float]) -> dict[str, Any]:
+    return {} if larry_alpha is None else {"larry_alpha": larry_alpha}
+
+
 def _trace(path: Optional[str]) -> Any:
     from . import traces
 
@@ -114,6 +126,9 @@ def simulate(
     rate_scale: Optional[float] = typer.Option(None, help="Multiply the trace's own arrival rate instead."),
     seed: int = typer.Option(0),
     snapshot_interval: Optional[float] = typer.Option(None, help="Push replica snapshots to the router every this many seconds."),
+    predictor: str = typer.Option(DEFAULT_PREDICTOR, help=PREDICTOR_HELP),
+    larry_alpha: Optional[float] = typer.Option(None, help="LARRY's alpha (tokens/s)."),
+    sal_beta: Optional[float] = typer.Option(None, help="Fix SAL's beta (default: learned)."),
     out: Path = typer.Option(Path("results"), help="Directory for the plot and JSON."),
     json_out: bool = typer.Option(False, "--json", help="Print the summaries as JSON."),
 ) -> None:
@@ -131,7 +146,8 @@ def simulate(
         for p in policies:
             res = run(tr, replicas=replicas, policy=p, router=router, preset=preset, model=model, gpu=gpu,
                       load=load, rate_scale=rate_scale, seed=seed, snapshot_interval=snapshot_interval,
-                      record_steps=False)
+                      record_steps=False, predictor=_predictor(predictor), sal_beta=sal_beta,
+                      **_engine_opts(larry_alpha))
             s = res.summary()
             s["wall_time_s"] = res.wall_time_s
             rows.append(s)
@@ -145,7 +161,8 @@ def simulate(
     where = f"load {load:g} x capacity {cap:.1f} req/s" if cap else f"rate x{rate_scale:g}"
     console.print(_table(rows, f"{tr.name}: {len(tr)} requests, {replicas} x {first['preset']}, router {router}, {where}"))
     console.print(f"[dim]simulated in {sum(r['wall_time_s'] for r in rows):.2f} s wall; "
-                  f"SLO: TTFT <= {first['slo_ttft']} s, TPOT <= {first['slo_tpot']} s[/dim]")
+                  f"SLO: TTFT <= {first['slo_ttft']} s, TPOT <= {first['slo_tpot']} s; "
+                  f"predictor: {predictor}[/dim]")
     if len(rows) > 1:
         stem = f"simulate_{tr.name}_{router}_{load if load is not None else rate_scale}"
         path = plots.policy_bars(rows, out / f"{stem}.png", title=f"{tr.name}: TTFT per policy ({where})")
@@ -165,6 +182,9 @@ def sweep(
     preset: Optional[str] = typer.Option(None),
     seed: int = typer.Option(0),
     snapshot_interval: Optional[float] = typer.Option(None),
+    predictor: str = typer.Option(DEFAULT_PREDICTOR, help=PREDICTOR_HELP),
+    larry_alpha: Optional[float] = typer.Option(None, help="LARRY's alpha (tokens/s)."),
+    sal_beta: Optional[float] = typer.Option(None, help="Fix SAL's beta (default: learned)."),
     out: Path = typer.Option(Path("results"), help="Directory for CSV, JSON and plots."),
 ) -> None:
     """Sweep policies x routers x loads; write CSV, JSON and plots."""
@@ -184,7 +204,8 @@ def sweep(
                         prog.update(task, description=f"{p}/{r} load {x:g}")
                         res = run(tr, replicas=replicas, policy=p, router=r, preset=preset, model=model,
                                   gpu=gpu, load=x, seed=seed, snapshot_interval=snapshot_interval,
-                                  record_steps=False)
+                                  record_steps=False, predictor=_predictor(predictor), sal_beta=sal_beta,
+                                  **_engine_opts(larry_alpha))
                         s = res.summary()
                         s["wall_time_s"] = res.wall_time_s
                         rows.append(s)

@@ -303,6 +303,7 @@ def simulate(
     record_steps: bool = True,
     capacity_requests: int = 2000,
     predictor: Any = None,
+    sal_beta: float | None = None,
     **engine_config: Any,
 ) -> SimResult:
     """Replay ``trace`` (a ``Trace``, a path, a built-in name; default: the built-in
@@ -317,6 +318,8 @@ def simulate(
       ``None`` (none: ``sjf`` falls back to the declared cap, i.e. FCFS), ``"oracle"`` (the
       true length) or a float ``sigma`` (the true length times lognormal noise
       ``exp(N(0, sigma))``, seeded by ``seed``; ``"noisy:0.5"`` also works).
+    - ``sal_beta`` fixes SAL's β (KV tokens freed per running request per iteration);
+      ``None`` learns it from finished requests.
     - ``snapshot_interval``: also push replica snapshots to the router every so many
       seconds (its own bookkeeping of dispatches and finishes is always on).
     - ``**engine_config``: ``SchedulerConfig`` fields (``num_gpu_blocks``,
@@ -370,6 +373,7 @@ def simulate(
     config["offered_rate"] = tr.rate
     predicted = predict_output_tokens(tr.output_tokens, predictor, seed)
     config["predictor"] = None if predictor is None else str(predictor)
+    config["sal_beta"] = sal_beta
     t0 = time.perf_counter()
     raw = _core.simulate(
         *_columns(tr),
@@ -382,6 +386,7 @@ def simulate(
         snapshot_interval=snapshot_interval,
         record_steps=record_steps,
         predicted_output_tokens=predicted,
+        sal_beta=None if sal_beta is None else _number("sal_beta", sal_beta),
     )
     wall = time.perf_counter() - t0
     return _result(raw, config, wall)

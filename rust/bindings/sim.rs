@@ -410,7 +410,7 @@ fn output_dict<'py>(py: Python<'py>, o: SimOutput) -> PyResult<Bound<'py, PyDict
 /// Run a trace (numpy columns) through `replicas` engines behind a router; returns a dict of
 /// numpy columns per request and per step (see `halffull.sim`).
 #[pyfunction]
-#[pyo3(signature = (arrival_time, prompt_tokens, output_tokens, *, replicas, router, cost, engine, seed=0, max_output_tokens=2048, snapshot_interval=None, record_steps=true, predicted_output_tokens=None))]
+#[pyo3(signature = (arrival_time, prompt_tokens, output_tokens, *, replicas, router, cost, engine, seed=0, max_output_tokens=2048, snapshot_interval=None, record_steps=true, predicted_output_tokens=None, sal_beta=None))]
 #[allow(clippy::too_many_arguments)]
 fn simulate<'py>(
     py: Python<'py>,
@@ -426,6 +426,7 @@ fn simulate<'py>(
     snapshot_interval: Option<f64>,
     record_steps: bool,
     predicted_output_tokens: Option<PyReadonlyArray1<'py, i64>>,
+    sal_beta: Option<f64>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let cfg = sim_config(
         py,
@@ -438,6 +439,8 @@ fn simulate<'py>(
         snapshot_interval,
         record_steps,
     )?;
+    let mut cfg = cfg;
+    cfg.sal_beta = sal_beta;
     let mut cols = Columns::new(arrival_time, prompt_tokens, output_tokens);
     cols.predicted = predicted_output_tokens.map(|p| p.as_array().iter().copied().collect());
     let res = py.detach(|| sim::simulate(cols.view(), &cfg));

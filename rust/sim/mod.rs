@@ -56,6 +56,8 @@ pub struct SimConfig {
     pub snapshot_interval: Option<f64>,
     /// Record the per-step series (memory grows with the number of steps).
     pub record_steps: bool,
+    /// Fixes SAL's β; `None`: the router learns it from finished requests.
+    pub sal_beta: Option<f64>,
 }
 
 impl SimConfig {
@@ -74,6 +76,7 @@ impl SimConfig {
             max_output_tokens: 2048,
             snapshot_interval: None,
             record_steps: true,
+            sal_beta: None,
         }
     }
 
@@ -109,6 +112,7 @@ impl SimConfig {
     fn router_config(&self) -> RouterConfig {
         let mut rc = RouterConfig::new(&self.router, self.num_replicas);
         rc.seed = self.seed;
+        rc.beta = self.sal_beta;
         rc.replicas = vec![
             ReplicaSpec {
                 num_gpu_blocks: self.engine.num_gpu_blocks,
