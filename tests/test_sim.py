@@ -224,3 +224,38 @@ def test_cli_simulate_and_sweep(tmp_path):
     assert len(list(tmp_path.glob("sweep_default_*.png"))) == 3
     out = runner.invoke(app, ["simulate", "--preset", "nope"])
     assert out.exit_code == 2 and "llama-3-8b/h100" in out.output
+
+
+def test_sjf_with_an_oracle_predictor_and_no_aging_is_oracle_srpt(small):
+    kw = dict(replicas=2, router="least_requests", rate_scale=4.0, sjf_aging=0.0, **tight())
+    sjf = sim.simulate(small, policy="sjf", predictor="oracle", **kw)
+    srpt = sim.simulate(small, policy="oracle_srpt", **kw)
+    for col in ("first_token_time", "finish_time", "preemptions", "replica"):
+        assert np.array_equal(sjf.requests[col], srpt.requests[col]), col
+    blind = sim.simulate(small, policy="sjf", **kw)          # no predictions: the declared cap
+    fcfs = sim.simulate(small, policy="fcfs", **kw)
+    assert np.array_equal(blind.requests["first_token_time"], fcfs.requests["first_token_time"])
+
+
+def test_noisy_predictor_is_seeded_and_validated():
+    true = np.array([1, 10, 100, 1000])
+    a = sim.predict_output_tokens(true, "noisy:0.5", seed=3)
+    assert np.array_equal(a, sim.predict_output_tokens(true, 0.5, seed=3))
+    assert not np.array_equal(a, sim.predict_output_tokens(true, 0.5, seed=4))
+    assert a.min() >= 1 and np.array_equal(sim.predict_output_tokens(true, "noisy:0"), true)
+    assert sim.predict_output_tokens(true, None) is None
+    for bad in ("noisy:-1", "psychic", float("nan")):
+        with pytest.raises(InvalidArgumentError):
+            sim.predict_output_tokens(true, bad)
+
+
+def test_sal_beta_is_passed_to_the_router(small):
+    kw = dict(replicas=3, router="sal", rate_scale=4.0, **tight())
+    learned = sim.simulate(small, **kw)
+    assert np.array_equal(learned.requests["replica"], sim.simulate(small, sal_beta=None, **kw).requests["replica"])
+    # beta divides every replica's memory wait alike, so it changes a choice only where it
+    # moves a replica's delay from the memory term to the queue term: a large beta does.
+    fixed = [sim.simulate(small, sal_beta=b, **kw).requests["replica"] for b in (1.01, 1000.0)]
+    assert not np.array_equal(fixed[0], fixed[1])
+    with pytest.raises(halffull.HalffullError):
+        sim.simulate(small, sal_beta=-1.0, **kw)
