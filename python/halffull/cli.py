@@ -6,6 +6,8 @@
   --model llama-3-8b --gpu h100 --load 0.9`` picks everything.
 - ``halffull sweep``: policies x routers x loads, with a progress bar; CSV, JSON and plots.
 - ``halffull engine ...``: the torch engine loop's own CLI (``halffull.engine.cli``).
+- ``halffull calibrate``: fit the simulator's linear cost model on the engine, check it on a
+  held-out trace (``halffull engine calibrate``).
 - ``halffull presets``: the model/GPU presets and their derived KV capacity.
 """
 
@@ -253,6 +255,18 @@ def engine(ctx: typer.Context) -> None:
         console.print(f"[red]error:[/red] the engine needs torch (pip install 'halffull[engine]'): {e}")
         raise typer.Exit(2) from None
     raise typer.Exit(cli_main(list(ctx.args)))
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
+                               "help_option_names": []})
+def calibrate(ctx: typer.Context) -> None:
+    """Fit the simulator's linear cost model on the engine; check it on a held-out trace."""
+    try:
+        from .engine.cli import cli_main
+    except ImportError as e:
+        console.print(f"[red]error:[/red] calibrate needs torch (pip install 'halffull[engine]'): {e}")
+        raise typer.Exit(2) from None
+    raise typer.Exit(cli_main(["calibrate", *ctx.args]))
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -2,10 +2,17 @@
 
     halffull engine generate  --preset tiny --num-requests 8 --prompt-len 32 --output-len 32
     halffull engine serve     --trace builtin:default --time-scale 20 --max-requests 200
-    halffull engine calibrate --trace builtin:default --time-scale 20 --out cost.json
+    halffull engine calibrate                       # = halffull calibrate
+    halffull engine calibrate --preset tiny --rounds 3 --out calibration.json
+
+``calibrate`` fits the simulator's linear step-cost model to the engine's measured steps and
+checks it on a held-out trace (``halffull.engine.calibrate.calibrate``); with no trace it
+uses a synthetic load ramp for the fit and Gamma bursts for the check, at loads relative to
+the engine's measured capacity (~45 s for ``mini`` on one CPU thread).
 
 ``cli_main(argv)`` parses ``argv`` (without the leading ``engine``) and returns an exit code;
-``halffull.cli`` forwards to it. Errors from halffull are printed as one line, exit code 2.
+``halffull.cli`` forwards to it (``halffull engine ...`` and ``halffull calibrate ...``).
+Errors from halffull are printed as one line, exit code 2.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--preset", default="tiny", help="model preset: tiny, mini, small (default tiny)")
+        sp.add_argument("--preset", default="tiny", help="model preset: tiny, mini, small (default %(default)s)")
         sp.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
         sp.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
         sp.add_argument("--scheduler", default="rust", choices=("rust", "reference"))
@@ -39,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--block-size", type=int, default=16)
         sp.add_argument("--max-num-seqs", type=int, default=64)
         sp.add_argument("--max-num-batched-tokens", type=int, default=512)
-        sp.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+        sp.add_argument("--threads", type=int, default=None, help="torch CPU threads (default %(default)s)")
         sp.add_argument("--seed", type=int, default=0)
         sp.add_argument("--json", action="store_true", help="print JSON instead of text")
 
@@ -49,19 +56,60 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--prompt-len", type=int, default=32)
     g.add_argument("--output-len", type=int, default=32)
 
-    for name, text in (("serve", "replay a trace in real time; print TTFT/TPOT/latency"),
-                       ("calibrate", "replay a trace and fit the simulator's linear step-cost model")):
-        s = sub.add_parser(name, help=text)
-        common(s)
-        s.add_argument("--trace", default="builtin:default",
-                       help="a trace file (azure, mooncake, burstgpt, halffull) or builtin:NAME")
-        s.add_argument("--format", default=None, help="trace file format (default: detect)")
-        s.add_argument("--time-scale", type=float, default=1.0, help="replay speed-up (10 = ten times faster)")
-        s.add_argument("--max-requests", type=int, default=100)
-        s.add_argument("--max-prompt-tokens", type=int, default=None)
-        s.add_argument("--max-output-tokens", type=int, default=None)
-        s.add_argument("--out", default=None, help="write the result as JSON to this file")
+    s = sub.add_parser("serve", help="replay a trace in real time; print TTFT/TPOT/latency")
+    common(s)
+    s.add_argument("--trace", default="builtin:default",
+                   help="a trace file (azure, mooncake, burstgpt, halffull) or builtin:NAME")
+    s.add_argument("--format", default=None, help="trace file format (default: detect)")
+    s.add_argument("--time-scale", type=float, default=1.0, help="replay speed-up (10 = ten times faster)")
+    s.add_argument("--max-requests", type=int, default=100)
+    s.add_argument("--max-prompt-tokens", type=int, default=None)
+    s.add_argument("--max-output-tokens", type=int, default=None)
+    s.add_argument("--fit", action="store_true", help="also fit the linear step-cost model to the steps")
+    s.add_argument("--out", default=None, help="write the result as JSON to this file")
+
+    c = sub.add_parser("calibrate", help="fit the simulator's linear step-cost model on the engine and "
+                                         "check it on a held-out trace")
+    add_calibrate_arguments(c, common)
     return p
+
+
+def add_calibrate_arguments(c: argparse.ArgumentParser, common: Any = None) -> None:
+    """The options of ``calibrate`` (``halffull calibrate`` and ``halffull engine calibrate``)."""
+    from .calibrate import (DEFAULT_FIT_LOADS, DEFAULT_HOLDOUT_CV, DEFAULT_HOLDOUT_LOAD, DEFAULT_MODEL,
+                            DEFAULT_REQUESTS)
+
+    if common is not None:
+        common(c)
+    c.set_defaults(preset=DEFAULT_MODEL, threads=1)
+    c.add_argument("--fit-trace", default=None,
+                   help="trace to fit on: a file or builtin:NAME (default: a synthetic Poisson load ramp)")
+    c.add_argument("--holdout-trace", default=None,
+                   help="held-out trace (default: synthetic Gamma CV 2 bursts; with only --fit-trace, "
+                        "the requests after the fit's)")
+    c.add_argument("--format", default=None, help="trace file format (default: detect)")
+    c.add_argument("--time-scale", type=float, default=1.0, help="replay speed-up (10 = ten times faster)")
+    c.add_argument("--max-requests", type=int, default=None,
+                   help=f"requests per trace (default {DEFAULT_REQUESTS}; with a file, half of it)")
+    c.add_argument("--rounds", type=int, default=5,
+                   help="replay fit and held-out traces alternately in this many pieces (default 5)")
+    c.add_argument("--capacity", type=float, default=None,
+                   help="engine capacity, req/s, for the synthetic traces' loads (default: measure it)")
+    c.add_argument("--fit-loads", default=",".join(f"{x:g}" for x in DEFAULT_FIT_LOADS),
+                   help="loads (x capacity) the synthetic fit trace ramps through")
+    c.add_argument("--holdout-load", type=float, default=DEFAULT_HOLDOUT_LOAD,
+                   help="load (x capacity) of the synthetic held-out trace")
+    c.add_argument("--holdout-cv", type=float, default=DEFAULT_HOLDOUT_CV,
+                   help="inter-arrival CV of the synthetic held-out trace (Gamma)")
+    c.add_argument("--fit-speedups", default=None,
+                   help="per round, replay the fit piece this many times faster than --time-scale, "
+                        "so the fit spans lighter and heavier load than the held-out replay (default: "
+                        "with --fit-trace, 0.5 to 4, geometric; else 1)")
+    c.add_argument("--max-prompt-tokens", type=int, default=None, help="clip prompts of file traces")
+    c.add_argument("--max-output-tokens", type=int, default=None, help="clip outputs of file traces")
+    c.add_argument("--fit-target", default="period_s", choices=("period_s", "step_s"),
+                   help="fit the step's start-to-start period (default) or Engine.step's own time")
+    c.add_argument("--out", default=None, help="write the report as JSON to this file")
 
 
 def _engine(args: argparse.Namespace) -> Any:
@@ -82,10 +130,14 @@ def _engine(args: argparse.Namespace) -> Any:
 
 
 def _load_trace(spec: str, fmt: Optional[str]) -> Any:
+    from pathlib import Path
+
     from .. import traces
 
     if spec.startswith("builtin:"):
         return traces.builtin(spec[len("builtin:"):])
+    if spec in traces.builtin_names() and not Path(spec).exists():
+        return traces.builtin(spec)
     return traces.load(spec, format=fmt)
 
 
@@ -131,13 +183,52 @@ def run_serve(args: argparse.Namespace, fit: bool = False) -> dict[str, Any]:
     out: dict[str, Any] = {"preset": args.preset, "device": str(eng.device), "scheduler": args.scheduler,
                            "trace": args.trace, "summary": report.summary(), "timings": report.timings}
     if fit:
-        from .calibrate import fit_linear_cost_model, fit_quality
+        from .calibrate import fit_linear_cost_model, fit_quality, with_periods
 
-        coef = fit_linear_cost_model(report.steps)
+        steps = with_periods(report.steps)
+        coef = fit_linear_cost_model(steps, target="period_s")
         out["cost_model"] = coef
-        out["fit"] = fit_quality(coef, report.steps)
+        out["fit"] = fit_quality(coef, steps, target="period_s")
     out["_report"] = report
     return out
+
+
+def _floats(text: str, name: str) -> list[float]:
+    from ..errors import InvalidArgumentError
+
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InvalidArgumentError(f"{name} must be a comma-separated list of numbers, got {text!r}",
+                                   field=name, value=text) from None
+
+
+def run_calibrate(args: argparse.Namespace) -> Any:
+    """``calibrate`` with the parsed options; returns the ``CalibrationReport``."""
+    from ..config import SchedulerConfig
+    from .calibrate import calibrate
+
+    fit = _load_trace(args.fit_trace, args.format) if args.fit_trace else None
+    hold = _load_trace(args.holdout_trace, args.format) if args.holdout_trace else None
+    sched = SchedulerConfig(
+        num_gpu_blocks=args.num_gpu_blocks, block_size=args.block_size, num_cpu_blocks=args.num_cpu_blocks,
+        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
+        policy=args.policy, preemption_mode=args.preemption_mode)
+    quiet = args.json
+
+    def log(msg: str) -> None:
+        if not quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    return calibrate(
+        args.preset, sched, fit_trace=fit, holdout_trace=hold, time_scale=args.time_scale,
+        max_requests=args.max_requests, rounds=args.rounds, seed=args.seed,
+        max_prompt_tokens=args.max_prompt_tokens, max_output_tokens=args.max_output_tokens,
+        device=args.device, scheduler=args.scheduler, dtype=args.dtype, threads=args.threads,
+        capacity=args.capacity, fit_loads=_floats(args.fit_loads, "fit_loads"),
+        holdout_load=args.holdout_load, holdout_cv=args.holdout_cv,
+        fit_speedups=_floats(args.fit_speedups, "fit_speedups") if args.fit_speedups else None,
+        fit_target=args.fit_target, log=log)
 
 
 def cli_main(argv: Optional[Sequence[str]] = None) -> int:
@@ -146,8 +237,11 @@ def cli_main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.command == "generate":
             res = run_generate(args)
+        elif args.command == "calibrate":
+            cal = run_calibrate(args)
+            res = {}
         else:
-            res = run_serve(args, fit=args.command == "calibrate")
+            res = run_serve(args, fit=args.fit)
     except HalffullError as e:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
@@ -156,6 +250,13 @@ def cli_main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         print("error: the engine needs torch: pip install 'halffull[engine]'", file=sys.stderr)
         return 2
+    if args.command == "calibrate":
+        payload = cal.to_dict()
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump(payload, f, indent=2)
+        print(json.dumps(payload, indent=2) if args.json else cal.format())
+        return 0
     report = res.pop("_report", None)
     payload = _clean(res)
     if getattr(args, "out", None):
@@ -175,7 +276,7 @@ def cli_main(argv: Optional[Sequence[str]] = None) -> int:
         print(report.format())
         if "cost_model" in res:
             c, q = res["cost_model"], res["fit"]
-            print(f"step_s = {c['c0']:.3e} + {c['c1']:.3e}*prefill_tokens + {c['c2']:.3e}*decode_seqs"
+            print(f"period_s = {c['c0']:.3e} + {c['c1']:.3e}*prefill_tokens + {c['c2']:.3e}*decode_seqs"
                   f" + {c['c3']:.3e}*kv_tokens   (r2 {q['r2']:.3f}, {int(q['num_steps'])} steps)")
     return 0
 
