@@ -38,11 +38,34 @@ pub(crate) fn id_to_py(py: Python<'_>, id: &RequestId) -> PyResult<Py<PyAny>> {
     })
 }
 
-fn obj<'py, T: IntoPyObject<'py>>(py: Python<'py>, v: T) -> Py<PyAny> {
+pub(crate) fn obj<'py, T: IntoPyObject<'py>>(py: Python<'py>, v: T) -> Py<PyAny> {
     match v.into_bound_py_any(py) {
         Ok(b) => b.unbind(),
         Err(_) => py.None(),
     }
+}
+
+/// `ConfigError` for a name missing from its registry, with `field`, `value` and `valid`.
+pub(crate) fn unknown_name(
+    py: Python<'_>,
+    msg: &str,
+    field: &str,
+    name: &str,
+    valid: &[&str],
+) -> PyErr {
+    let valid = PyTuple::new(py, valid.iter())
+        .map(|t| t.into_any().unbind())
+        .unwrap_or_else(|_| py.None());
+    py_error(
+        py,
+        "ConfigError",
+        msg,
+        &[
+            ("field", obj(py, field)),
+            ("value", obj(py, name)),
+            ("valid", valid),
+        ],
+    )
 }
 
 /// The one conversion point from core errors to Python exceptions.
@@ -53,21 +76,7 @@ pub(crate) fn to_pyerr(py: Python<'_>, e: Error) -> PyErr {
         Error::Config { field, .. } => {
             py_error(py, "ConfigError", &msg, &[("field", obj(py, *field))])
         }
-        Error::UnknownName { field, name, valid } => {
-            let valid = PyTuple::new(py, valid.iter())
-                .map(|t| t.into_any().unbind())
-                .unwrap_or_else(|_| py.None());
-            py_error(
-                py,
-                "ConfigError",
-                &msg,
-                &[
-                    ("field", obj(py, *field)),
-                    ("value", obj(py, name.as_str())),
-                    ("valid", valid),
-                ],
-            )
-        }
+        Error::UnknownName { field, name, valid } => unknown_name(py, &msg, field, name, valid),
         Error::InvalidArgument { field, .. } => py_error(
             py,
             "InvalidArgumentError",

@@ -7,10 +7,9 @@
 use numpy::PyArray1;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
-use pyo3::IntoPyObjectExt;
 
-use super::py_error;
 use super::sched::extract_id;
+use super::{obj, py_error, unknown_name};
 use crate::router::{
     policy_names, ReplicaLoad, ReplicaSnapshot, ReplicaSpec, RouteRequest, Router, RouterConfig,
     RouterError, MAX_COUNT,
@@ -29,10 +28,6 @@ fn router_names() -> Vec<&'static str> {
     policy_names()
 }
 
-fn any<'py, T: IntoPyObject<'py>>(py: Python<'py>, v: T) -> Py<PyAny> {
-    v.into_py_any(py).unwrap_or_else(|_| py.None())
-}
-
 /// The one conversion point from router errors to Python exceptions. `id` is the request id
 /// object the caller passed, attached as `request_id` to id errors.
 fn router_err(py: Python<'_>, e: RouterError, id: Option<&Bound<'_, PyAny>>) -> PyErr {
@@ -40,28 +35,16 @@ fn router_err(py: Python<'_>, e: RouterError, id: Option<&Bound<'_, PyAny>>) -> 
     let rid = || id.map(|o| o.clone().unbind()).unwrap_or_else(|| py.None());
     match e {
         RouterError::UnknownPolicy { name, valid } => {
-            let valid = PyTuple::new(py, valid)
-                .map(|t| t.into_any().unbind())
-                .unwrap_or_else(|_| py.None());
-            py_error(
-                py,
-                "ConfigError",
-                &msg,
-                &[
-                    ("field", any(py, "policy")),
-                    ("value", any(py, name)),
-                    ("valid", valid),
-                ],
-            )
+            unknown_name(py, &msg, "policy", &name, &valid)
         }
         RouterError::Config { field, .. } => {
-            py_error(py, "ConfigError", &msg, &[("field", any(py, field))])
+            py_error(py, "ConfigError", &msg, &[("field", obj(py, field))])
         }
         RouterError::InvalidArgument { field, value, .. } => py_error(
             py,
             "InvalidArgumentError",
             &msg,
-            &[("field", any(py, field)), ("value", any(py, value))],
+            &[("field", obj(py, field)), ("value", obj(py, value))],
         ),
         RouterError::ReplicaOutOfRange {
             index,
@@ -71,9 +54,9 @@ fn router_err(py: Python<'_>, e: RouterError, id: Option<&Bound<'_, PyAny>>) -> 
             "InvalidArgumentError",
             &msg,
             &[
-                ("field", any(py, "index")),
-                ("value", any(py, index)),
-                ("num_replicas", any(py, num_replicas)),
+                ("field", obj(py, "index")),
+                ("value", obj(py, index)),
+                ("num_replicas", obj(py, num_replicas)),
             ],
         ),
         RouterError::DuplicateRequest { .. } => {
@@ -97,7 +80,7 @@ fn bad(
         py,
         class,
         &message,
-        &[("field", any(py, field)), ("value", value.clone().unbind())],
+        &[("field", obj(py, field)), ("value", value.clone().unbind())],
     )
 }
 
@@ -171,9 +154,9 @@ fn index_arg(py: Python<'_>, ob: &Bound<'_, PyAny>, num_replicas: usize) -> PyRe
                 "replica index {shown} is out of range: the router has {num_replicas} replicas"
             ),
             &[
-                ("field", any(py, "index")),
+                ("field", obj(py, "index")),
                 ("value", ob.clone().unbind()),
-                ("num_replicas", any(py, num_replicas)),
+                ("num_replicas", obj(py, num_replicas)),
             ],
         )
     };
@@ -287,7 +270,7 @@ impl PyRouter {
                     policy_names().join(", ")
                 ),
                 &[
-                    ("field", any(py, "policy")),
+                    ("field", obj(py, "policy")),
                     ("value", policy.clone().unbind()),
                     ("valid", valid),
                 ],

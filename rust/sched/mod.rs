@@ -373,37 +373,8 @@ impl Scheduler {
         if self.index.contains_key(&new.id) {
             return Err(Error::DuplicateRequest { id: new.id });
         }
+        self.check_fits(&new.id, prompt, max_out)?;
         let capacity = cfg.capacity_tokens();
-        if prompt + 1 > capacity {
-            let need = blocks_for(prompt + 1, cfg.block_size);
-            return Err(Error::RequestTooLarge {
-                message: format!(
-                    "request {}: prompt of {prompt} tokens plus one output token needs {need} blocks of {} tokens; \
-                     the GPU cache has {}",
-                    new.id, cfg.block_size, cfg.num_gpu_blocks
-                ),
-                id: new.id,
-                need_blocks: need,
-                capacity_blocks: cfg.num_gpu_blocks,
-            });
-        }
-        if self.policy.reserves_full_output() {
-            let need = blocks_for(prompt + max_out, cfg.block_size);
-            if need > cfg.num_gpu_blocks {
-                return Err(Error::RequestTooLarge {
-                    message: format!(
-                        "request {}: no_preempt reserves prompt + max_output_tokens = {} tokens = {need} blocks; \
-                         the GPU cache has {}",
-                        new.id,
-                        prompt + max_out,
-                        cfg.num_gpu_blocks
-                    ),
-                    id: new.id,
-                    need_blocks: need,
-                    capacity_blocks: cfg.num_gpu_blocks,
-                });
-            }
-        }
         let req = Request {
             id: new.id.clone(),
             seq: self.next_seq,
@@ -432,6 +403,47 @@ impl Scheduler {
         self.slab[slot as usize] = Some(req);
         self.index.insert(new.id, slot);
         Ok(slot)
+    }
+
+    /// Could a request of `prompt` tokens declaring `max_output_tokens` ever be admitted?
+    /// `RequestTooLarge` (capacity and need in blocks) if its prompt plus one token exceeds
+    /// the GPU cache, or, under a policy reserving the full output (`no_preempt`), its prompt
+    /// plus `max_output_tokens` does. The rule `add_request` applies; a router or simulator can
+    /// ask it before dispatching.
+    pub fn check_fits(&self, id: &RequestId, prompt: u64, max_output_tokens: u64) -> Result<()> {
+        let cfg = &self.cfg;
+        let too_large = |need: u64, message: String| Error::RequestTooLarge {
+            id: id.clone(),
+            need_blocks: need,
+            capacity_blocks: cfg.num_gpu_blocks,
+            message,
+        };
+        if prompt + 1 > cfg.capacity_tokens() {
+            let need = blocks_for(prompt + 1, cfg.block_size);
+            return Err(too_large(
+                need,
+                format!(
+                    "request {id}: prompt of {prompt} tokens plus one output token needs {need} blocks of {} tokens; \
+                     the GPU cache has {}",
+                    cfg.block_size, cfg.num_gpu_blocks
+                ),
+            ));
+        }
+        if self.policy.reserves_full_output() {
+            let need = blocks_for(prompt + max_output_tokens, cfg.block_size);
+            if need > cfg.num_gpu_blocks {
+                return Err(too_large(
+                    need,
+                    format!(
+                        "request {id}: no_preempt reserves prompt + max_output_tokens = {} tokens = {need} blocks; \
+                         the GPU cache has {}",
+                        prompt + max_output_tokens,
+                        cfg.num_gpu_blocks
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// End a live request now, wherever it is; its blocks are freed at once.

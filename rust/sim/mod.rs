@@ -272,8 +272,6 @@ pub fn simulate(trace: TraceView<'_>, config: &SimConfig) -> Result<SimOutput> {
         ..SimOutput::default()
     };
     let eng = &config.engine;
-    let capacity_tokens = eng.capacity_tokens();
-    let reserves = eng.policy == "no_preempt";
     let declared = config.max_output_tokens;
     let bs = eng.block_size;
 
@@ -305,26 +303,15 @@ pub fn simulate(trace: TraceView<'_>, config: &SimConfig) -> Result<SimOutput> {
             let prompt = trace.prompt_tokens[i] as u64;
             let max_out = declared;
             // Fits no replica (all replicas share one configuration): reject, don't route.
-            let too_large = if prompt + 1 > capacity_tokens {
-                Some(format!(
-                    "request_too_large: prompt of {prompt} tokens plus one output token needs {} blocks; a replica has {}",
-                    blocks_for(prompt + 1, bs),
-                    eng.num_gpu_blocks
-                ))
-            } else if reserves && blocks_for(prompt + max_out, bs) > eng.num_gpu_blocks {
-                Some(format!(
-                    "request_too_large: no_preempt reserves prompt + max_output_tokens = {} tokens = {} blocks; a replica has {}",
-                    prompt + max_out,
-                    blocks_for(prompt + max_out, bs),
-                    eng.num_gpu_blocks
-                ))
-            } else {
-                None
-            };
-            if let Some(reason) = too_large {
-                out.reject_reason[i] = reason;
-                num_done += 1;
-                continue;
+            let id = RequestId::Int(i as i64);
+            if let Some(first) = replicas.first() {
+                if let Err(Error::RequestTooLarge { message, .. }) =
+                    first.sched.check_fits(&id, prompt, max_out)
+                {
+                    out.reject_reason[i] = format!("request_too_large: {message}");
+                    num_done += 1;
+                    continue;
+                }
             }
             let predicted = trace
                 .predicted_output_tokens
@@ -340,7 +327,7 @@ pub fn simulate(trace: TraceView<'_>, config: &SimConfig) -> Result<SimOutput> {
                 message: format!("router chose replica {r} of {}", config.num_replicas),
             })?;
             let new = NewRequest {
-                id: RequestId::Int(i as i64),
+                id,
                 prompt_tokens: prompt,
                 max_output_tokens: max_out,
                 arrival_time: Some(now),
