@@ -10,8 +10,10 @@ _RequestId = str | int
 
 __all__ = [
     "Scheduler", "StepPlan", "policy_names", "Router", "router_names",
-    "CostModel", "sim_preset_names", "sim_preset", "simulate", "measure_capacity",
+    "CostModel", "sim_preset_names", "sim_preset", "simulate", "measure_capacity", "LIMITS",
 ]
+
+LIMITS: dict[str, float]
 
 def policy_names() -> list[str]: ...
 

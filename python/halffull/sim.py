@@ -94,18 +94,18 @@ def _as_trace(trace: Any) -> _traces.Trace:
         return _traces.load(trace)
     raise InvalidArgumentError(
         f"trace must be a halffull.traces.Trace, a path or a built-in name, got {type(trace).__name__}",
-        argument="trace",
+        field="trace",
     )
 
 
 def _number(name: str, value: Any, *, positive: bool = True) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise InvalidArgumentError(f"{name} must be a number, got {value!r}", argument=name, value=value)
+        raise InvalidArgumentError(f"{name} must be a number, got {value!r}", field=name, value=value)
     v = float(value)
     if not math.isfinite(v) or (v <= 0 if positive else v < 0):
         raise InvalidArgumentError(
             f"{name} must be finite and {'> 0' if positive else '>= 0'}, got {value!r}",
-            argument=name,
+            field=name,
             value=value,
         )
     return v
@@ -328,11 +328,11 @@ def simulate(
     """
     tr = _as_trace(trace)
     if len(tr) == 0:
-        raise InvalidArgumentError("the trace has no requests", argument="trace")
+        raise InvalidArgumentError("the trace has no requests", field="trace")
     if isinstance(replicas, bool) or not isinstance(replicas, (int, np.integer)) or replicas < 1:
         raise ConfigError(f"replicas must be an int >= 1, got {replicas!r}", field="replicas", value=replicas)
     if load is not None and rate_scale is not None:
-        raise InvalidArgumentError("give load or rate_scale, not both", argument="load")
+        raise InvalidArgumentError("give load or rate_scale, not both", field="load")
     name = preset_name(preset, model, gpu)
     engine = _engine_config(name, engine_config)
     engine["policy"] = policy
@@ -363,7 +363,7 @@ def simulate(
         rate = tr.rate if tr.rate > 0 else float("nan")
         if not math.isfinite(rate) or rate <= 0:
             raise InvalidArgumentError(
-                "load needs a trace whose arrivals span time (its rate is undefined)", argument="load"
+                "load needs a trace whose arrivals span time (its rate is undefined)", field="load"
             )
         tr = tr.scale_rate(x * capacity / rate)
         config.update(load=x, capacity_requests_per_s=capacity)
@@ -410,7 +410,7 @@ def predict_output_tokens(true_output: np.ndarray, predictor: Any, seed: int = 0
     if not math.isfinite(sigma) or sigma < 0:
         raise InvalidArgumentError(
             f"predictor must be None, 'oracle', or a noise level sigma >= 0 ('noisy:0.5'), got {predictor!r}",
-            argument="predictor", value=predictor)
+            field="predictor", value=predictor)
     noise = np.random.default_rng(seed).normal(0.0, sigma, size=len(true))
     return np.maximum(np.rint(true * np.exp(noise)), 1).astype(np.int64)
 

@@ -77,20 +77,20 @@ _DATA_DIR = Path(__file__).resolve().parent / "data"
 def _token_array(values: Any, field: str) -> np.ndarray:
     array = np.asarray(values)
     if array.ndim != 1:
-        raise InvalidArgumentError(f"{field} must be 1-D, got shape {array.shape}", argument=field)
+        raise InvalidArgumentError(f"{field} must be 1-D, got shape {array.shape}", field=field)
     if array.size and array.dtype.kind == "f":
         if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
-            raise InvalidArgumentError(f"{field} must hold whole numbers", argument=field)
+            raise InvalidArgumentError(f"{field} must hold whole numbers", field=field)
     elif array.size and array.dtype.kind not in "iu":
         raise InvalidArgumentError(
-            f"{field} must hold integers, got dtype {array.dtype}", argument=field
+            f"{field} must hold integers, got dtype {array.dtype}", field=field
         )
     array = array.astype(np.int64)
     if array.size and array.min() < 1:
         index = int(np.argmin(array))
         raise InvalidArgumentError(
             f"{field}[{index}] = {array[index]}: token counts must be >= 1",
-            argument=field,
+            field=field,
             index=index,
         )
     return array
@@ -126,13 +126,13 @@ class Trace:
         arrival = np.array(self.arrival_time, dtype=np.float64)
         if arrival.ndim != 1:
             raise InvalidArgumentError(
-                f"arrival_time must be 1-D, got shape {arrival.shape}", argument="arrival_time"
+                f"arrival_time must be 1-D, got shape {arrival.shape}", field="arrival_time"
             )
         if not np.all(np.isfinite(arrival)):
             index = int(np.argmin(np.isfinite(arrival)))
             raise InvalidArgumentError(
                 f"arrival_time[{index}] = {arrival[index]} is not finite",
-                argument="arrival_time",
+                field="arrival_time",
                 index=index,
             )
         if arrival.size > 1 and np.any(np.diff(arrival) < 0):
@@ -140,7 +140,7 @@ class Trace:
             raise InvalidArgumentError(
                 f"arrival_time must be sorted: [{index}] = {arrival[index]} comes before "
                 f"[{index - 1}] = {arrival[index - 1]} (sort with np.argsort(kind='stable'))",
-                argument="arrival_time",
+                field="arrival_time",
                 index=index,
             )
         prompt = _token_array(self.prompt_tokens, "prompt_tokens")
@@ -149,7 +149,7 @@ class Trace:
             raise InvalidArgumentError(
                 f"arrays differ in length: arrival_time {len(arrival)}, "
                 f"prompt_tokens {len(prompt)}, output_tokens {len(output)}",
-                argument="arrival_time",
+                field="arrival_time",
             )
         hash_ids = None
         if self.hash_ids is not None:
@@ -157,7 +157,7 @@ class Trace:
             if len(hash_ids) != len(arrival):
                 raise InvalidArgumentError(
                     f"hash_ids has {len(hash_ids)} entries for {len(arrival)} requests",
-                    argument="hash_ids",
+                    field="hash_ids",
                 )
         for array in (arrival, prompt, output):
             array.setflags(write=False)
@@ -208,18 +208,18 @@ class Trace:
         ``factor``): ``scale_rate(2)`` doubles the load. ``factor`` must be finite and > 0."""
         if isinstance(factor, bool) or not isinstance(factor, (int, float, np.integer, np.floating)):
             raise InvalidArgumentError(
-                f"factor must be a number, got {type(factor).__name__}", argument="factor", value=factor
+                f"factor must be a number, got {type(factor).__name__}", field="factor", value=factor
             )
         if not (math.isfinite(factor) and factor > 0):
             raise InvalidArgumentError(
-                f"factor must be finite and > 0, got {factor!r}", argument="factor", value=factor
+                f"factor must be finite and > 0, got {factor!r}", field="factor", value=factor
             )
         return replace(self, arrival_time=self.arrival_time / float(factor))
 
     def head(self, n: int) -> Trace:
         """The first ``n`` requests (all of them if the trace is shorter)."""
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-            raise InvalidArgumentError(f"n must be an int >= 0, got {n!r}", argument="n", value=n)
+            raise InvalidArgumentError(f"n must be an int >= 0, got {n!r}", field="n", value=n)
         return self._take(slice(0, int(n)))
 
     def slice_time(self, t0: float, t1: float, *, rebase: bool = False) -> Trace:
@@ -227,7 +227,7 @@ class Trace:
         ``rebase=True`` shifted by ``-t0`` so the window starts at 0."""
         if not (math.isfinite(t0) and math.isfinite(t1) and t0 <= t1):
             raise InvalidArgumentError(
-                f"need finite t0 <= t1, got t0={t0!r}, t1={t1!r}", argument="t0", value=t0
+                f"need finite t0 <= t1, got t0={t0!r}, t1={t1!r}", field="t0", value=t0
             )
         lo = int(np.searchsorted(self.arrival_time, t0, side="left"))
         hi = int(np.searchsorted(self.arrival_time, t1, side="left"))
@@ -634,7 +634,7 @@ ARRIVALS: tuple[str, ...] = ("poisson", "gamma")
 
 
 def _bad(argument: str, value: Any, what: str) -> InvalidArgumentError:
-    return InvalidArgumentError(f"{argument}: {what}, got {value!r}", argument=argument, value=value)
+    return InvalidArgumentError(f"{argument}: {what}, got {value!r}", field=argument, value=value)
 
 
 def _is_number(value: Any) -> bool:
@@ -723,7 +723,7 @@ def synthetic(
     if arrival not in ARRIVALS:
         raise InvalidArgumentError(
             f"arrival: unknown arrival process {arrival!r}; valid: {', '.join(ARRIVALS)}",
-            argument="arrival",
+            field="arrival",
             value=arrival,
             valid=ARRIVALS,
         )
@@ -806,7 +806,7 @@ def builtin(name: str = "default") -> Trace:
     if name not in names:
         raise InvalidArgumentError(
             f"unknown built-in trace {name!r}; valid: {', '.join(names)}",
-            argument="name",
+            field="name",
             value=name,
             valid=tuple(names),
         )

@@ -131,5 +131,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     sched::register(m)?;
     router::register(m)?;
     sim::register(m)?;
+    let limits = PyDict::new(m.py());
+    limits.set_item("MAX_COUNT", crate::limits::MAX_COUNT)?;
+    limits.set_item("MAX_TIME", crate::limits::MAX_TIME)?;
+    limits.set_item("MAX_RATE", crate::limits::MAX_RATE)?;
+    limits.set_item("MAX_BLOCKS", crate::limits::MAX_BLOCKS)?;
+    limits.set_item("MAX_REPLICAS", crate::limits::MAX_REPLICAS)?;
+    m.add("LIMITS", limits)?;
     Ok(())
 }

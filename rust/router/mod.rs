@@ -47,7 +47,7 @@ pub use rng::SplitMix64;
 /// Every count (tokens, blocks, requests) must be at most this; larger is a caller's bug.
 pub const MAX_COUNT: u64 = 1 << 40;
 /// At most this many replicas.
-pub const MAX_REPLICAS: usize = 1 << 16;
+pub use crate::limits::MAX_REPLICAS;
 
 /// How to build a [`Router`].
 #[derive(Debug, Clone, PartialEq)]

@@ -31,8 +31,7 @@ use crate::error::{Error, Result};
 
 pub const PREEMPTION_MODES: &[&str] = &["recompute", "swap"];
 pub const LARRY_LOADS: &[&str] = &["waiting", "outstanding"];
-const MAX_COUNT: u64 = 1 << 40;
-const MAX_TIME: f64 = 1e12;
+use crate::limits::{MAX_BLOCKS, MAX_COUNT, MAX_RATE, MAX_TIME};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct SchedulerConfig {
@@ -85,7 +84,7 @@ impl SchedulerConfig {
             ("num_gpu_blocks", self.num_gpu_blocks),
             ("num_cpu_blocks", self.num_cpu_blocks),
         ] {
-            if v > u64::from(u32::MAX - 1) {
+            if v > MAX_BLOCKS {
                 return Err(Error::Config {
                     field,
                     message: format!("{field} must be < 2**32 - 1, got {v}"),
@@ -111,7 +110,7 @@ impl SchedulerConfig {
             ("larry_alpha", self.larry_alpha),
             ("sjf_aging", self.sjf_aging),
         ] {
-            if !(v.is_finite() && (0.0..=1e9).contains(&v)) {
+            if !(v.is_finite() && (0.0..=MAX_RATE).contains(&v)) {
                 return Err(Error::Config {
                     field,
                     message: format!("{field} must be finite and in [0.0, 1e9], got {v}"),

@@ -138,7 +138,7 @@ def _check_prompt(prompt_token_ids: Any, vocab_size: int) -> list[int]:
         bad_tok = lo if lo < 0 else hi
         raise InvalidArgumentError(
             f"token id {bad_tok} is outside the vocabulary [0, {vocab_size})",
-            field="prompt_token_ids", value=bad_tok, vocab_size=vocab_size)
+            field="prompt_token_ids", value=bad_tok)
     return [int(t) for t in arr.tolist()]
 
 
