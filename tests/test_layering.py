@@ -56,8 +56,7 @@ def import_graph() -> dict[str, set[str]]:
                 else:
                     continue
                 targets = [
-                    f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else known(base)
-                    for alias in node.names
+                    f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else known(base) for alias in node.names
                 ]
             graph[name].update(t for t in targets if t is not None and t != name)
     return graph
@@ -73,7 +72,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state:
                 found = visit(nxt)
                 if found:
@@ -92,11 +91,11 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_sees_imports_of_every_kind():
     graph = import_graph()
-    assert "halffull.traces" in graph["halffull.sim"]                 # from . import traces as _traces
-    assert "halffull._core" in graph["halffull.sim"]                  # an extension module, by its stub
-    assert "halffull.errors" in graph["halffull.traces.formats"]      # from ..errors import ...
-    assert "halffull.engine.serve" in graph["halffull.engine"]        # under if TYPE_CHECKING
-    assert "halffull" in graph["halffull.engine.engine"]              # from .. import Scheduler, in a function
+    assert "halffull.traces" in graph["halffull.sim"]  # from . import traces as _traces
+    assert "halffull._core" in graph["halffull.sim"]  # an extension module, by its stub
+    assert "halffull.errors" in graph["halffull.traces.formats"]  # from ..errors import ...
+    assert "halffull.engine.serve" in graph["halffull.engine"]  # under if TYPE_CHECKING
+    assert "halffull" in graph["halffull.engine.engine"]  # from .. import Scheduler, in a function
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
 

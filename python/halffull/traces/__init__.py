@@ -44,6 +44,7 @@ __all__ = [
     "BUILTIN_PREFIX",
     "FORMATS",
     "LENGTH_KINDS",
+    "LengthSpec",
     "MOONCAKE_OUTPUT",
     "MOONCAKE_PROMPT",
     "TRACE_FORMATS",

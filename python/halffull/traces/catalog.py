@@ -58,7 +58,7 @@ def resolve(spec: Any = None, *, format: str | None = None) -> Trace:
     if isinstance(spec, Trace):
         return spec
     if isinstance(spec, str) and spec.startswith(BUILTIN_PREFIX):
-        return builtin(spec[len(BUILTIN_PREFIX):])
+        return builtin(spec[len(BUILTIN_PREFIX) :])
     if isinstance(spec, Path):
         return load(spec, format=format)
     if isinstance(spec, str):

@@ -219,8 +219,7 @@ class CsvFormat(TraceFormat):
                     raise trace_error(
                         path,
                         line,
-                        f"missing column {names[column]!r} "
-                        f"(row has {len(cells)} fields, header has {len(header)})",
+                        f"missing column {names[column]!r} (row has {len(cells)} fields, header has {len(header)})",
                     )
             prompt = _parse_count(cells[prompt_col].strip(), names[prompt_col], path, line)
             output = _parse_count(cells[output_col].strip(), names[output_col], path, line)
@@ -307,9 +306,7 @@ class JsonLinesFormat(TraceFormat):
                 raise trace_error(path, line, f"this row {state} hash_ids, unlike line {hash_line}")
             if has_hashes:
                 blocks = record["hash_ids"]
-                if not isinstance(blocks, list) or any(
-                    isinstance(b, bool) or not isinstance(b, int) for b in blocks
-                ):
+                if not isinstance(blocks, list) or any(isinstance(b, bool) or not isinstance(b, int) for b in blocks):
                     raise trace_error(path, line, f"hash_ids: expected a list of ints, got {blocks!r}"[:200])
                 rows.hash_ids.append(blocks)  # type: ignore[union-attr]
             rows.times.append(time)

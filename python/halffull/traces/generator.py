@@ -5,7 +5,7 @@ resampled from another trace; the lognormal fits of the public traces are named 
 from __future__ import annotations
 
 import math
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -15,7 +15,7 @@ from .trace import Trace
 LENGTH_KINDS: tuple[str, ...] = ("constant", "uniform", "lognormal")
 """Distribution names accepted in a length spec (see ``synthetic``)."""
 
-LengthSpec = Union[int, tuple[Any, ...]]  # 512 | ("constant", n) | ("uniform", lo, hi) | ("lognormal", mean, sigma)
+LengthSpec = int | tuple[Any, ...]  # 512 | ("constant", n) | ("uniform", lo, hi) | ("lognormal", mean, sigma)
 
 # Lognormal fits, by matching the mean and the median (mean / median = exp(sigma**2 / 2)):
 # load (mean tokens) and the typical request (median) come out right, the far tail less so.
@@ -53,8 +53,7 @@ def _draw_lengths(spec: Any, argument: str, rng: np.random.Generator, n: int) ->
         raise _bad(
             argument,
             spec,
-            "expected a Trace, an int, or ('constant', n) | ('uniform', lo, hi) | "
-            "('lognormal', mean, sigma)",
+            "expected a Trace, an int, or ('constant', n) | ('uniform', lo, hi) | ('lognormal', mean, sigma)",
         )
     kind, params = spec[0], spec[1:]
     if kind == "constant":

@@ -23,9 +23,7 @@ def _token_array(values: Any, field: str) -> np.ndarray:
         if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
             raise InvalidArgumentError(f"{field} must hold whole numbers", field=field)
     elif array.size and array.dtype.kind not in "iu":
-        raise InvalidArgumentError(
-            f"{field} must hold integers, got dtype {array.dtype}", field=field
-        )
+        raise InvalidArgumentError(f"{field} must hold integers, got dtype {array.dtype}", field=field)
     array = array.astype(np.int64)
     if array.size and array.min() < 1:
         index = int(np.argmin(array))
@@ -66,9 +64,7 @@ class Trace:
     def __post_init__(self) -> None:
         arrival = np.array(self.arrival_time, dtype=np.float64)
         if arrival.ndim != 1:
-            raise InvalidArgumentError(
-                f"arrival_time must be 1-D, got shape {arrival.shape}", field="arrival_time"
-            )
+            raise InvalidArgumentError(f"arrival_time must be 1-D, got shape {arrival.shape}", field="arrival_time")
         if not np.all(np.isfinite(arrival)):
             index = int(np.argmin(np.isfinite(arrival)))
             raise InvalidArgumentError(
@@ -152,9 +148,7 @@ class Trace:
                 f"factor must be a number, got {type(factor).__name__}", field="factor", value=factor
             )
         if not (math.isfinite(factor) and factor > 0):
-            raise InvalidArgumentError(
-                f"factor must be finite and > 0, got {factor!r}", field="factor", value=factor
-            )
+            raise InvalidArgumentError(f"factor must be finite and > 0, got {factor!r}", field="factor", value=factor)
         return replace(self, arrival_time=self.arrival_time / float(factor))
 
     def head(self, n: int) -> Trace:
@@ -167,9 +161,7 @@ class Trace:
         """The requests arriving in ``[t0, t1)``. Arrival times are kept as they are, or with
         ``rebase=True`` shifted by ``-t0`` so the window starts at 0."""
         if not (math.isfinite(t0) and math.isfinite(t1) and t0 <= t1):
-            raise InvalidArgumentError(
-                f"need finite t0 <= t1, got t0={t0!r}, t1={t1!r}", field="t0", value=t0
-            )
+            raise InvalidArgumentError(f"need finite t0 <= t1, got t0={t0!r}, t1={t1!r}", field="t0", value=t0)
         lo = int(np.searchsorted(self.arrival_time, t0, side="left"))
         hi = int(np.searchsorted(self.arrival_time, t1, side="left"))
         window = slice(lo, hi)
@@ -210,7 +202,7 @@ class Trace:
         if self.hash_ids is not None:
             columns.append("hash_ids")
         lines = [",".join(columns)]
-        rows = zip(self.arrival_time.tolist(), self.prompt_tokens.tolist(), self.output_tokens.tolist())
+        rows = zip(self.arrival_time.tolist(), self.prompt_tokens.tolist(), self.output_tokens.tolist(), strict=True)
         for i, (arrival, prompt, output) in enumerate(rows):
             line = f"{arrival!r},{prompt},{output}"
             if self.hash_ids is not None:
