@@ -23,8 +23,9 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from types import SimpleNamespace
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import typer
@@ -33,6 +34,8 @@ from .._util import json_ready
 from ..errors import HalffullError, InvalidArgumentError
 from ..traces import resolve
 from .calibrate import DEFAULT_FIT_LOADS, DEFAULT_HOLDOUT_CV, DEFAULT_HOLDOUT_LOAD, DEFAULT_MODEL, DEFAULT_REQUESTS
+
+_DEFAULT_FIT_LOADS = ",".join(f"{x:g}" for x in DEFAULT_FIT_LOADS)
 
 app = typer.Typer(name="engine", add_completion=False, no_args_is_help=True,
                   context_settings={"help_option_names": ["-h", "--help"]},
@@ -51,15 +54,15 @@ NumCpuBlocks = Annotated[int, typer.Option()]
 BlockSize = Annotated[int, typer.Option()]
 MaxNumSeqs = Annotated[int, typer.Option()]
 MaxNumBatchedTokens = Annotated[int, typer.Option()]
-Threads = Annotated[Optional[int], typer.Option(help="torch CPU threads")]
+Threads = Annotated[int | None, typer.Option(help="torch CPU threads")]
 Seed = Annotated[int, typer.Option()]
 Json = Annotated[bool, typer.Option("--json", help="print JSON instead of text")]
 # -- options of serve and calibrate
-Format = Annotated[Optional[str], typer.Option("--format", help="trace file format (default: detect)")]
+Format = Annotated[str | None, typer.Option("--format", help="trace file format (default: detect)")]
 TimeScale = Annotated[float, typer.Option(help="replay speed-up (10 = ten times faster)")]
-MaxPromptTokens = Annotated[Optional[int], typer.Option()]
-MaxOutputTokens = Annotated[Optional[int], typer.Option()]
-Out = Annotated[Optional[str], typer.Option()]
+MaxPromptTokens = Annotated[int | None, typer.Option()]
+MaxOutputTokens = Annotated[int | None, typer.Option()]
+Out = Annotated[str | None, typer.Option()]
 
 
 def _run(command: str, options: dict[str, Any]) -> None:
@@ -108,7 +111,7 @@ def serve(
     max_prompt_tokens: MaxPromptTokens = None,
     max_output_tokens: MaxOutputTokens = None,
     fit: Annotated[bool, typer.Option("--fit", help="also fit the linear step-cost model to the steps")] = False,
-    out: Annotated[Optional[str], typer.Option(help="write the result as JSON to this file")] = None,
+    out: Annotated[str | None, typer.Option(help="write the result as JSON to this file")] = None,
 ) -> None:
     _run("serve", locals())
 
@@ -120,34 +123,34 @@ def calibrate(
     num_gpu_blocks: NumGpuBlocks = 512, num_cpu_blocks: NumCpuBlocks = 0, block_size: BlockSize = 16,
     max_num_seqs: MaxNumSeqs = 64, max_num_batched_tokens: MaxNumBatchedTokens = 512, threads: Threads = 1,
     seed: Seed = 0, json_out: Json = False,
-    fit_trace: Annotated[Optional[str], typer.Option(
+    fit_trace: Annotated[str | None, typer.Option(
         help="trace to fit on: a file or builtin:NAME (default: a synthetic Poisson load ramp)")] = None,
-    holdout_trace: Annotated[Optional[str], typer.Option(
+    holdout_trace: Annotated[str | None, typer.Option(
         help="held-out trace (default: synthetic Gamma CV 2 bursts; with only --fit-trace, the requests "
              "after the fit's)")] = None,
     format: Format = None,
     time_scale: TimeScale = 1.0,
-    max_requests: Annotated[Optional[int], typer.Option(
+    max_requests: Annotated[int | None, typer.Option(
         help=f"requests per trace (default {DEFAULT_REQUESTS}; with a file, half of it)")] = None,
     rounds: Annotated[int, typer.Option(
         help="replay fit and held-out traces alternately in this many pieces")] = 5,
-    capacity: Annotated[Optional[float], typer.Option(
+    capacity: Annotated[float | None, typer.Option(
         help="engine capacity, req/s, for the synthetic traces' loads (default: measure it)")] = None,
     fit_loads: Annotated[str, typer.Option(
-        help="loads (x capacity) the synthetic fit trace ramps through")] = ",".join(f"{x:g}" for x in DEFAULT_FIT_LOADS),
+        help="loads (x capacity) the synthetic fit trace ramps through")] = _DEFAULT_FIT_LOADS,
     holdout_load: Annotated[float, typer.Option(
         help="load (x capacity) of the synthetic held-out trace")] = DEFAULT_HOLDOUT_LOAD,
     holdout_cv: Annotated[float, typer.Option(
         help="inter-arrival CV of the synthetic held-out trace (Gamma)")] = DEFAULT_HOLDOUT_CV,
-    fit_speedups: Annotated[Optional[str], typer.Option(
+    fit_speedups: Annotated[str | None, typer.Option(
         help="per round, replay the fit piece this many times faster than --time-scale, so the fit spans "
              "lighter and heavier load than the held-out replay (default: with --fit-trace, 0.5 to 4, "
              "geometric; else 1)")] = None,
-    max_prompt_tokens: Annotated[Optional[int], typer.Option(help="clip prompts of file traces")] = None,
-    max_output_tokens: Annotated[Optional[int], typer.Option(help="clip outputs of file traces")] = None,
+    max_prompt_tokens: Annotated[int | None, typer.Option(help="clip prompts of file traces")] = None,
+    max_output_tokens: Annotated[int | None, typer.Option(help="clip outputs of file traces")] = None,
     fit_target: Annotated[Literal["period_s", "step_s"], typer.Option(
         help="fit the step's start-to-start period (default) or Engine.step's own time")] = "period_s",
-    out: Annotated[Optional[str], typer.Option(help="write the report as JSON to this file")] = None,
+    out: Annotated[str | None, typer.Option(help="write the report as JSON to this file")] = None,
 ) -> None:
     _run("calibrate", locals())
 
@@ -245,34 +248,33 @@ def run_calibrate(args: Any) -> Any:
 
 
 def _print(args: Any, result: Any) -> None:
+    """Write the result as JSON to ``--out`` if given, and print it (as JSON with ``--json``)."""
     if args.command == "calibrate":
-        payload = result.to_dict()
-        if args.out:
-            with open(args.out, "w") as f:
-                json.dump(payload, f, indent=2)
-        print(json.dumps(payload, indent=2) if args.json else result.format())
-        return
-    report = result.pop("_report", None)
-    payload = json_ready(result)
+        payload, text = result.to_dict(), result.format
+    else:
+        report = result.pop("_report", None)
+        payload = json_ready(result)
+        text = partial(_text, args.command, result, report)
     if getattr(args, "out", None):
         with open(args.out, "w") as f:
             json.dump(payload, f, indent=2)
-    if args.json:
-        print(json.dumps(payload, indent=2))
-        return
+    print(json.dumps(payload, indent=2) if args.json else text())
+
+
+def _text(command: str, result: dict[str, Any], report: Any) -> str:
     t = result["timings"]
     share = f"scheduler {100 * t['scheduler_share']:.2f}% of step time ({t['steps']} steps)"
-    if args.command == "generate":
-        print(f"{result['preset']} ({result['parameters'] / 1e6:.1f}M params) on {result['device']}, "
-              f"{result['scheduler']} scheduler: {result['output_tokens']} tokens in {result['wall_s']:.2f} s = "
-              f"{result['output_tokens_per_s']:.1f} output tok/s; {share}")
-    else:
-        assert report is not None
-        print(report.format())
-        if "cost_model" in result:
-            c, q = result["cost_model"], result["fit"]
-            print(f"period_s = {c['c0']:.3e} + {c['c1']:.3e}*prefill_tokens + {c['c2']:.3e}*decode_seqs"
-                  f" + {c['c3']:.3e}*kv_tokens   (r2 {q['r2']:.3f}, {int(q['num_steps'])} steps)")
+    if command == "generate":
+        return (f"{result['preset']} ({result['parameters'] / 1e6:.1f}M params) on {result['device']}, "
+                f"{result['scheduler']} scheduler: {result['output_tokens']} tokens in {result['wall_s']:.2f} s = "
+                f"{result['output_tokens_per_s']:.1f} output tok/s; {share}")
+    assert report is not None
+    lines = [report.format()]
+    if "cost_model" in result:
+        c, q = result["cost_model"], result["fit"]
+        lines.append(f"period_s = {c['c0']:.3e} + {c['c1']:.3e}*prefill_tokens + {c['c2']:.3e}*decode_seqs"
+                     f" + {c['c3']:.3e}*kv_tokens   (r2 {q['r2']:.3f}, {int(q['num_steps'])} steps)")
+    return "\n".join(lines)
 
 
 _COMMANDS: dict[str, Callable[[Any], Any]] = {
@@ -282,7 +284,7 @@ _COMMANDS: dict[str, Callable[[Any], Any]] = {
 }
 
 
-def cli_main(argv: Optional[Sequence[str]] = None) -> int:
+def cli_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``halffull engine``: runs ``app`` on ``argv`` (default
     ``sys.argv[1:]``) and returns the process exit code (2 for a usage or halffull error)."""
     try:
