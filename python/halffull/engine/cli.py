@@ -41,28 +41,18 @@ app = typer.Typer(name="engine", add_completion=False, no_args_is_help=True,
                   context_settings={"help_option_names": ["-h", "--help"]},
                   help="Drive a seeded Llama-style model with a halffull scheduler.")
 
-# -- the options every command has (``halffull engine generate|serve|calibrate``)
-
+# Options shared by the commands, declared once (a parameter with a default is an option:
+# ``num_gpu_blocks: int = 512`` is ``--num-gpu-blocks``; flags name themselves, so no
+# ``--no-json`` appears).
 Preset = Annotated[str, typer.Option(help="model preset: tiny, mini, small")]
 Dtype = Annotated[str, typer.Option(help="float32, bfloat16 or float16")]
 Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N")]
-SchedulerKind = Annotated[Literal["rust", "reference"], typer.Option("--scheduler")]
-Policy = Annotated[str, typer.Option()]
-PreemptionMode = Annotated[Literal["recompute", "swap"], typer.Option()]
-NumGpuBlocks = Annotated[int, typer.Option()]
-NumCpuBlocks = Annotated[int, typer.Option()]
-BlockSize = Annotated[int, typer.Option()]
-MaxNumSeqs = Annotated[int, typer.Option()]
-MaxNumBatchedTokens = Annotated[int, typer.Option()]
+SchedulerKind = Literal["rust", "reference"]
+PreemptionMode = Literal["recompute", "swap"]
 Threads = Annotated[int | None, typer.Option(help="torch CPU threads")]
-Seed = Annotated[int, typer.Option()]
 Json = Annotated[bool, typer.Option("--json", help="print JSON instead of text")]
-# -- options of serve and calibrate
-Format = Annotated[str | None, typer.Option("--format", help="trace file format (default: detect)")]
+Format = Annotated[str | None, typer.Option(help="trace file format (default: detect)")]
 TimeScale = Annotated[float, typer.Option(help="replay speed-up (10 = ten times faster)")]
-MaxPromptTokens = Annotated[int | None, typer.Option()]
-MaxOutputTokens = Annotated[int | None, typer.Option()]
-Out = Annotated[str | None, typer.Option()]
 
 
 def _run(command: str, options: dict[str, Any]) -> None:
@@ -85,13 +75,10 @@ def _run(command: str, options: dict[str, Any]) -> None:
 @app.command(help="generate from random prompts; print tokens/s and the time split")
 def generate(
     preset: Preset = "tiny", dtype: Dtype = "float32", device: Device = "cpu", scheduler: SchedulerKind = "rust",
-    policy: Policy = "fcfs", preemption_mode: PreemptionMode = "recompute", num_gpu_blocks: NumGpuBlocks = 512,
-    num_cpu_blocks: NumCpuBlocks = 0, block_size: BlockSize = 16, max_num_seqs: MaxNumSeqs = 64,
-    max_num_batched_tokens: MaxNumBatchedTokens = 512, threads: Threads = None, seed: Seed = 0,
-    json_out: Json = False,
-    num_requests: Annotated[int, typer.Option()] = 8,
-    prompt_len: Annotated[int, typer.Option()] = 32,
-    output_len: Annotated[int, typer.Option()] = 32,
+    policy: str = "fcfs", preemption_mode: PreemptionMode = "recompute", num_gpu_blocks: int = 512,
+    num_cpu_blocks: int = 0, block_size: int = 16, max_num_seqs: int = 64,
+    max_num_batched_tokens: int = 512, threads: Threads = None, seed: int = 0, json_out: Json = False,
+    num_requests: int = 8, prompt_len: int = 32, output_len: int = 32,
 ) -> None:
     _run("generate", locals())
 
@@ -99,17 +86,16 @@ def generate(
 @app.command(help="replay a trace in real time; print TTFT/TPOT/latency")
 def serve(
     preset: Preset = "tiny", dtype: Dtype = "float32", device: Device = "cpu", scheduler: SchedulerKind = "rust",
-    policy: Policy = "fcfs", preemption_mode: PreemptionMode = "recompute", num_gpu_blocks: NumGpuBlocks = 512,
-    num_cpu_blocks: NumCpuBlocks = 0, block_size: BlockSize = 16, max_num_seqs: MaxNumSeqs = 64,
-    max_num_batched_tokens: MaxNumBatchedTokens = 512, threads: Threads = None, seed: Seed = 0,
-    json_out: Json = False,
+    policy: str = "fcfs", preemption_mode: PreemptionMode = "recompute", num_gpu_blocks: int = 512,
+    num_cpu_blocks: int = 0, block_size: int = 16, max_num_seqs: int = 64,
+    max_num_batched_tokens: int = 512, threads: Threads = None, seed: int = 0, json_out: Json = False,
     trace: Annotated[str, typer.Option(help="a trace file (azure, mooncake, burstgpt, halffull), a built-in "
                                             "name or builtin:NAME")] = "builtin:default",
     format: Format = None,
     time_scale: TimeScale = 1.0,
-    max_requests: Annotated[int, typer.Option()] = 100,
-    max_prompt_tokens: MaxPromptTokens = None,
-    max_output_tokens: MaxOutputTokens = None,
+    max_requests: int = 100,
+    max_prompt_tokens: int | None = None,
+    max_output_tokens: int | None = None,
     fit: Annotated[bool, typer.Option("--fit", help="also fit the linear step-cost model to the steps")] = False,
     out: Annotated[str | None, typer.Option(help="write the result as JSON to this file")] = None,
 ) -> None:
@@ -119,10 +105,10 @@ def serve(
 @app.command(help="fit the simulator's linear step-cost model on the engine and check it on a held-out trace")
 def calibrate(
     preset: Preset = DEFAULT_MODEL, dtype: Dtype = "float32", device: Device = "cpu",
-    scheduler: SchedulerKind = "rust", policy: Policy = "fcfs", preemption_mode: PreemptionMode = "recompute",
-    num_gpu_blocks: NumGpuBlocks = 512, num_cpu_blocks: NumCpuBlocks = 0, block_size: BlockSize = 16,
-    max_num_seqs: MaxNumSeqs = 64, max_num_batched_tokens: MaxNumBatchedTokens = 512, threads: Threads = 1,
-    seed: Seed = 0, json_out: Json = False,
+    scheduler: SchedulerKind = "rust", policy: str = "fcfs", preemption_mode: PreemptionMode = "recompute",
+    num_gpu_blocks: int = 512, num_cpu_blocks: int = 0, block_size: int = 16,
+    max_num_seqs: int = 64, max_num_batched_tokens: int = 512, threads: Threads = 1,
+    seed: int = 0, json_out: Json = False,
     fit_trace: Annotated[str | None, typer.Option(
         help="trace to fit on: a file or builtin:NAME (default: a synthetic Poisson load ramp)")] = None,
     holdout_trace: Annotated[str | None, typer.Option(
