@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -136,8 +136,8 @@ class TraceFormat:
 
     name: str
     looks_like: str  # what the file holds, for error messages
-    zero_prompt: str = "error"
-    zero_output: str = "clamp"
+    zero_prompt: Literal["error", "clamp"] = "error"
+    zero_output: Literal["error", "clamp", "skip"] = "clamp"
 
     kind: ClassVar[str]  # "csv" or "jsonl": detection picks the kind first (``detect``)
 
@@ -351,7 +351,7 @@ def detect(path: Path, first_line: str, first_line_number: int) -> TraceFormat:
     """The format of a file from its name and first non-blank line: JSON lines if the line
     starts with ``{`` or the name ends in ``.jsonl``/``.json`` (before ``.gz``), else CSV;
     then the first format of that kind in ``TRACE_FORMATS`` whose columns the header has
-    (the CSV formats' column sets are disjoint, so their order does not matter)."""
+    (no real header holds the columns of two CSV formats, so their order does not matter)."""
     stem_suffix = Path(path.stem).suffix if path.suffix == ".gz" else path.suffix
     stripped = first_line.strip()
     is_json = stripped.startswith("{") or stem_suffix.lower() in (".jsonl", ".json")
