@@ -50,6 +50,7 @@ import numpy as np
 
 import halffull
 from halffull import plots, traces
+from halffull._util import json_ready
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HALFFULL_SHARED_TRACES", REPO.parent / "shared" / "traces"))
@@ -299,20 +300,6 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         w.writeheader()
         for r in rows:
             w.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
-
-
-def clean(o: Any) -> Any:
-    if isinstance(o, float):
-        return None if not math.isfinite(o) else float(f"{o:.4g}")
-    if isinstance(o, dict):
-        return {str(k): clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [clean(v) for v in o]
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return clean(float(o))
-    return o
 
 
 # ----------------------------------------------------------------------------------------
@@ -715,10 +702,10 @@ def main(argv: list[str] | None = None) -> int:
         "loads": {"a": loads_a, "b": loads_b, "alpha": loads_alpha, "beta": loads_beta, "poisson": loads_poisson},
         "runs": len(raw), "simulated_wall_s": lab.sim_wall, "total_wall_s": total,
     }
-    (out / "experiments.json").write_text(json.dumps(clean({
+    (out / "experiments.json").write_text(json.dumps(json_ready({
         "meta": meta,
         "comparisons": {"a": comp_a, "b": comp_b, "beta": comp_beta, "poisson": comp_poisson},
-    }), separators=(",", ":")))
+    }, digits=4), separators=(",", ":")))
     sizes = {p.name: p.stat().st_size for p in sorted(out.glob("*.png"))}
     print(f"\n{len(raw)} simulations ({lab.sim_wall:.1f} s inside the simulator), {total:.1f} s in all; "
           f"wrote {out}: " + ", ".join(f"{k} {v // 1024} KB" for k, v in sizes.items()))

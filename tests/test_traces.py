@@ -588,19 +588,22 @@ def test_unknown_builtin():
 def test_module_imports_only_numpy_and_the_stdlib():
     import halffull.traces as module
 
-    tree = ast.parse(Path(module.__file__).read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Import):
-            roots = [alias.name.split(".")[0] for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            if node.level > 0:  # from .errors import ...
-                assert node.module == "errors"
+    for file in sorted(Path(module.__file__).parent.glob("*.py")):  # the package's modules
+        tree = ast.parse(file.read_text())
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                roots = [alias.name.split(".")[0] for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level > 1:  # from ..errors import ...
+                    assert node.module in ("errors", "limits", "_util"), (file.name, node.module)
+                    continue
+                if node.level == 1:  # from .trace import ...: the package's own modules
+                    continue
+                roots = [node.module.split(".")[0]]
+            else:
                 continue
-            roots = [node.module.split(".")[0]]
-        else:
-            continue
-        for root in roots:
-            assert root == "numpy" or root in sys.stdlib_module_names or root == "__future__", root
+            for root in roots:
+                assert root == "numpy" or root in sys.stdlib_module_names or root == "__future__", root
 
 
 # --------------------------------------------------------------------------------------------

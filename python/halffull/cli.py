@@ -5,9 +5,11 @@
   With ``--policy`` one run; ``--trace PATH --replicas 8 --policy larry --router sal
   --model llama-3-8b --gpu h100 --load 0.9`` picks everything.
 - ``halffull sweep``: policies x routers x loads, with a progress bar; CSV, JSON and plots.
-- ``halffull engine ...``: the torch engine loop's own CLI (``halffull.engine.cli``).
+- ``halffull engine ...``: the torch engine loop (``halffull.engine.cli``, a typer group).
 - ``halffull calibrate``: fit the simulator's linear cost model on the engine, check it on a
-  held-out trace (``halffull engine calibrate``).
+  held-out trace (the same command as ``halffull engine calibrate``).
+- Traces (``--trace``) are named as ``halffull.traces.resolve`` takes them: a file, a
+  built-in name or ``builtin:NAME`` (an existing file wins over a built-in name).
 - ``halffull presets``: the model/GPU presets and their derived KV capacity.
 """
 
@@ -25,7 +27,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from .engine import cli as engine_cli
 from .errors import HalffullError
+from .traces import resolve
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
 console = Console(width=max(Console().width, 120))
@@ -105,16 +109,6 @@ def _engine_opts(larry_alpha: Optional[float]) -> dict[str, Any]:
     return {} if larry_alpha is None else {"larry_alpha": larry_alpha}
 
 
-def _trace(path: Optional[str]) -> Any:
-    from . import traces
-
-    if path is None:
-        return traces.builtin("default")
-    if path in traces.builtin_names() and not Path(path).exists():
-        return traces.builtin(path)
-    return traces.load(path)
-
-
 @app.command()
 def simulate(
     trace: Optional[str] = typer.Option(None, help="Trace file (Azure/Mooncake/BurstGPT/halffull) or built-in name; default: built-in 'default'."),
@@ -144,7 +138,7 @@ def simulate(
     policies = [policy] if policy else list(DEFAULT_POLICIES)
     rows = []
     try:
-        tr = _trace(trace)
+        tr = resolve(trace)
         for p in policies:
             res = run(tr, replicas=replicas, policy=p, router=router, preset=preset, model=model, gpu=gpu,
                       load=load, rate_scale=rate_scale, seed=seed, snapshot_interval=snapshot_interval,
@@ -196,7 +190,7 @@ def sweep(
     ps, rs, ls = _split(policies), _split(routers), _loads(loads)
     rows: list[dict[str, Any]] = []
     try:
-        tr = _trace(trace)
+        tr = resolve(trace)
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), console=console) as prog:
             task = prog.add_task("simulating", total=len(ps) * len(rs) * len(ls))
@@ -245,28 +239,10 @@ def presets() -> None:
     console.print(t)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
-                               "help_option_names": []})
-def engine(ctx: typer.Context) -> None:
-    """The torch engine loop (halffull.engine.cli): generate, serve, calibrate."""
-    try:
-        from .engine.cli import cli_main
-    except ImportError as e:
-        console.print(f"[red]error:[/red] the engine needs torch (pip install 'halffull[engine]'): {e}")
-        raise typer.Exit(2) from None
-    raise typer.Exit(cli_main(list(ctx.args)))
-
-
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
-                               "help_option_names": []})
-def calibrate(ctx: typer.Context) -> None:
-    """Fit the simulator's linear cost model on the engine; check it on a held-out trace."""
-    try:
-        from .engine.cli import cli_main
-    except ImportError as e:
-        console.print(f"[red]error:[/red] calibrate needs torch (pip install 'halffull[engine]'): {e}")
-        raise typer.Exit(2) from None
-    raise typer.Exit(cli_main(["calibrate", *ctx.args]))
+app.add_typer(engine_cli.app, name="engine",
+              help="The torch engine loop (halffull.engine.cli): generate, serve, calibrate.")
+app.command("calibrate", help="Fit the simulator's linear cost model on the engine; check it on a "
+                              "held-out trace.")(engine_cli.calibrate)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

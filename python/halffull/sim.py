@@ -29,7 +29,6 @@ import hashlib
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
@@ -83,19 +82,7 @@ def preset_name(preset: str | None = None, model: str | None = None, gpu: str | 
 
 
 def _as_trace(trace: Any) -> _traces.Trace:
-    if trace is None:
-        return _traces.builtin("default")
-    if isinstance(trace, _traces.Trace):
-        return trace
-    if isinstance(trace, (str, Path)):
-        text = str(trace)
-        if isinstance(trace, str) and text in _traces.builtin_names():
-            return _traces.builtin(text)
-        return _traces.load(trace)
-    raise InvalidArgumentError(
-        f"trace must be a halffull.traces.Trace, a path or a built-in name, got {type(trace).__name__}",
-        field="trace",
-    )
+    return _traces.resolve(trace)
 
 
 def _number(name: str, value: Any, *, positive: bool = True) -> float:

@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
+from .._util import json_ready
 from ..errors import InvalidArgumentError
 
 FEATURES = ("prefill_tokens", "decode_seqs", "kv_tokens")
@@ -331,17 +332,7 @@ class CalibrationReport:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (NaN becomes None)."""
-        def clean(x: Any) -> Any:
-            if isinstance(x, Mapping):
-                return {str(k): clean(v) for k, v in x.items()}
-            if isinstance(x, (list, tuple)):
-                return [clean(v) for v in x]
-            if isinstance(x, np.generic):
-                x = x.item()
-            if isinstance(x, float) and not math.isfinite(x):
-                return None
-            return x
-        return clean({
+        return json_ready({
             "coefficients": self.coefficients, "fit": self.fit, "holdout_fit": self.holdout_fit,
             "engine": self.engine, "simulator": self.simulator, "relative_error": self.relative_error,
             "within_target": self.within_target, "target": self.target, "config": self.config,

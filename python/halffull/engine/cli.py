@@ -1,4 +1,5 @@
-"""``halffull engine ...``: run the torch engine loop from the command line.
+"""``halffull engine ...``: run the torch engine loop from the command line (typer; the
+``engine`` group of the ``halffull`` command).
 
     halffull engine generate  --preset tiny --num-requests 8 --prompt-len 32 --output-len 32
     halffull engine serve     --trace builtin:default --time-scale 20 --max-requests 200
@@ -8,153 +9,160 @@
 ``calibrate`` fits the simulator's linear step-cost model to the engine's measured steps and
 checks it on a held-out trace (``halffull.engine.calibrate.calibrate``); with no trace it
 uses a synthetic load ramp for the fit and Gamma bursts for the check, at loads relative to
-the engine's measured capacity (~45 s for ``mini`` on one CPU thread).
+the engine's measured capacity (~45 s for ``mini`` on one CPU thread). Traces are named as
+``halffull.traces.resolve`` takes them: a file, a built-in name, or ``builtin:NAME``.
 
-``cli_main(argv)`` parses ``argv`` (without the leading ``engine``) and returns an exit code;
-``halffull.cli`` forwards to it (``halffull engine ...`` and ``halffull calibrate ...``).
-Errors from halffull are printed as one line, exit code 2.
+``app`` is the typer group; ``cli_main(argv)`` runs it on ``argv`` (without the leading
+``engine``) and returns the exit code. Errors from halffull are printed as one line, exit
+code 2.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import sys
 import time
-from typing import Any, Optional, Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
+from types import SimpleNamespace
+from typing import Annotated, Any, Literal
 
 import numpy as np
+import typer
 
-from ..errors import HalffullError
+from .._util import json_ready
+from ..errors import HalffullError, InvalidArgumentError
+from ..traces import resolve
+from .calibrate import DEFAULT_FIT_LOADS, DEFAULT_HOLDOUT_CV, DEFAULT_HOLDOUT_LOAD, DEFAULT_MODEL, DEFAULT_REQUESTS
 
+_DEFAULT_FIT_LOADS = ",".join(f"{x:g}" for x in DEFAULT_FIT_LOADS)
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="halffull engine",
-                                description="Drive a seeded Llama-style model with a halffull scheduler.")
-    sub = p.add_subparsers(dest="command", required=True)
+app = typer.Typer(name="engine", add_completion=False, no_args_is_help=True,
+                  context_settings={"help_option_names": ["-h", "--help"]},
+                  help="Drive a seeded Llama-style model with a halffull scheduler.")
 
-    def common(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--preset", default="tiny", help="model preset: tiny, mini, small (default %(default)s)")
-        sp.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
-        sp.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N (default cpu)")
-        sp.add_argument("--scheduler", default="rust", choices=("rust", "reference"))
-        sp.add_argument("--policy", default="fcfs")
-        sp.add_argument("--preemption-mode", default="recompute", choices=("recompute", "swap"))
-        sp.add_argument("--num-gpu-blocks", type=int, default=512)
-        sp.add_argument("--num-cpu-blocks", type=int, default=0)
-        sp.add_argument("--block-size", type=int, default=16)
-        sp.add_argument("--max-num-seqs", type=int, default=64)
-        sp.add_argument("--max-num-batched-tokens", type=int, default=512)
-        sp.add_argument("--threads", type=int, default=None, help="torch CPU threads (default %(default)s)")
-        sp.add_argument("--seed", type=int, default=0)
-        sp.add_argument("--json", action="store_true", help="print JSON instead of text")
-
-    g = sub.add_parser("generate", help="generate from random prompts; print tokens/s and the time split")
-    common(g)
-    g.add_argument("--num-requests", type=int, default=8)
-    g.add_argument("--prompt-len", type=int, default=32)
-    g.add_argument("--output-len", type=int, default=32)
-
-    s = sub.add_parser("serve", help="replay a trace in real time; print TTFT/TPOT/latency")
-    common(s)
-    s.add_argument("--trace", default="builtin:default",
-                   help="a trace file (azure, mooncake, burstgpt, halffull) or builtin:NAME")
-    s.add_argument("--format", default=None, help="trace file format (default: detect)")
-    s.add_argument("--time-scale", type=float, default=1.0, help="replay speed-up (10 = ten times faster)")
-    s.add_argument("--max-requests", type=int, default=100)
-    s.add_argument("--max-prompt-tokens", type=int, default=None)
-    s.add_argument("--max-output-tokens", type=int, default=None)
-    s.add_argument("--fit", action="store_true", help="also fit the linear step-cost model to the steps")
-    s.add_argument("--out", default=None, help="write the result as JSON to this file")
-
-    c = sub.add_parser("calibrate", help="fit the simulator's linear step-cost model on the engine and "
-                                         "check it on a held-out trace")
-    add_calibrate_arguments(c, common)
-    return p
+# Options shared by the commands, declared once (a parameter with a default is an option:
+# ``num_gpu_blocks: int = 512`` is ``--num-gpu-blocks``; flags name themselves, so no
+# ``--no-json`` appears).
+Preset = Annotated[str, typer.Option(help="model preset: tiny, mini, small")]
+Dtype = Annotated[str, typer.Option(help="float32, bfloat16 or float16")]
+Device = Annotated[str, typer.Option(help="cpu, cuda, cuda:N")]
+SchedulerKind = Literal["rust", "reference"]
+PreemptionMode = Literal["recompute", "swap"]
+Threads = Annotated[int | None, typer.Option(help="torch CPU threads")]
+Json = Annotated[bool, typer.Option("--json", help="print JSON instead of text")]
+Format = Annotated[str | None, typer.Option(help="trace file format (default: detect)")]
+TimeScale = Annotated[float, typer.Option(help="replay speed-up (10 = ten times faster)")]
 
 
-def add_calibrate_arguments(c: argparse.ArgumentParser, common: Any = None) -> None:
-    """The options of ``calibrate`` (``halffull calibrate`` and ``halffull engine calibrate``)."""
-    from .calibrate import (DEFAULT_FIT_LOADS, DEFAULT_HOLDOUT_CV, DEFAULT_HOLDOUT_LOAD, DEFAULT_MODEL,
-                            DEFAULT_REQUESTS)
-
-    if common is not None:
-        common(c)
-    c.set_defaults(preset=DEFAULT_MODEL, threads=1)
-    c.add_argument("--fit-trace", default=None,
-                   help="trace to fit on: a file or builtin:NAME (default: a synthetic Poisson load ramp)")
-    c.add_argument("--holdout-trace", default=None,
-                   help="held-out trace (default: synthetic Gamma CV 2 bursts; with only --fit-trace, "
-                        "the requests after the fit's)")
-    c.add_argument("--format", default=None, help="trace file format (default: detect)")
-    c.add_argument("--time-scale", type=float, default=1.0, help="replay speed-up (10 = ten times faster)")
-    c.add_argument("--max-requests", type=int, default=None,
-                   help=f"requests per trace (default {DEFAULT_REQUESTS}; with a file, half of it)")
-    c.add_argument("--rounds", type=int, default=5,
-                   help="replay fit and held-out traces alternately in this many pieces (default 5)")
-    c.add_argument("--capacity", type=float, default=None,
-                   help="engine capacity, req/s, for the synthetic traces' loads (default: measure it)")
-    c.add_argument("--fit-loads", default=",".join(f"{x:g}" for x in DEFAULT_FIT_LOADS),
-                   help="loads (x capacity) the synthetic fit trace ramps through")
-    c.add_argument("--holdout-load", type=float, default=DEFAULT_HOLDOUT_LOAD,
-                   help="load (x capacity) of the synthetic held-out trace")
-    c.add_argument("--holdout-cv", type=float, default=DEFAULT_HOLDOUT_CV,
-                   help="inter-arrival CV of the synthetic held-out trace (Gamma)")
-    c.add_argument("--fit-speedups", default=None,
-                   help="per round, replay the fit piece this many times faster than --time-scale, "
-                        "so the fit spans lighter and heavier load than the held-out replay (default: "
-                        "with --fit-trace, 0.5 to 4, geometric; else 1)")
-    c.add_argument("--max-prompt-tokens", type=int, default=None, help="clip prompts of file traces")
-    c.add_argument("--max-output-tokens", type=int, default=None, help="clip outputs of file traces")
-    c.add_argument("--fit-target", default="period_s", choices=("period_s", "step_s"),
-                   help="fit the step's start-to-start period (default) or Engine.step's own time")
-    c.add_argument("--out", default=None, help="write the report as JSON to this file")
+def _run(command: str, options: dict[str, Any]) -> None:
+    """Run ``command`` with the options typer parsed and print its result; a halffull error
+    (or torch missing) is one line on stderr and exit code 2."""
+    args = SimpleNamespace(command=command, json=options.pop("json_out"), **options)
+    try:
+        result = _COMMANDS[command](args)
+    except HalffullError as e:
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+        raise typer.Exit(2) from None
+    except ModuleNotFoundError as e:
+        if e.name != "torch":
+            raise
+        print("error: the engine needs torch: pip install 'halffull[engine]'", file=sys.stderr)
+        raise typer.Exit(2) from None
+    _print(args, result)
 
 
-def _engine(args: argparse.Namespace) -> Any:
+@app.command(help="generate from random prompts; print tokens/s and the time split")
+def generate(
+    preset: Preset = "tiny", dtype: Dtype = "float32", device: Device = "cpu", scheduler: SchedulerKind = "rust",
+    policy: str = "fcfs", preemption_mode: PreemptionMode = "recompute", num_gpu_blocks: int = 512,
+    num_cpu_blocks: int = 0, block_size: int = 16, max_num_seqs: int = 64,
+    max_num_batched_tokens: int = 512, threads: Threads = None, seed: int = 0, json_out: Json = False,
+    num_requests: int = 8, prompt_len: int = 32, output_len: int = 32,
+) -> None:
+    _run("generate", locals())
+
+
+@app.command(help="replay a trace in real time; print TTFT/TPOT/latency")
+def serve(
+    preset: Preset = "tiny", dtype: Dtype = "float32", device: Device = "cpu", scheduler: SchedulerKind = "rust",
+    policy: str = "fcfs", preemption_mode: PreemptionMode = "recompute", num_gpu_blocks: int = 512,
+    num_cpu_blocks: int = 0, block_size: int = 16, max_num_seqs: int = 64,
+    max_num_batched_tokens: int = 512, threads: Threads = None, seed: int = 0, json_out: Json = False,
+    trace: Annotated[str, typer.Option(help="a trace file (azure, mooncake, burstgpt, halffull), a built-in "
+                                            "name or builtin:NAME")] = "builtin:default",
+    format: Format = None,
+    time_scale: TimeScale = 1.0,
+    max_requests: int = 100,
+    max_prompt_tokens: int | None = None,
+    max_output_tokens: int | None = None,
+    fit: Annotated[bool, typer.Option("--fit", help="also fit the linear step-cost model to the steps")] = False,
+    out: Annotated[str | None, typer.Option(help="write the result as JSON to this file")] = None,
+) -> None:
+    _run("serve", locals())
+
+
+@app.command(help="fit the simulator's linear step-cost model on the engine and check it on a held-out trace")
+def calibrate(
+    preset: Preset = DEFAULT_MODEL, dtype: Dtype = "float32", device: Device = "cpu",
+    scheduler: SchedulerKind = "rust", policy: str = "fcfs", preemption_mode: PreemptionMode = "recompute",
+    num_gpu_blocks: int = 512, num_cpu_blocks: int = 0, block_size: int = 16,
+    max_num_seqs: int = 64, max_num_batched_tokens: int = 512, threads: Threads = 1,
+    seed: int = 0, json_out: Json = False,
+    fit_trace: Annotated[str | None, typer.Option(
+        help="trace to fit on: a file or builtin:NAME (default: a synthetic Poisson load ramp)")] = None,
+    holdout_trace: Annotated[str | None, typer.Option(
+        help="held-out trace (default: synthetic Gamma CV 2 bursts; with only --fit-trace, the requests "
+             "after the fit's)")] = None,
+    format: Format = None,
+    time_scale: TimeScale = 1.0,
+    max_requests: Annotated[int | None, typer.Option(
+        help=f"requests per trace (default {DEFAULT_REQUESTS}; with a file, half of it)")] = None,
+    rounds: Annotated[int, typer.Option(
+        help="replay fit and held-out traces alternately in this many pieces")] = 5,
+    capacity: Annotated[float | None, typer.Option(
+        help="engine capacity, req/s, for the synthetic traces' loads (default: measure it)")] = None,
+    fit_loads: Annotated[str, typer.Option(
+        help="loads (x capacity) the synthetic fit trace ramps through")] = _DEFAULT_FIT_LOADS,
+    holdout_load: Annotated[float, typer.Option(
+        help="load (x capacity) of the synthetic held-out trace")] = DEFAULT_HOLDOUT_LOAD,
+    holdout_cv: Annotated[float, typer.Option(
+        help="inter-arrival CV of the synthetic held-out trace (Gamma)")] = DEFAULT_HOLDOUT_CV,
+    fit_speedups: Annotated[str | None, typer.Option(
+        help="per round, replay the fit piece this many times faster than --time-scale, so the fit spans "
+             "lighter and heavier load than the held-out replay (default: with --fit-trace, 0.5 to 4, "
+             "geometric; else 1)")] = None,
+    max_prompt_tokens: Annotated[int | None, typer.Option(help="clip prompts of file traces")] = None,
+    max_output_tokens: Annotated[int | None, typer.Option(help="clip outputs of file traces")] = None,
+    fit_target: Annotated[Literal["period_s", "step_s"], typer.Option(
+        help="fit the step's start-to-start period (default) or Engine.step's own time")] = "period_s",
+    out: Annotated[str | None, typer.Option(help="write the report as JSON to this file")] = None,
+) -> None:
+    _run("calibrate", locals())
+
+
+def _engine(args: Any) -> Any:
     import torch
 
-    from ..config import SchedulerConfig
     from .engine import Engine
     from .model import ModelConfig
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     model = ModelConfig.preset(args.preset, dtype=args.dtype, seed=args.seed)
-    sched = SchedulerConfig(
+    return Engine(model, _scheduler_config(args), device=args.device, scheduler=args.scheduler)
+
+
+def _scheduler_config(args: Any) -> Any:
+    from ..config import SchedulerConfig
+
+    return SchedulerConfig(
         num_gpu_blocks=args.num_gpu_blocks, block_size=args.block_size, num_cpu_blocks=args.num_cpu_blocks,
         max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
         policy=args.policy, preemption_mode=args.preemption_mode)
-    return Engine(model, sched, device=args.device, scheduler=args.scheduler)
 
 
-def _load_trace(spec: str, fmt: Optional[str]) -> Any:
-    from pathlib import Path
-
-    from .. import traces
-
-    if spec.startswith("builtin:"):
-        return traces.builtin(spec[len("builtin:"):])
-    if spec in traces.builtin_names() and not Path(spec).exists():
-        return traces.builtin(spec)
-    return traces.load(spec, format=fmt)
-
-
-def _clean(x: Any) -> Any:
-    """JSON-safe: NaN -> None, numpy scalars -> Python."""
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
-def run_generate(args: argparse.Namespace) -> dict[str, Any]:
+def run_generate(args: Any) -> dict[str, Any]:
     eng = _engine(args)
     rng = np.random.default_rng(args.seed)
     vocab = eng.model_config.vocab_size
@@ -174,8 +182,8 @@ def run_generate(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def run_serve(args: argparse.Namespace, fit: bool = False) -> dict[str, Any]:
-    trace = _load_trace(args.trace, args.format)
+def run_serve(args: Any, fit: bool = False) -> dict[str, Any]:
+    trace = resolve(args.trace, format=args.format)
     eng = _engine(args)
     report = eng.serve_trace(trace, time_scale=args.time_scale, max_requests=args.max_requests,
                              seed=args.seed, max_prompt_tokens=args.max_prompt_tokens,
@@ -194,8 +202,6 @@ def run_serve(args: argparse.Namespace, fit: bool = False) -> dict[str, Any]:
 
 
 def _floats(text: str, name: str) -> list[float]:
-    from ..errors import InvalidArgumentError
-
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
@@ -203,17 +209,13 @@ def _floats(text: str, name: str) -> list[float]:
                                    field=name, value=text) from None
 
 
-def run_calibrate(args: argparse.Namespace) -> Any:
+def run_calibrate(args: Any) -> Any:
     """``calibrate`` with the parsed options; returns the ``CalibrationReport``."""
-    from ..config import SchedulerConfig
     from .calibrate import calibrate
 
-    fit = _load_trace(args.fit_trace, args.format) if args.fit_trace else None
-    hold = _load_trace(args.holdout_trace, args.format) if args.holdout_trace else None
-    sched = SchedulerConfig(
-        num_gpu_blocks=args.num_gpu_blocks, block_size=args.block_size, num_cpu_blocks=args.num_cpu_blocks,
-        max_num_seqs=args.max_num_seqs, max_num_batched_tokens=args.max_num_batched_tokens,
-        policy=args.policy, preemption_mode=args.preemption_mode)
+    fit = resolve(args.fit_trace, format=args.format) if args.fit_trace else None
+    hold = resolve(args.holdout_trace, format=args.format) if args.holdout_trace else None
+    sched = _scheduler_config(args)
     quiet = args.json
 
     def log(msg: str) -> None:
@@ -231,53 +233,50 @@ def run_calibrate(args: argparse.Namespace) -> Any:
         fit_target=args.fit_target, log=log)
 
 
-def cli_main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point of ``halffull engine``; returns the process exit code."""
-    args = _parser().parse_args(argv)
-    try:
-        if args.command == "generate":
-            res = run_generate(args)
-        elif args.command == "calibrate":
-            cal = run_calibrate(args)
-            res = {}
-        else:
-            res = run_serve(args, fit=args.fit)
-    except HalffullError as e:
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 2
-    except ModuleNotFoundError as e:
-        if e.name != "torch":
-            raise
-        print("error: the engine needs torch: pip install 'halffull[engine]'", file=sys.stderr)
-        return 2
+def _print(args: Any, result: Any) -> None:
+    """Write the result as JSON to ``--out`` if given, and print it (as JSON with ``--json``)."""
     if args.command == "calibrate":
-        payload = cal.to_dict()
-        if args.out:
-            with open(args.out, "w") as f:
-                json.dump(payload, f, indent=2)
-        print(json.dumps(payload, indent=2) if args.json else cal.format())
-        return 0
-    report = res.pop("_report", None)
-    payload = _clean(res)
+        payload, text = result.to_dict(), result.format
+    else:
+        report = result.pop("_report", None)
+        payload = json_ready(result)
+        text = partial(_text, args.command, result, report)
     if getattr(args, "out", None):
         with open(args.out, "w") as f:
             json.dump(payload, f, indent=2)
-    if args.json:
-        print(json.dumps(payload, indent=2))
-        return 0
-    t = res["timings"]
+    print(json.dumps(payload, indent=2) if args.json else text())
+
+
+def _text(command: str, result: dict[str, Any], report: Any) -> str:
+    t = result["timings"]
     share = f"scheduler {100 * t['scheduler_share']:.2f}% of step time ({t['steps']} steps)"
-    if args.command == "generate":
-        print(f"{res['preset']} ({res['parameters'] / 1e6:.1f}M params) on {res['device']}, "
-              f"{res['scheduler']} scheduler: {res['output_tokens']} tokens in {res['wall_s']:.2f} s = "
-              f"{res['output_tokens_per_s']:.1f} output tok/s; {share}")
-    else:
-        assert report is not None
-        print(report.format())
-        if "cost_model" in res:
-            c, q = res["cost_model"], res["fit"]
-            print(f"period_s = {c['c0']:.3e} + {c['c1']:.3e}*prefill_tokens + {c['c2']:.3e}*decode_seqs"
-                  f" + {c['c3']:.3e}*kv_tokens   (r2 {q['r2']:.3f}, {int(q['num_steps'])} steps)")
+    if command == "generate":
+        return (f"{result['preset']} ({result['parameters'] / 1e6:.1f}M params) on {result['device']}, "
+                f"{result['scheduler']} scheduler: {result['output_tokens']} tokens in {result['wall_s']:.2f} s = "
+                f"{result['output_tokens_per_s']:.1f} output tok/s; {share}")
+    assert report is not None
+    lines = [report.format()]
+    if "cost_model" in result:
+        c, q = result["cost_model"], result["fit"]
+        lines.append(f"period_s = {c['c0']:.3e} + {c['c1']:.3e}*prefill_tokens + {c['c2']:.3e}*decode_seqs"
+                     f" + {c['c3']:.3e}*kv_tokens   (r2 {q['r2']:.3f}, {int(q['num_steps'])} steps)")
+    return "\n".join(lines)
+
+
+_COMMANDS: dict[str, Callable[[Any], Any]] = {
+    "generate": run_generate,
+    "serve": lambda args: run_serve(args, fit=args.fit),
+    "calibrate": run_calibrate,
+}
+
+
+def cli_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``halffull engine``: runs ``app`` on ``argv`` (default
+    ``sys.argv[1:]``) and returns the process exit code (2 for a usage or halffull error)."""
+    try:
+        app(args=None if argv is None else list(argv), prog_name="halffull engine")
+    except SystemExit as exit:
+        return int(exit.code or 0)
     return 0
 
 

@@ -21,19 +21,18 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from itertools import count
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from .._util import unknown_name
 from ..config import SchedulerConfig
 from ..errors import ConfigError, InvalidArgumentError, InvariantError, UnknownRequestError
 from .batch import build_batch
 from .kv_cache import PagedKVCache
 from .model import LlamaModel, ModelConfig
-
-if TYPE_CHECKING:
-    from .serve import ServeReport
+from .serve import ServeReport, serve_trace
 
 RequestId = Union[str, int]
 
@@ -76,8 +75,7 @@ def make_scheduler(kind: Union[str, Callable[[SchedulerConfig], Any]], config: S
     if kind == "reference":
         from ..reference import Scheduler as ReferenceScheduler
         return ReferenceScheduler(config)
-    raise ConfigError(f"unknown scheduler {kind!r}; valid: {', '.join(SCHEDULERS)}",
-                      field="scheduler", value=kind, valid=SCHEDULERS)
+    raise unknown_name(ConfigError, "scheduler", kind, SCHEDULERS, field="scheduler")
 
 
 @dataclass(eq=False)
@@ -436,9 +434,8 @@ class Engine:
     # -- traces
 
     def serve_trace(self, trace: Any, time_scale: float = 1.0, max_requests: Optional[int] = None,
-                    **kwargs: Any) -> "ServeReport":
+                    **kwargs: Any) -> ServeReport:
         """Replay ``trace`` in real time; see ``halffull.engine.serve.serve_trace``."""
-        from .serve import serve_trace
         return serve_trace(self, trace, time_scale=time_scale, max_requests=max_requests, **kwargs)
 
     def __repr__(self) -> str:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .model import sdpa
+from .attention import sdpa
 
 if TYPE_CHECKING:
     from .batch import Batch

@@ -19,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .._util import unknown_name
 from ..errors import ConfigError
+from .attention import sdpa
 
 if TYPE_CHECKING:
     from .batch import Batch
@@ -84,8 +86,7 @@ class ModelConfig:
                                   field="dtype", value=self.dtype, valid=tuple(DTYPES))
             object.__setattr__(self, "dtype", names[self.dtype])
         if self.dtype not in DTYPES:
-            raise ConfigError(f"unknown dtype {self.dtype!r}; valid: {', '.join(DTYPES)}",
-                              field="dtype", value=self.dtype, valid=tuple(DTYPES))
+            raise unknown_name(ConfigError, "dtype", self.dtype, DTYPES, field="dtype")
         for name in ("rope_theta", "rms_norm_eps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) \
@@ -99,8 +100,7 @@ class ModelConfig:
     def preset(cls, name: str, **overrides: Any) -> "ModelConfig":
         """A named preset (``tiny``, ``mini``, ``small``), optionally with fields overridden."""
         if name not in PRESETS:
-            raise ConfigError(f"unknown model preset {name!r}; valid: {', '.join(PRESETS)}",
-                              field="preset", value=name, valid=tuple(PRESETS))
+            raise unknown_name(ConfigError, "model preset", name, PRESETS, field="preset")
         known = {f.name for f in fields(cls)}
         bad = sorted(set(overrides) - known)
         if bad:
@@ -163,22 +163,6 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
-
-
-_SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split(".")[:2] if p.isdigit()) >= (2, 5)
-
-
-def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: Optional[torch.Tensor] = None,
-         is_causal: bool = False) -> torch.Tensor:
-    """``scaled_dot_product_attention`` on ``[B, heads, L, head_dim]`` with grouped K/V heads."""
-    groups = q.shape[1] // k.shape[1]
-    if groups > 1:
-        if _SDPA_HAS_GQA:
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
-                                                  enable_gqa=True)
-        k = k.repeat_interleave(groups, dim=1)
-        v = v.repeat_interleave(groups, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)
 
 
 # attend(layer, q [T, H, hd], k [T, KVH, hd], v [T, KVH, hd]) -> [T, H, hd]

@@ -16,14 +16,33 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional, Protocol
 
 import numpy as np
 
 from ..errors import HalffullError, InvalidArgumentError
 
-if TYPE_CHECKING:
-    from .engine import Engine
+
+class ReplayEngine(Protocol):
+    """What ``serve_trace`` uses of an engine; ``halffull.engine.Engine`` has it all. A
+    protocol, so that this module need not import the engine module that imports it."""
+
+    model_config: Any  # .vocab_size
+    eos_token_id: Optional[int]
+
+    @property
+    def num_live(self) -> int: ...
+    def has_unfinished_requests(self) -> bool: ...
+    def set_eos_token_id(self, eos_token_id: Optional[int]) -> None: ...
+    def generate(self, prompts: Any, max_output_tokens: int = ...) -> Any: ...
+    def reset_timings(self) -> None: ...
+    def now(self) -> float: ...
+    def add_request(self, prompt_token_ids: Any, max_output_tokens: int = ..., *,
+                    arrival_time: Optional[float] = ...) -> Any: ...
+    def step(self) -> Any: ...
+    def pop_result(self, request_id: Any) -> Any: ...
+    def step_records(self) -> dict[str, np.ndarray]: ...
+    def timings(self) -> dict[str, float]: ...
 
 
 def _percentiles(x: np.ndarray) -> dict[str, float]:
@@ -129,7 +148,7 @@ def _trace_columns(trace: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return arrival, prompt.astype(np.int64), output.astype(np.int64)
 
 
-def serve_trace(engine: "Engine", trace: Any, *, time_scale: float = 1.0, max_requests: Optional[int] = None,
+def serve_trace(engine: ReplayEngine, trace: Any, *, time_scale: float = 1.0, max_requests: Optional[int] = None,
                 seed: int = 0, max_prompt_tokens: Optional[int] = None,
                 max_output_tokens: Optional[int] = None, warmup: bool = True) -> ServeReport:
     """Replay ``trace`` (the ``max_requests`` earliest rows) on an idle ``engine`` in real time.
