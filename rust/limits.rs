@@ -81,6 +81,33 @@ pub fn count(field: &'static str, v: &Value, min: u64) -> Result<u64> {
     count_in(Blame::Argument, field, v, min, MAX_COUNT)
 }
 
+/// A configured count (blocks, tokens, a prior length): an int in `[1, 2**40]`.
+pub fn config_count(field: &'static str, v: &Value) -> Result<u64> {
+    count_in(Blame::Config, field, v, 1, MAX_COUNT)
+}
+
+/// A number of replicas (`field`: how the caller names it): an int in `[1, 2**16]`.
+pub fn replicas(field: &'static str, v: &Value) -> Result<usize> {
+    count_in(Blame::Config, field, v, 1, MAX_REPLICAS as u64).map(|n| n as usize)
+}
+
+/// A random seed: an int in `[0, 2**64)`.
+pub fn seed(v: &Value) -> Result<u64> {
+    count_in(Blame::Config, "seed", v, 0, u64::MAX)
+}
+
+/// A request's priority: any 64-bit int (smaller is served first by `priority`).
+pub fn priority(v: &Value) -> Result<i64> {
+    int_in(
+        Blame::Argument,
+        "priority",
+        v,
+        i64::MIN.into(),
+        i64::MAX.into(),
+    )
+    .map(|p| p as i64)
+}
+
 /// A count the core was given as a number: in `[min, 2**40]`.
 pub fn check_count(field: &'static str, v: u64, min: u64) -> Result<u64> {
     count(field, &Value::from(v), min)

@@ -1,13 +1,16 @@
-//! Python objects to core values. Nothing here judges a value: a number becomes a
-//! [`Value`] for the core to check against [`crate::limits`]; only a request id, which the
-//! core takes typed, is refused here when it is neither a str nor an int.
+//! Python objects to core values, shared by every binding. Nothing here judges a value: a
+//! number becomes a [`Value`] for the core to check against [`crate::limits`] (`count`,
+//! `time` call those checks); only a request id, which the core takes typed, is refused here
+//! when it is neither a str nor an int.
 
 use std::sync::Arc;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyFloat, PyInt, PyString};
 
+use super::error::IntoPyResult;
 use crate::error::{Error, Result, Value};
+use crate::limits;
 use crate::sched::RequestId;
 
 fn repr(ob: &Bound<'_, PyAny>) -> String {
@@ -66,4 +69,39 @@ pub(crate) fn request_id(ob: &Bound<'_, PyAny>) -> Result<RequestId> {
     Err(bad(format!(
         "request_id must be a str or an int, got {kind}"
     )))
+}
+
+/// A count argument (an int in `[min, 2**40]`), checked by the core.
+pub(crate) fn count(
+    py: Python<'_>,
+    field: &'static str,
+    ob: &Bound<'_, PyAny>,
+    min: u64,
+) -> PyResult<u64> {
+    limits::count(field, &value(ob), min).py(py)
+}
+
+/// An optional count argument (`None` stays `None`).
+pub(crate) fn opt_count(
+    py: Python<'_>,
+    field: &'static str,
+    ob: Option<&Bound<'_, PyAny>>,
+    min: u64,
+) -> PyResult<Option<u64>> {
+    opt_value(ob)
+        .map(|v| limits::count(field, &v, min))
+        .transpose()
+        .py(py)
+}
+
+/// An optional time argument in seconds, checked by the core.
+pub(crate) fn time(
+    py: Python<'_>,
+    field: &'static str,
+    ob: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Option<f64>> {
+    opt_value(ob)
+        .map(|v| limits::time(field, &v))
+        .transpose()
+        .py(py)
 }

@@ -8,10 +8,10 @@ use numpy::PyArray1;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString};
 
-use super::convert::{opt_value, request_id as to_id, value};
+use super::convert::{count, opt_count, opt_value, request_id as to_id, value};
 use super::error::IntoPyResult;
-use crate::error::{Error, Result, Value};
-use crate::limits::{self, Blame, MAX_COUNT, MAX_REPLICAS};
+use crate::error::{Error, Value};
+use crate::limits::{self, Blame};
 use crate::router::{
     policy_names, ReplicaLoad, ReplicaSnapshot, ReplicaSpec, RouteRequest, Router, RouterConfig,
 };
@@ -29,63 +29,38 @@ fn router_names() -> Vec<&'static str> {
     policy_names()
 }
 
-/// A count argument (an int in `[min, 2**40]`), checked by the core.
-fn count(py: Python<'_>, field: &'static str, ob: &Bound<'_, PyAny>, min: u64) -> PyResult<u64> {
-    limits::count(field, &value(ob), min).py(py)
-}
-
-fn opt_count(
-    py: Python<'_>,
-    field: &'static str,
-    ob: Option<&Bound<'_, PyAny>>,
-    min: u64,
-) -> PyResult<Option<u64>> {
-    opt_value(ob)
-        .map(|v| limits::count(field, &v, min))
-        .transpose()
-        .py(py)
-}
-
-/// A configured count: an int in `[1, 2**40]`.
-fn config_count(field: &'static str, v: &Value) -> Result<u64> {
-    limits::count_in(Blame::Config, field, v, 1, MAX_COUNT)
-}
-
 fn replica_index(py: Python<'_>, ob: &Bound<'_, PyAny>, num_replicas: usize) -> PyResult<usize> {
     limits::replica_index(&value(ob), num_replicas).py(py)
 }
 
 /// An int, or a sequence of `n` ints (one per replica); `None` gives `default` everywhere.
 fn per_replica(
+    py: Python<'_>,
     field: &'static str,
     ob: Option<&Bound<'_, PyAny>>,
     n: usize,
     default: u64,
-) -> PyResult<Result<Vec<u64>>> {
+) -> PyResult<Vec<u64>> {
     let Some(ob) = ob.filter(|o| !o.is_none()) else {
-        return Ok(Ok(vec![default; n]));
+        return Ok(vec![default; n]);
     };
     if ob.is_instance_of::<PyString>() || !ob.hasattr("__len__")? {
-        return Ok(config_count(field, &value(ob)).map(|v| vec![v; n]));
+        return limits::config_count(field, &value(ob))
+            .map(|v| vec![v; n])
+            .py(py);
     }
-    let mut values = Vec::with_capacity(n);
-    for item in ob.try_iter()? {
-        match config_count(field, &value(&item?)) {
-            Ok(v) => values.push(v),
-            Err(e) => return Ok(Err(e)),
-        }
-    }
+    let values = ob
+        .try_iter()?
+        .map(|item| limits::config_count(field, &value(&item?)).py(py))
+        .collect::<PyResult<Vec<u64>>>()?;
     if values.len() != n {
-        return Ok(Err(Error::Config {
-            field,
-            value: None,
-            message: format!(
-                "{field} has {} entries; expected one per replica ({n})",
-                values.len()
-            ),
-        }));
+        let message = format!(
+            "{field} has {} entries; expected one per replica ({n})",
+            values.len()
+        );
+        return Err(Error::config(field, message)).py(py);
     }
-    Ok(Ok(values))
+    Ok(values)
 }
 
 fn load_dict<'py>(py: Python<'py>, load: &ReplicaLoad) -> PyResult<Bound<'py, PyDict>> {
@@ -138,32 +113,25 @@ impl PyRouter {
         };
         // Check the policy name and replica count before per-replica lists (clearer errors).
         crate::router::make_policy(&policy, 0).py(py)?;
-        let n = limits::count_in(
-            Blame::Config,
-            "num_replicas",
-            &value(num_replicas),
-            1,
-            MAX_REPLICAS as u64,
-        )
-        .py(py)? as usize;
+        let n = limits::replicas("num_replicas", &value(num_replicas)).py(py)?;
         let mut config = RouterConfig::new(&policy, n);
         if let Some(v) = opt_value(seed) {
-            config.seed = limits::count_in(Blame::Config, "seed", &v, 0, u64::MAX).py(py)?;
+            config.seed = limits::seed(&v).py(py)?;
         }
         config.beta = opt_value(beta)
             .map(|v| limits::number(Blame::Config, "beta", &v))
             .transpose()
             .py(py)?;
         let d = ReplicaSpec::default();
-        let blocks = per_replica("num_gpu_blocks", num_gpu_blocks, n, d.num_gpu_blocks)?.py(py)?;
-        let sizes = per_replica("block_size", block_size, n, d.block_size)?.py(py)?;
+        let blocks = per_replica(py, "num_gpu_blocks", num_gpu_blocks, n, d.num_gpu_blocks)?;
+        let sizes = per_replica(py, "block_size", block_size, n, d.block_size)?;
         let budgets = per_replica(
+            py,
             "max_num_batched_tokens",
             max_num_batched_tokens,
             n,
             d.max_num_batched_tokens,
-        )?
-        .py(py)?;
+        )?;
         config.replicas = (0..n)
             .map(|i| ReplicaSpec {
                 num_gpu_blocks: blocks[i],
@@ -172,10 +140,10 @@ impl PyRouter {
             })
             .collect();
         if let Some(v) = opt_value(prior_input_tokens) {
-            config.prior_input_tokens = config_count("prior_input_tokens", &v).py(py)?;
+            config.prior_input_tokens = limits::config_count("prior_input_tokens", &v).py(py)?;
         }
         if let Some(v) = opt_value(prior_output_tokens) {
-            config.prior_output_tokens = config_count("prior_output_tokens", &v).py(py)?;
+            config.prior_output_tokens = limits::config_count("prior_output_tokens", &v).py(py)?;
         }
         let core = Router::new(config).py(py)?;
         Ok(PyRouter { core })

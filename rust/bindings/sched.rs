@@ -5,10 +5,10 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyInt, PyList, PyString, PyTuple};
 
 use super::config::PySchedulerConfig;
-use super::convert::{opt_value, request_id as to_id, value};
+use super::convert::{count, opt_count, opt_value, request_id as to_id, time};
 use super::error::{id_to_py, IntoPyResult};
 use crate::error::Error;
-use crate::limits::{self, Blame};
+use crate::limits;
 use crate::sched::{BlockId, NewRequest, Scheduler, StepPlan};
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -22,23 +22,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 #[pyfunction]
 fn policy_names() -> Vec<&'static str> {
     crate::sched::policy_names()
-}
-
-/// A count argument (an int in `[min, 2**40]`), checked by the core.
-fn count(py: Python<'_>, field: &'static str, ob: &Bound<'_, PyAny>, min: u64) -> PyResult<u64> {
-    limits::count(field, &value(ob), min).py(py)
-}
-
-/// An optional time argument in seconds, checked by the core.
-fn time(
-    py: Python<'_>,
-    field: &'static str,
-    ob: Option<&Bound<'_, PyAny>>,
-) -> PyResult<Option<f64>> {
-    opt_value(ob)
-        .map(|v| limits::time(field, &v))
-        .transpose()
-        .py(py)
 }
 
 /// The Rust engine scheduler. `Scheduler(config)`; each step call `schedule(now)` for a
@@ -197,26 +180,17 @@ impl PyScheduler {
             max_output_tokens: count(py, "max_output_tokens", max_output_tokens, 1)?,
             arrival_time: time(py, "arrival_time", arrival_time)?,
             priority: opt_value(priority)
-                .map(|v| {
-                    limits::int_in(
-                        Blame::Argument,
-                        "priority",
-                        &v,
-                        i64::MIN.into(),
-                        i64::MAX.into(),
-                    )
-                })
+                .map(|v| limits::priority(&v))
                 .transpose()
                 .py(py)?
-                .map_or(0, |p| p as i64),
-            predicted_output_tokens: opt_value(predicted_output_tokens)
-                .map(|v| limits::count("predicted_output_tokens", &v, 0))
-                .transpose()
-                .py(py)?,
-            true_output_tokens: opt_value(true_output_tokens)
-                .map(|v| limits::count("true_output_tokens", &v, 1))
-                .transpose()
-                .py(py)?,
+                .unwrap_or(0),
+            predicted_output_tokens: opt_count(
+                py,
+                "predicted_output_tokens",
+                predicted_output_tokens,
+                0,
+            )?,
+            true_output_tokens: opt_count(py, "true_output_tokens", true_output_tokens, 1)?,
         };
         let slot = self.core.add_request(new).py(py)? as usize;
         if self.ids.len() <= slot {

@@ -11,7 +11,7 @@ use super::convert::value;
 use super::error::IntoPyResult;
 use crate::config::SchedulerConfig;
 use crate::error::Error;
-use crate::limits::{self, Blame, MAX_REPLICAS};
+use crate::limits;
 use crate::sim::{self, CostModel, Linear, Preset, SimConfig, SimOutput, StepShape, TraceView};
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -291,20 +291,8 @@ fn sim_config(
     snapshot_interval: Option<f64>,
     record_steps: bool,
 ) -> PyResult<SimConfig> {
-    let replicas = limits::count_in(
-        Blame::Config,
-        "replicas",
-        &value(replicas),
-        1,
-        MAX_REPLICAS as u64,
-    )
-    .py(py)?;
-    let mut cfg = SimConfig::new(
-        replicas as usize,
-        router,
-        engine_config(py, engine)?,
-        cost.inner,
-    );
+    let replicas = limits::replicas("replicas", &value(replicas)).py(py)?;
+    let mut cfg = SimConfig::new(replicas, router, engine_config(py, engine)?, cost.inner);
     cfg.seed = seed;
     cfg.max_output_tokens = max_output_tokens;
     cfg.snapshot_interval = snapshot_interval;
