@@ -7,7 +7,6 @@
 
 use crate::error::{Error, Result, Value};
 use crate::limits::{self, Blame, MAX_BLOCKS, MAX_COUNT, MAX_RATE};
-pub use crate::sched::policy::PolicyKind;
 
 /// An enum with a registry of names: one table of `(variant, name)`, in registry order.
 pub trait Named: Copy + PartialEq + 'static {
@@ -51,6 +50,30 @@ macro_rules! display_by_name {
     )*};
 }
 display_by_name!(PreemptMode, LarryLoad, PolicyKind);
+
+/// Every engine policy. To add one: implement `sched::policy::Policy`, add a variant here,
+/// its name to the registry below, and an arm to `sched::policy::make_policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PolicyKind {
+    Fcfs,
+    Priority,
+    NoPreempt,
+    Sjf,
+    OracleSrpt,
+    Larry,
+}
+
+impl Named for PolicyKind {
+    const FIELD: &'static str = "policy";
+    const REGISTRY: &'static [(Self, &'static str)] = &[
+        (PolicyKind::Fcfs, "fcfs"),
+        (PolicyKind::Priority, "priority"),
+        (PolicyKind::NoPreempt, "no_preempt"),
+        (PolicyKind::Sjf, "sjf"),
+        (PolicyKind::OracleSrpt, "oracle_srpt"),
+        (PolicyKind::Larry, "larry"),
+    ];
+}
 
 /// What happens to a preempted request's KV blocks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

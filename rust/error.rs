@@ -5,7 +5,7 @@
 
 use std::fmt;
 
-use crate::sched::RequestId;
+use crate::id::RequestId;
 
 /// A value as the caller gave it, kept in errors (`ConfigError.value`,
 /// `InvalidArgumentError.value`) and checked by [`crate::limits`]. The bindings turn a Python

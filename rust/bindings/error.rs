@@ -7,7 +7,7 @@ use pyo3::types::{PyDict, PyTuple};
 use pyo3::IntoPyObjectExt;
 
 use crate::error::{Error, Value};
-use crate::sched::RequestId;
+use crate::id::RequestId;
 
 /// Core results to Python results: `result.py(py)?`.
 pub(crate) trait IntoPyResult<T> {

@@ -15,7 +15,7 @@ use crate::limits::{self, Blame};
 use crate::router::{
     policy_names, ReplicaLoad, ReplicaSnapshot, ReplicaSpec, RouteRequest, Router, RouterConfig,
 };
-use crate::sched::RequestId;
+use crate::id::RequestId;
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyRouter>()?;

@@ -24,12 +24,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use blocks::{blocks_for, BlockId, BlockPool};
-pub use policy::{policy_names, Policy, PolicyKind, F64};
+pub use policy::{policy_names, Policy, F64};
 pub use request::{NewRequest, Request, RequestId, Status};
 
 use crate::error::{Error, Result};
 
-pub use crate::config::{LarryLoad, PreemptMode, SchedulerConfig};
+pub use crate::config::{LarryLoad, PolicyKind, PreemptMode, SchedulerConfig};
 use crate::limits::check_count;
 pub use crate::limits::check_time;
 

@@ -2,14 +2,15 @@
 //! (DESIGN §5). Each policy owns its waiting queue; every order is kept in an O(log n)
 //! structure (a B-tree, or for LARRY a kinetic tournament), never re-sorted per step.
 //!
-//! To add a policy: implement [`Policy`] below and register it in [`PolicyKind`].
+//! To add a policy: implement [`Policy`] below, give it a [`PolicyKind`] variant and name
+//! (`rust/config.rs`) and an arm in [`make_policy`].
 
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap};
 
 use super::kinetic::{KineticTournament, Line};
 use super::request::Request;
-use crate::config::{Named, SchedulerConfig};
+use crate::config::{Named, PolicyKind, SchedulerConfig};
 
 /// What a policy needs to see of the live requests: the slab, indexed by slot.
 pub type Slab = [Option<Request>];
@@ -39,30 +40,6 @@ pub trait Policy: Send + Sync {
     fn choose_victim(&self, candidates: &[u32], _reqs: &Slab) -> Option<u32> {
         candidates.last().copied()
     }
-}
-
-/// Every policy. To add one: implement [`Policy`], add a variant here, a line to its
-/// [`Named::REGISTRY`] (its name) and an arm to [`make_policy`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PolicyKind {
-    Fcfs,
-    Priority,
-    NoPreempt,
-    Sjf,
-    OracleSrpt,
-    Larry,
-}
-
-impl Named for PolicyKind {
-    const FIELD: &'static str = "policy";
-    const REGISTRY: &'static [(Self, &'static str)] = &[
-        (PolicyKind::Fcfs, "fcfs"),
-        (PolicyKind::Priority, "priority"),
-        (PolicyKind::NoPreempt, "no_preempt"),
-        (PolicyKind::Sjf, "sjf"),
-        (PolicyKind::OracleSrpt, "oracle_srpt"),
-        (PolicyKind::Larry, "larry"),
-    ];
 }
 
 /// The names of every policy, in registry order.
