@@ -28,7 +28,7 @@ class SchedulerConfig:
 
     def __new__(
         cls,
-        num_gpu_blocks: int = ...,
+        num_gpu_blocks: int,
         block_size: int = 16,
         num_cpu_blocks: int = 0,
         max_num_seqs: int = 256,

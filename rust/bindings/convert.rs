@@ -10,8 +10,8 @@ use pyo3::types::{PyBool, PyFloat, PyInt, PyString};
 
 use super::error::IntoPyResult;
 use crate::error::{Error, Result, Value};
-use crate::limits;
 use crate::id::RequestId;
+use crate::limits;
 
 fn repr(ob: &Bound<'_, PyAny>) -> String {
     ob.repr().map(|r| r.to_string()).unwrap_or_default()

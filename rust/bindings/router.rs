@@ -11,11 +11,11 @@ use pyo3::types::{PyDict, PyList, PyString};
 use super::convert::{count, opt_count, opt_value, request_id as to_id, value};
 use super::error::IntoPyResult;
 use crate::error::{Error, Value};
+use crate::id::RequestId;
 use crate::limits::{self, Blame};
 use crate::router::{
     policy_names, ReplicaLoad, ReplicaSnapshot, ReplicaSpec, RouteRequest, Router, RouterConfig,
 };
-use crate::id::RequestId;
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyRouter>()?;

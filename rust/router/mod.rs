@@ -37,8 +37,8 @@ use std::hash::Hash;
 
 use crate::error::Value;
 pub use crate::error::{Error, Result};
-use crate::limits::{self, check_count, Blame};
 use crate::id::RequestId;
+use crate::limits::{self, check_count, Blame};
 pub use load::{ReplicaLoad, ReplicaSnapshot, ReplicaSpec};
 pub use policy::{
     llumnix_freeness, make_policy, policy_names, sal_start_delay, Cluster, Policy, PolicyInfo,
