@@ -1,5 +1,7 @@
 //! halffull: a scheduling core for LLM serving.
 //!
+//! - [`config`]: the engine scheduler's configuration (one type, enums for names).
+//! - [`error`], [`limits`], [`id`]: the one error enum, the validated ranges, request ids.
 //! - [`sched`]: the engine scheduler (requests, KV block pools, policies, the step).
 //! - [`router`]: cluster load balancers (which replica gets a request).
 //! - [`sim`]: the trace-driven cluster simulator (replicas behind a router, a cost model).
@@ -9,7 +11,9 @@
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
+pub mod config;
 pub mod error;
+pub mod id;
 pub mod limits;
 pub mod router;
 pub mod sched;

@@ -98,10 +98,10 @@ def _number(name: str, value: Any, *, positive: bool = True) -> float:
     return v
 
 
-def _cost_model(cost_model: Any, preset: str, block_size: int) -> Any:
-    if cost_model is None:
-        return CostModel.preset(preset, block_size=block_size)
-    if isinstance(cost_model, CostModel):
+def _cost_model(cost_model: Any) -> Any:
+    """``None`` (the preset's roofline, chosen in Rust), a ``CostModel``, or a dict of the
+    linear model's coefficients."""
+    if cost_model is None or isinstance(cost_model, CostModel):
         return cost_model
     if isinstance(cost_model, Mapping):
         keys = {"c0", "c1", "c2", "c3", "swap_s_per_block"}
@@ -145,10 +145,20 @@ def measure_capacity(
     """One replica's capacity in finished requests per second on this trace's request mix
     (the method is in the module docstring). Cached per (trace, cost model, engine)."""
     tr = _as_trace(trace)
-    name = preset_name(preset)
-    engine = _engine_config(name, engine_config)
-    cost = _cost_model(cost_model, name, engine["block_size"])
-    key = (_trace_key(tr), repr(cost), tuple(sorted(engine.items())), max_output_tokens, capacity_requests)
+    engine, cost = _setup(preset_name(preset), cost_model, engine_config)
+    return _capacity(tr, engine, cost, max_output_tokens, capacity_requests)
+
+
+def _setup(preset: str, cost_model: Any, engine_config: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The engine's ``SchedulerConfig`` and the cost model, the preset resolved once (in
+    Rust): ``num_gpu_blocks`` (and under swap ``num_cpu_blocks``) default to the preset's,
+    the cost model to its roofline."""
+    return _core.sim_setup(preset, _cost_model(cost_model), **engine_config)
+
+
+def _capacity(tr: _traces.Trace, engine: Any, cost: Any, max_output_tokens: int, capacity_requests: int) -> float:
+    engine = engine.replace(policy="fcfs")            # capacity is measured under fcfs
+    key = (_trace_key(tr), repr(cost), engine, max_output_tokens, capacity_requests)
     if key not in _CAPACITY_CACHE:
         _CAPACITY_CACHE[key] = float(
             _core.measure_capacity(
@@ -160,16 +170,6 @@ def measure_capacity(
             )
         )
     return _CAPACITY_CACHE[key]
-
-
-def _engine_config(preset: str, engine_config: Mapping[str, Any]) -> dict[str, Any]:
-    engine = dict(engine_config)
-    engine.setdefault("block_size", 16)
-    info = _core.sim_preset(preset, int(engine["block_size"]))
-    engine.setdefault("num_gpu_blocks", int(info["num_gpu_blocks"]))
-    if engine.get("preemption_mode") == "swap":
-        engine.setdefault("num_cpu_blocks", int(info["num_cpu_blocks"]))
-    return engine
 
 
 def _pct(x: np.ndarray, q: float) -> float:
@@ -321,9 +321,7 @@ def simulate(
     if load is not None and rate_scale is not None:
         raise InvalidArgumentError("give load or rate_scale, not both", field="load")
     name = preset_name(preset, model, gpu)
-    engine = _engine_config(name, engine_config)
-    engine["policy"] = policy
-    cost = _cost_model(cost_model, name, int(engine["block_size"]))
+    engine, cost = _setup(name, cost_model, {**engine_config, "policy": policy})
     config: dict[str, Any] = {
         "trace": tr.name,
         "replicas": int(replicas),
@@ -334,18 +332,14 @@ def simulate(
         "seed": seed,
         "max_output_tokens": max_output_tokens,
         "snapshot_interval": snapshot_interval,
-        "engine": dict(engine),
+        "engine": engine.to_dict(),
         "load": None,
         "rate_scale": None,
         "capacity_requests_per_s": None,
     }
     if load is not None:
         x = _number("load", load)
-        cap_engine = {k: v for k, v in engine.items() if k != "policy"}
-        per_replica = measure_capacity(
-            tr, preset=name, cost_model=cost, max_output_tokens=max_output_tokens,
-            capacity_requests=capacity_requests, **cap_engine,
-        )
+        per_replica = _capacity(tr, engine, cost, max_output_tokens, capacity_requests)
         capacity = per_replica * int(replicas)
         rate = tr.rate if tr.rate > 0 else float("nan")
         if not math.isfinite(rate) or rate <= 0:

@@ -1,20 +1,21 @@
 //! Python bindings of the routers: `Router` and `router_names`.
 //!
-//! Arguments are checked here with the reference's rules (ints, not bools, in [min, 2**40])
-//! before the core sees them; core errors become `halffull.errors` exceptions in one place
-//! ([`router_err`]), with the offending request id object, field or index as attributes.
+//! Arguments become core values ([`super::convert`]) checked by the core's rules (ints, not
+//! bools, in [min, 2**40]: [`crate::limits`]); core errors become `halffull.errors`
+//! exceptions in [`super::error::to_pyerr`].
 
 use numpy::PyArray1;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyList, PyString};
 
-use super::sched::extract_id;
-use super::{obj, py_error, unknown_name};
+use super::convert::{count, opt_count, opt_value, request_id as to_id, value};
+use super::error::IntoPyResult;
+use crate::error::{Error, Value};
+use crate::id::RequestId;
+use crate::limits::{self, Blame};
 use crate::router::{
     policy_names, ReplicaLoad, ReplicaSnapshot, ReplicaSpec, RouteRequest, Router, RouterConfig,
-    RouterError, MAX_COUNT,
 };
-use crate::sched::RequestId;
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyRouter>()?;
@@ -28,161 +29,14 @@ fn router_names() -> Vec<&'static str> {
     policy_names()
 }
 
-/// The one conversion point from router errors to Python exceptions. `id` is the request id
-/// object the caller passed, attached as `request_id` to id errors.
-fn router_err(py: Python<'_>, e: RouterError, id: Option<&Bound<'_, PyAny>>) -> PyErr {
-    let msg = e.to_string();
-    let rid = || id.map(|o| o.clone().unbind()).unwrap_or_else(|| py.None());
-    match e {
-        RouterError::UnknownPolicy { name, valid } => {
-            unknown_name(py, &msg, "policy", &name, &valid)
-        }
-        RouterError::Config { field, .. } => {
-            py_error(py, "ConfigError", &msg, &[("field", obj(py, field))])
-        }
-        RouterError::InvalidArgument { field, value, .. } => py_error(
-            py,
-            "InvalidArgumentError",
-            &msg,
-            &[("field", obj(py, field)), ("value", obj(py, value))],
-        ),
-        RouterError::ReplicaOutOfRange {
-            index,
-            num_replicas,
-        } => py_error(
-            py,
-            "InvalidArgumentError",
-            &msg,
-            &[
-                ("field", obj(py, "index")),
-                ("value", obj(py, index)),
-                ("num_replicas", obj(py, num_replicas)),
-            ],
-        ),
-        RouterError::DuplicateRequest { .. } => {
-            py_error(py, "DuplicateRequestError", &msg, &[("request_id", rid())])
-        }
-        RouterError::UnknownRequest { .. } => {
-            py_error(py, "UnknownRequestError", &msg, &[("request_id", rid())])
-        }
-        RouterError::Invariant { .. } => py_error(py, "InvariantError", &msg, &[]),
-    }
-}
-
-fn bad(
-    py: Python<'_>,
-    class: &str,
-    field: &str,
-    value: &Bound<'_, PyAny>,
-    message: String,
-) -> PyErr {
-    py_error(
-        py,
-        class,
-        &message,
-        &[("field", obj(py, field)), ("value", value.clone().unbind())],
-    )
-}
-
-fn type_name(ob: &Bound<'_, PyAny>) -> String {
-    ob.get_type()
-        .name()
-        .map(|n| n.to_string())
-        .unwrap_or_default()
-}
-
-/// An int (Python or numpy, not bool) in `[min, 2**40]`; `class` is the exception to raise.
-fn count_as(
-    py: Python<'_>,
-    class: &str,
-    field: &str,
-    ob: &Bound<'_, PyAny>,
-    min: u64,
-) -> PyResult<u64> {
-    let is_int = ob.is_exact_instance_of::<PyInt>()
-        || (!ob.is_instance_of::<PyBool>()
-            && !ob.is_instance_of::<PyFloat>()
-            && (ob.is_instance_of::<PyInt>() || ob.hasattr("__index__").unwrap_or(false)));
-    if !is_int {
-        let repr = ob.repr().map(|r| r.to_string()).unwrap_or_default();
-        return Err(bad(
-            py,
-            class,
-            field,
-            ob,
-            format!("{field} must be an int, got {} {repr}", type_name(ob)),
-        ));
-    }
-    match ob.extract::<i64>() {
-        Ok(v) if v >= 0 && (v as u64) >= min && (v as u64) <= MAX_COUNT => Ok(v as u64),
-        _ => {
-            let repr = ob.repr().map(|r| r.to_string()).unwrap_or_default();
-            Err(bad(
-                py,
-                class,
-                field,
-                ob,
-                format!("{field} must be in [{min}, 2**40], got {repr}"),
-            ))
-        }
-    }
-}
-
-fn count(py: Python<'_>, field: &str, ob: &Bound<'_, PyAny>, min: u64) -> PyResult<u64> {
-    count_as(py, "InvalidArgumentError", field, ob, min)
-}
-
-fn opt_count(
-    py: Python<'_>,
-    field: &str,
-    ob: Option<&Bound<'_, PyAny>>,
-    min: u64,
-) -> PyResult<Option<u64>> {
-    match ob {
-        Some(o) if !o.is_none() => count(py, field, o, min).map(Some),
-        _ => Ok(None),
-    }
-}
-
-/// A replica index: an int in `[0, num_replicas)`.
-fn index_arg(py: Python<'_>, ob: &Bound<'_, PyAny>, num_replicas: usize) -> PyResult<usize> {
-    let out_of_range = |shown: String| {
-        py_error(
-            py,
-            "InvalidArgumentError",
-            &format!(
-                "replica index {shown} is out of range: the router has {num_replicas} replicas"
-            ),
-            &[
-                ("field", obj(py, "index")),
-                ("value", ob.clone().unbind()),
-                ("num_replicas", obj(py, num_replicas)),
-            ],
-        )
-    };
-    if ob.is_instance_of::<PyBool>()
-        || !ob.is_instance_of::<PyInt>() && !ob.hasattr("__index__").unwrap_or(false)
-    {
-        return Err(bad(
-            py,
-            "InvalidArgumentError",
-            "index",
-            ob,
-            format!("index must be an int, got {}", type_name(ob)),
-        ));
-    }
-    match ob.extract::<i64>() {
-        Ok(v) if v >= 0 && (v as u64) < num_replicas as u64 => Ok(v as usize),
-        _ => Err(out_of_range(
-            ob.repr().map(|r| r.to_string()).unwrap_or_default(),
-        )),
-    }
+fn replica_index(py: Python<'_>, ob: &Bound<'_, PyAny>, num_replicas: usize) -> PyResult<usize> {
+    limits::replica_index(&value(ob), num_replicas).py(py)
 }
 
 /// An int, or a sequence of `n` ints (one per replica); `None` gives `default` everywhere.
 fn per_replica(
     py: Python<'_>,
-    field: &str,
+    field: &'static str,
     ob: Option<&Bound<'_, PyAny>>,
     n: usize,
     default: u64,
@@ -190,24 +44,21 @@ fn per_replica(
     let Some(ob) = ob.filter(|o| !o.is_none()) else {
         return Ok(vec![default; n]);
     };
-    if ob.is_instance_of::<PyString>() || !ob.hasattr("__len__").unwrap_or(false) {
-        return Ok(vec![count_as(py, "ConfigError", field, ob, 1)?; n]);
+    if ob.is_instance_of::<PyString>() || !ob.hasattr("__len__")? {
+        return limits::config_count(field, &value(ob))
+            .map(|v| vec![v; n])
+            .py(py);
     }
-    let values: Vec<u64> = ob
+    let values = ob
         .try_iter()?
-        .map(|item| count_as(py, "ConfigError", field, &item?, 1))
-        .collect::<PyResult<_>>()?;
+        .map(|item| limits::config_count(field, &value(&item?)).py(py))
+        .collect::<PyResult<Vec<u64>>>()?;
     if values.len() != n {
-        return Err(bad(
-            py,
-            "ConfigError",
-            field,
-            ob,
-            format!(
-                "{field} has {} entries; expected one per replica ({n})",
-                values.len()
-            ),
-        ));
+        let message = format!(
+            "{field} has {} entries; expected one per replica ({n})",
+            values.len()
+        );
+        return Err(Error::config(field, message)).py(py);
     }
     Ok(values)
 }
@@ -256,111 +107,21 @@ impl PyRouter {
         prior_input_tokens: Option<&Bound<'_, PyAny>>,
         prior_output_tokens: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let Some(policy) = policy
-            .cast::<PyString>()
-            .ok()
-            .and_then(|s| s.to_str().ok().map(str::to_string))
-        else {
-            let valid = PyTuple::new(py, policy_names())?.into_any().unbind();
-            return Err(py_error(
-                py,
-                "ConfigError",
-                &format!(
-                    "policy must be a str naming a router; valid: {}",
-                    policy_names().join(", ")
-                ),
-                &[
-                    ("field", obj(py, "policy")),
-                    ("value", policy.clone().unbind()),
-                    ("valid", valid),
-                ],
-            ));
+        let policy = match value(policy) {
+            Value::Str(name) => name,
+            other => other.to_string(),
         };
-        if num_replicas.is_instance_of::<PyBool>() || !num_replicas.is_instance_of::<PyInt>() {
-            return Err(bad(
-                py,
-                "ConfigError",
-                "num_replicas",
-                num_replicas,
-                format!(
-                    "num_replicas must be an int, got {}",
-                    type_name(num_replicas)
-                ),
-            ));
-        }
-        let n = match num_replicas.extract::<i64>() {
-            Ok(v) if v >= 0 => usize::try_from(v).unwrap_or(usize::MAX),
-            _ => {
-                return Err(bad(
-                    py,
-                    "ConfigError",
-                    "num_replicas",
-                    num_replicas,
-                    format!(
-                        "num_replicas must be in [1, {}], got {num_replicas}",
-                        crate::router::MAX_REPLICAS
-                    ),
-                ));
-            }
-        };
-        let seed = match seed.filter(|s| !s.is_none()) {
-            None => 0,
-            Some(seed) => match seed.extract::<u64>() {
-                Ok(s) if !seed.is_instance_of::<PyBool>() && seed.is_instance_of::<PyInt>() => s,
-                _ => {
-                    return Err(bad(
-                        py,
-                        "ConfigError",
-                        "seed",
-                        seed,
-                        format!("seed must be an int in [0, 2**64), got {}", seed.repr()?),
-                    ));
-                }
-            },
-        };
-        let beta = match beta.filter(|b| !b.is_none()) {
-            None => None,
-            Some(b)
-                if !b.is_instance_of::<PyBool>()
-                    && (b.is_instance_of::<PyFloat>() || b.is_instance_of::<PyInt>()) =>
-            {
-                Some(b.extract::<f64>().map_err(|_| {
-                    bad(
-                        py,
-                        "ConfigError",
-                        "beta",
-                        b,
-                        "beta must be a finite number".into(),
-                    )
-                })?)
-            }
-            Some(b) => {
-                return Err(bad(
-                    py,
-                    "ConfigError",
-                    "beta",
-                    b,
-                    format!("beta must be a number, got {}", type_name(b)),
-                ));
-            }
-        };
-        let mut config = RouterConfig::new(&policy, 0);
         // Check the policy name and replica count before per-replica lists (clearer errors).
-        if let Err(e) = crate::router::make_policy(&policy, seed) {
-            return Err(router_err(py, e, None));
+        crate::router::make_policy(&policy, 0).py(py)?;
+        let n = limits::replicas("num_replicas", &value(num_replicas)).py(py)?;
+        let mut config = RouterConfig::new(&policy, n);
+        if let Some(v) = opt_value(seed) {
+            config.seed = limits::seed(&v).py(py)?;
         }
-        if n == 0 || n > crate::router::MAX_REPLICAS {
-            return Err(bad(
-                py,
-                "ConfigError",
-                "num_replicas",
-                num_replicas,
-                format!(
-                    "num_replicas must be in [1, {}], got {n}",
-                    crate::router::MAX_REPLICAS
-                ),
-            ));
-        }
+        config.beta = opt_value(beta)
+            .map(|v| limits::number(Blame::Config, "beta", &v))
+            .transpose()
+            .py(py)?;
         let d = ReplicaSpec::default();
         let blocks = per_replica(py, "num_gpu_blocks", num_gpu_blocks, n, d.num_gpu_blocks)?;
         let sizes = per_replica(py, "block_size", block_size, n, d.block_size)?;
@@ -371,7 +132,6 @@ impl PyRouter {
             n,
             d.max_num_batched_tokens,
         )?;
-        config.seed = seed;
         config.replicas = (0..n)
             .map(|i| ReplicaSpec {
                 num_gpu_blocks: blocks[i],
@@ -379,14 +139,13 @@ impl PyRouter {
                 max_num_batched_tokens: budgets[i],
             })
             .collect();
-        config.beta = beta;
-        if let Some(ob) = prior_input_tokens.filter(|o| !o.is_none()) {
-            config.prior_input_tokens = count_as(py, "ConfigError", "prior_input_tokens", ob, 1)?;
+        if let Some(v) = opt_value(prior_input_tokens) {
+            config.prior_input_tokens = limits::config_count("prior_input_tokens", &v).py(py)?;
         }
-        if let Some(ob) = prior_output_tokens.filter(|o| !o.is_none()) {
-            config.prior_output_tokens = count_as(py, "ConfigError", "prior_output_tokens", ob, 1)?;
+        if let Some(v) = opt_value(prior_output_tokens) {
+            config.prior_output_tokens = limits::config_count("prior_output_tokens", &v).py(py)?;
         }
-        let core = Router::new(config).map_err(|e| router_err(py, e, None))?;
+        let core = Router::new(config).py(py)?;
         Ok(PyRouter { core })
     }
 
@@ -401,7 +160,7 @@ impl PyRouter {
         max_output_tokens: Option<&Bound<'_, PyAny>>,
         predicted_output_tokens: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<usize> {
-        let id = extract_id(py, request_id)?;
+        let id = to_id(request_id).py(py)?;
         let request = RouteRequest {
             prompt_tokens: count(py, "prompt_tokens", prompt_tokens, 1)?,
             max_output_tokens: opt_count(py, "max_output_tokens", max_output_tokens, 1)?,
@@ -412,9 +171,7 @@ impl PyRouter {
                 0,
             )?,
         };
-        self.core
-            .route(id, request)
-            .map_err(|e| router_err(py, e, Some(request_id)))
+        self.core.route(id, request).py(py)
     }
 
     /// `route` for many requests at once (same results as calling it in order); returns an
@@ -429,30 +186,31 @@ impl PyRouter {
         predicted_output_tokens: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyArray1<i64>>> {
         let ids: Vec<Bound<'py, PyAny>> = request_ids.try_iter()?.collect::<PyResult<_>>()?;
-        let column =
-            |field: &str, ob: Option<&Bound<'py, PyAny>>, min: u64| -> PyResult<Option<Vec<u64>>> {
-                let Some(ob) = ob.filter(|o| !o.is_none()) else {
-                    return Ok(None);
-                };
-                let values: Vec<u64> = ob
-                    .try_iter()?
-                    .map(|item| count(py, field, &item?, min))
-                    .collect::<PyResult<_>>()?;
-                if values.len() != ids.len() {
-                    return Err(bad(
-                        py,
-                        "InvalidArgumentError",
-                        field,
-                        ob,
-                        format!(
-                            "{field} has {} entries but request_ids has {}",
-                            values.len(),
-                            ids.len()
-                        ),
-                    ));
-                }
-                Ok(Some(values))
+        let column = |field: &'static str,
+                      ob: Option<&Bound<'py, PyAny>>,
+                      min: u64|
+         -> PyResult<Option<Vec<u64>>> {
+            let Some(ob) = ob.filter(|o| !o.is_none()) else {
+                return Ok(None);
             };
+            let mut values = Vec::with_capacity(ids.len());
+            for (i, item) in ob.try_iter()?.enumerate() {
+                values.push(
+                    limits::count(field, &value(&item?), min)
+                        .map_err(|e| e.at(i))
+                        .py(py)?,
+                );
+            }
+            if values.len() != ids.len() {
+                let message = format!(
+                    "{field} has {} entries but request_ids has {}",
+                    values.len(),
+                    ids.len()
+                );
+                return Err(Error::invalid(field, message)).py(py);
+            }
+            Ok(Some(values))
+        };
         let prompts = column("prompt_tokens", Some(prompt_tokens), 1)?.unwrap_or_default();
         let caps = column("max_output_tokens", max_output_tokens, 1)?;
         let predictions = column("predicted_output_tokens", predicted_output_tokens, 0)?;
@@ -463,29 +221,13 @@ impl PyRouter {
                 max_output_tokens: caps.as_ref().and_then(|c| c.get(i).copied()),
                 predicted_output_tokens: predictions.as_ref().and_then(|p| p.get(i).copied()),
             };
-            requests.push((extract_id(py, ob)?, request));
+            requests.push((to_id(ob).map_err(|e| e.at(i)).py(py)?, request));
         }
-        match self.core.route_many(requests) {
-            Ok(chosen) => Ok(PyArray1::from_vec(
-                py,
-                chosen.into_iter().map(|i| i as i64).collect(),
-            )),
-            Err(e @ RouterError::DuplicateRequest { .. }) => {
-                let RouterError::DuplicateRequest { id } = &e else {
-                    return Err(router_err(py, e, None));
-                };
-                let culprit = ids
-                    .iter()
-                    .find(|ob| {
-                        extract_id(py, ob)
-                            .map(|k| k.to_string() == *id)
-                            .unwrap_or(false)
-                    })
-                    .cloned();
-                Err(router_err(py, e, culprit.as_ref()))
-            }
-            Err(e) => Err(router_err(py, e, None)),
-        }
+        let chosen = self.core.route_many(requests).py(py)?;
+        Ok(PyArray1::from_vec(
+            py,
+            chosen.into_iter().map(|i| i as i64).collect(),
+        ))
     }
 
     /// The request has started (prefill done) and generated `output_tokens` tokens so far
@@ -496,11 +238,9 @@ impl PyRouter {
         request_id: &Bound<'_, PyAny>,
         output_tokens: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let id = extract_id(py, request_id)?;
+        let id = to_id(request_id).py(py)?;
         let out = count(py, "output_tokens", output_tokens, 0)?;
-        self.core
-            .on_progress(&id, out)
-            .map_err(|e| router_err(py, e, Some(request_id)))
+        self.core.on_progress(&id, out).py(py)
     }
 
     /// The request finished with `output_tokens` generated tokens: its load leaves its
@@ -511,20 +251,16 @@ impl PyRouter {
         request_id: &Bound<'_, PyAny>,
         output_tokens: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        let id = extract_id(py, request_id)?;
+        let id = to_id(request_id).py(py)?;
         let out = count(py, "output_tokens", output_tokens, 0)?;
-        self.core
-            .on_finish(&id, out)
-            .map_err(|e| router_err(py, e, Some(request_id)))
+        self.core.on_finish(&id, out).py(py)
     }
 
     /// The request ended early (cancelled, failed): its load leaves its replica; β does not
     /// learn from it.
     fn on_abort(&mut self, py: Python<'_>, request_id: &Bound<'_, PyAny>) -> PyResult<()> {
-        let id = extract_id(py, request_id)?;
-        self.core
-            .on_abort(&id)
-            .map_err(|e| router_err(py, e, Some(request_id)))
+        let id = to_id(request_id).py(py)?;
+        self.core.on_abort(&id).py(py)
     }
 
     /// Overwrite replica `index`'s load with an engine's report; omitted fields keep their
@@ -541,7 +277,7 @@ impl PyRouter {
         remaining_decode_tokens: Option<&Bound<'_, PyAny>>,
         free_blocks: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let i = index_arg(py, index, self.core.num_replicas())?;
+        let i = replica_index(py, index, self.core.num_replicas())?;
         let snapshot = ReplicaSnapshot {
             waiting: opt_count(py, "waiting", waiting, 0)?,
             running: opt_count(py, "running", running, 0)?,
@@ -559,9 +295,7 @@ impl PyRouter {
             )?,
             free_blocks: opt_count(py, "free_blocks", free_blocks, 0)?,
         };
-        self.core
-            .update_replica(i, snapshot)
-            .map_err(|e| router_err(py, e, None))
+        self.core.update_replica(i, snapshot).py(py)
     }
 
     /// Replica `index`'s load as the router sees it (a fresh dict).
@@ -570,8 +304,8 @@ impl PyRouter {
         py: Python<'py>,
         index: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let i = index_arg(py, index, self.core.num_replicas())?;
-        let load = self.core.replica(i).map_err(|e| router_err(py, e, None))?;
+        let i = replica_index(py, index, self.core.num_replicas())?;
+        let load = self.core.replica(i).py(py)?;
         load_dict(py, load)
     }
 
@@ -588,28 +322,22 @@ impl PyRouter {
 
     /// The replica a live request was routed to.
     fn replica_of(&self, py: Python<'_>, request_id: &Bound<'_, PyAny>) -> PyResult<usize> {
-        let id = extract_id(py, request_id)?;
-        self.core
-            .replica_of(&id)
-            .map_err(|e| router_err(py, e, Some(request_id)))
+        let id = to_id(request_id).py(py)?;
+        self.core.replica_of(&id).py(py)
     }
 
     /// Raise `InvariantError` if a replica's counters disagree with its live requests
     /// (replicas that got a snapshot are exempt).
     fn check_invariants(&self, py: Python<'_>) -> PyResult<()> {
-        self.core
-            .check_invariants()
-            .map_err(|e| router_err(py, e, None))
+        self.core.check_invariants().py(py)
     }
 
     fn __len__(&self) -> usize {
         self.core.num_live()
     }
 
-    fn __contains__(&self, py: Python<'_>, request_id: &Bound<'_, PyAny>) -> bool {
-        extract_id(py, request_id)
-            .map(|id| self.core.contains(&id))
-            .unwrap_or(false)
+    fn __contains__(&self, request_id: &Bound<'_, PyAny>) -> bool {
+        to_id(request_id).is_ok_and(|id| self.core.contains(&id))
     }
 
     #[getter]

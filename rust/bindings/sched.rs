@@ -1,13 +1,15 @@
 //! Python bindings of the engine scheduler: `Scheduler`, `StepPlan`, `policy_names`.
 
-use std::sync::Arc;
-
 use numpy::{PyArray1, PyArrayMethods};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{PyDict, PyInt, PyList, PyString, PyTuple};
 
-use super::{id_to_py, py_error, to_pyerr};
-use crate::sched::{BlockId, NewRequest, RequestId, Scheduler, SchedulerConfig, StepPlan};
+use super::config::PySchedulerConfig;
+use super::convert::{count, opt_count, opt_value, request_id as to_id, time};
+use super::error::{id_to_py, IntoPyResult};
+use crate::error::Error;
+use crate::limits;
+use crate::sched::{BlockId, NewRequest, Scheduler, StepPlan};
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyScheduler>()?;
@@ -20,159 +22,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
 #[pyfunction]
 fn policy_names() -> Vec<&'static str> {
     crate::sched::policy_names()
-}
-
-fn invalid_arg(py: Python<'_>, field: &str, message: String) -> PyErr {
-    py_error(
-        py,
-        "InvalidArgumentError",
-        &message,
-        &[(
-            "field",
-            field
-                .into_pyobject(py)
-                .map(|s| s.into_any().unbind())
-                .unwrap_or_else(|_| py.None()),
-        )],
-    )
-}
-
-pub(crate) fn extract_id(py: Python<'_>, ob: &Bound<'_, PyAny>) -> PyResult<RequestId> {
-    if let Ok(s) = ob.cast::<PyString>() {
-        return Ok(RequestId::Str(Arc::from(s.to_str()?)));
-    }
-    if ob.is_instance_of::<PyInt>() && !ob.is_instance_of::<PyBool>() {
-        return ob.extract::<i64>().map(RequestId::Int).map_err(|_| {
-            invalid_arg(
-                py,
-                "request_id",
-                "an int request_id must fit in 64 bits".into(),
-            )
-        });
-    }
-    Err(invalid_arg(
-        py,
-        "request_id",
-        format!(
-            "request_id must be a str or an int, got {}",
-            ob.get_type().name()?
-        ),
-    ))
-}
-
-/// An int argument (Python or numpy int, not bool), as i64.
-fn extract_int(py: Python<'_>, field: &str, ob: &Bound<'_, PyAny>) -> PyResult<i64> {
-    if ob.is_instance_of::<PyBool>() {
-        return Err(invalid_arg(
-            py,
-            field,
-            format!("{field} must be an int, got bool {}", ob.repr()?),
-        ));
-    }
-    if !ob.is_instance_of::<PyInt>() && !ob.hasattr("__index__")? {
-        return Err(invalid_arg(
-            py,
-            field,
-            format!(
-                "{field} must be an int, got {} {}",
-                ob.get_type().name()?,
-                ob.repr()?
-            ),
-        ));
-    }
-    ob.extract::<i64>().map_err(|_| {
-        invalid_arg(
-            py,
-            field,
-            format!(
-                "{field} must be in [0, 2**40], got {}",
-                ob.repr().map(|r| r.to_string()).unwrap_or_default()
-            ),
-        )
-    })
-}
-
-fn extract_count(py: Python<'_>, field: &str, ob: &Bound<'_, PyAny>, min: i64) -> PyResult<u64> {
-    let v = extract_int(py, field, ob)?;
-    if v < min || v > (1 << 40) {
-        return Err(invalid_arg(
-            py,
-            field,
-            format!("{field} must be in [{min}, 2**40], got {v}"),
-        ));
-    }
-    Ok(v as u64)
-}
-
-fn extract_time(
-    py: Python<'_>,
-    field: &str,
-    ob: Option<&Bound<'_, PyAny>>,
-) -> PyResult<Option<f64>> {
-    let Some(ob) = ob.filter(|o| !o.is_none()) else {
-        return Ok(None);
-    };
-    if ob.is_instance_of::<PyBool>() {
-        return Err(invalid_arg(
-            py,
-            field,
-            format!("{field} must be a number, got bool"),
-        ));
-    }
-    ob.extract::<f64>().map(Some).map_err(|_| {
-        invalid_arg(
-            py,
-            field,
-            format!(
-                "{field} must be a number, got {}",
-                ob.get_type()
-                    .name()
-                    .map(|n| n.to_string())
-                    .unwrap_or_default()
-            ),
-        )
-    })
-}
-
-fn config_from_py(py: Python<'_>, config: &Bound<'_, PyAny>) -> PyResult<SchedulerConfig> {
-    let cls = py.import("halffull.config")?.getattr("SchedulerConfig")?;
-    if !config.is_instance(&cls)? {
-        return Err(py_error(
-            py,
-            "ConfigError",
-            &format!(
-                "expected a SchedulerConfig, got {}",
-                config.get_type().name()?
-            ),
-            &[],
-        ));
-    }
-    let get_u = |name: &str| -> PyResult<u64> { config.getattr(name)?.extract::<u64>() };
-    let get_f = |name: &str| -> PyResult<f64> { config.getattr(name)?.extract::<f64>() };
-    let get_s = |name: &str| -> PyResult<String> { config.getattr(name)?.extract::<String>() };
-    let read = || -> PyResult<SchedulerConfig> {
-        Ok(SchedulerConfig {
-            num_gpu_blocks: get_u("num_gpu_blocks")?,
-            block_size: get_u("block_size")?,
-            num_cpu_blocks: get_u("num_cpu_blocks")?,
-            max_num_seqs: get_u("max_num_seqs")?,
-            max_num_batched_tokens: get_u("max_num_batched_tokens")?,
-            policy: get_s("policy")?,
-            preemption_mode: get_s("preemption_mode")?,
-            watermark: get_f("watermark")?,
-            larry_alpha: get_f("larry_alpha")?,
-            larry_load: get_s("larry_load")?,
-            sjf_aging: get_f("sjf_aging")?,
-        })
-    };
-    read().map_err(|e| {
-        py_error(
-            py,
-            "ConfigError",
-            &format!("invalid SchedulerConfig: {e}"),
-            &[],
-        )
-    })
 }
 
 /// The Rust engine scheduler. `Scheduler(config)`; each step call `schedule(now)` for a
@@ -294,8 +143,15 @@ impl PyScheduler {
 impl PyScheduler {
     #[new]
     fn new(py: Python<'_>, config: &Bound<'_, PyAny>) -> PyResult<Self> {
-        let cfg = config_from_py(py, config)?;
-        let core = Scheduler::new(cfg).map_err(|e| to_pyerr(py, e))?;
+        let Ok(cfg) = config.cast::<PySchedulerConfig>() else {
+            let kind = config.get_type().name()?;
+            return Err(Error::config(
+                "config",
+                format!("expected a SchedulerConfig, got {kind}"),
+            ))
+            .py(py);
+        };
+        let core = Scheduler::new(cfg.get().inner.clone()).py(py)?;
         Ok(PyScheduler {
             core,
             config: config.clone().unbind(),
@@ -318,35 +174,25 @@ impl PyScheduler {
         predicted_output_tokens: Option<&Bound<'_, PyAny>>,
         true_output_tokens: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let id = extract_id(py, request_id)?;
         let new = NewRequest {
-            id,
-            prompt_tokens: extract_count(py, "prompt_tokens", prompt_tokens, 1)?,
-            max_output_tokens: extract_count(py, "max_output_tokens", max_output_tokens, 1)?,
-            arrival_time: extract_time(py, "arrival_time", arrival_time)?,
-            priority: match priority.filter(|p| !p.is_none()) {
-                None => 0,
-                Some(p) => extract_int(py, "priority", p).map_err(|_| {
-                    invalid_arg(
-                        py,
-                        "priority",
-                        format!(
-                            "priority must be a 64-bit int, got {}",
-                            p.repr().map(|r| r.to_string()).unwrap_or_default()
-                        ),
-                    )
-                })?,
-            },
-            predicted_output_tokens: match predicted_output_tokens.filter(|p| !p.is_none()) {
-                None => None,
-                Some(p) => Some(extract_count(py, "predicted_output_tokens", p, 0)?),
-            },
-            true_output_tokens: match true_output_tokens.filter(|p| !p.is_none()) {
-                None => None,
-                Some(p) => Some(extract_count(py, "true_output_tokens", p, 1)?),
-            },
+            id: to_id(request_id).py(py)?,
+            prompt_tokens: count(py, "prompt_tokens", prompt_tokens, 1)?,
+            max_output_tokens: count(py, "max_output_tokens", max_output_tokens, 1)?,
+            arrival_time: time(py, "arrival_time", arrival_time)?,
+            priority: opt_value(priority)
+                .map(|v| limits::priority(&v))
+                .transpose()
+                .py(py)?
+                .unwrap_or(0),
+            predicted_output_tokens: opt_count(
+                py,
+                "predicted_output_tokens",
+                predicted_output_tokens,
+                0,
+            )?,
+            true_output_tokens: opt_count(py, "true_output_tokens", true_output_tokens, 1)?,
         };
-        let slot = self.core.add_request(new).map_err(|e| to_pyerr(py, e))? as usize;
+        let slot = self.core.add_request(new).py(py)? as usize;
         if self.ids.len() <= slot {
             self.ids.resize_with(slot + 1, || None);
         }
@@ -356,16 +202,16 @@ impl PyScheduler {
 
     /// End a live request now (waiting, running or swapped); its blocks are freed at once.
     fn abort(&mut self, py: Python<'_>, request_id: &Bound<'_, PyAny>) -> PyResult<()> {
-        let id = extract_id(py, request_id)?;
-        self.core.abort(&id).map_err(|e| to_pyerr(py, e))
+        let id = to_id(request_id).py(py)?;
+        self.core.abort(&id).py(py)
     }
 
     /// Decide this step; `now` (seconds) must not go backwards. Call `update` before the
     /// next `schedule`.
     #[pyo3(signature = (now=None))]
     fn schedule(&mut self, py: Python<'_>, now: Option<&Bound<'_, PyAny>>) -> PyResult<PyStepPlan> {
-        let now = extract_time(py, "now", now)?;
-        let plan = self.core.schedule(now).map_err(|e| to_pyerr(py, e))?;
+        let now = time(py, "now", now)?;
+        let plan = self.core.schedule(now).py(py)?;
         self.build_plan(py, plan)
     }
 
@@ -381,15 +227,14 @@ impl PyScheduler {
         now: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Py<PyList>> {
         let Ok(plan) = plan.cast::<PyStepPlan>() else {
-            return Err(py_error(
-                py,
-                "StalePlanError",
-                &format!(
-                    "update() takes the StepPlan returned by this scheduler's schedule(), got {}",
-                    plan.get_type().name()?
+            let kind = plan.get_type().name()?;
+            return Err(Error::StalePlan {
+                message: format!(
+                    "update() takes the StepPlan returned by this scheduler's schedule(), got {kind}"
                 ),
-                &[],
-            ));
+                pending_step: None,
+            })
+            .py(py);
         };
         let (step, sid) = {
             let p = plan.borrow();
@@ -398,21 +243,18 @@ impl PyScheduler {
         let mut early = Vec::new();
         if let Some(f) = finished.filter(|f| !f.is_none()) {
             if f.is_instance_of::<PyString>() || f.is_instance_of::<PyInt>() {
-                return Err(invalid_arg(
-                    py,
+                return Err(Error::invalid(
                     "finished",
-                    "finished must be a list of request ids, not a single id".into(),
-                ));
+                    "finished must be a list of request ids, not a single id",
+                ))
+                .py(py);
             }
             for item in f.try_iter()? {
-                early.push(extract_id(py, &item?)?);
+                early.push(to_id(&item?).py(py)?);
             }
         }
-        let now = extract_time(py, "now", now)?;
-        let ended = self
-            .core
-            .update(step, sid, &early, now)
-            .map_err(|e| to_pyerr(py, e))?;
+        let now = time(py, "now", now)?;
+        let ended = self.core.update(step, sid, &early, now).py(py)?;
         Ok(PyList::new(
             py,
             ended
@@ -425,7 +267,7 @@ impl PyScheduler {
 
     /// Raise `InvariantError` naming the request or block if the state is inconsistent.
     fn check_invariants(&self, py: Python<'_>) -> PyResult<()> {
-        self.core.check_invariants().map_err(|e| to_pyerr(py, e))
+        self.core.check_invariants().py(py)
     }
 
     /// Status, token counts and blocks of a live request.
@@ -434,8 +276,8 @@ impl PyScheduler {
         py: Python<'py>,
         request_id: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let id = extract_id(py, request_id)?;
-        let r = self.core.get(&id).map_err(|e| to_pyerr(py, e))?;
+        let id = to_id(request_id).py(py)?;
+        let r = self.core.get(&id).py(py)?;
         let d = PyDict::new(py);
         d.set_item("status", r.status.as_str())?;
         d.set_item("num_computed_tokens", r.num_computed_tokens)?;
@@ -494,7 +336,7 @@ impl PyScheduler {
     fn __repr__(&self) -> String {
         format!(
             "Scheduler(policy={:?}, waiting={}, running={}, swapped={}, free_gpu_blocks={}/{})",
-            self.core.config().policy,
+            self.core.config().policy.to_string(),
             self.core.num_waiting(),
             self.core.num_running(),
             self.core.num_swapped(),

@@ -6,15 +6,19 @@ use numpy::{PyArray1, PyReadonlyArray1};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use super::to_pyerr;
+use super::config::{config_from_dict, pairs, PySchedulerConfig};
+use super::convert::value;
+use super::error::IntoPyResult;
+use crate::config::SchedulerConfig;
 use crate::error::Error;
-use crate::sched::SchedulerConfig;
+use crate::limits;
 use crate::sim::{self, CostModel, Linear, Preset, SimConfig, SimOutput, StepShape, TraceView};
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyCostModel>()?;
     m.add_function(wrap_pyfunction!(sim_preset_names, m)?)?;
     m.add_function(wrap_pyfunction!(sim_preset, m)?)?;
+    m.add_function(wrap_pyfunction!(sim_setup, m)?)?;
     m.add_function(wrap_pyfunction!(simulate, m)?)?;
     m.add_function(wrap_pyfunction!(measure_capacity, m)?)?;
     Ok(())
@@ -30,7 +34,7 @@ fn sim_preset_names() -> Vec<&'static str> {
 #[pyfunction]
 #[pyo3(signature = (name, block_size=16))]
 fn sim_preset<'py>(py: Python<'py>, name: &str, block_size: u64) -> PyResult<Bound<'py, PyDict>> {
-    let p = Preset::by_name(name).map_err(|e| to_pyerr(py, e))?;
+    let p = Preset::by_name(name).py(py)?;
     let d = PyDict::new(py);
     d.set_item("name", p.name)?;
     d.set_item("model", p.model.name)?;
@@ -78,7 +82,7 @@ impl PyCostModel {
         eff_memory: Option<f64>,
         host_bw: Option<f64>,
     ) -> PyResult<Self> {
-        let p = Preset::by_name(name).map_err(|e| to_pyerr(py, e))?;
+        let p = Preset::by_name(name).py(py)?;
         let mut r = p.roofline(block_size);
         if let Some(v) = overhead_s {
             r.overhead_s = v;
@@ -93,7 +97,7 @@ impl PyCostModel {
             r.host_bw = v;
         }
         let inner = CostModel::Roofline(r);
-        inner.validate().map_err(|e| to_pyerr(py, e))?;
+        inner.validate().py(py)?;
         Ok(PyCostModel { inner })
     }
 
@@ -115,7 +119,7 @@ impl PyCostModel {
             c3,
             swap_s_per_block,
         });
-        inner.validate().map_err(|e| to_pyerr(py, e))?;
+        inner.validate().py(py)?;
         Ok(PyCostModel { inner })
     }
 
@@ -179,14 +183,11 @@ impl PyCostModel {
         if num_new_tokens.len() != num_computed_tokens.len()
             || num_new_tokens.len() != is_prefill.len()
         {
-            return Err(to_pyerr(
-                py,
-                Error::InvalidArgument {
-                    field: "num_new_tokens",
-                    message: "num_new_tokens, num_computed_tokens and is_prefill differ in length"
-                        .into(),
-                },
-            ));
+            return Err(Error::invalid(
+                "num_new_tokens",
+                "num_new_tokens, num_computed_tokens and is_prefill differ in length",
+            ))
+            .py(py);
         }
         let mut shape = StepShape::default();
         for ((&n, &c), &p) in num_new_tokens
@@ -205,104 +206,47 @@ impl PyCostModel {
     }
 }
 
-fn config_err(py: Python<'_>, field: &'static str, message: String) -> PyErr {
-    to_pyerr(py, Error::Config { field, message })
+/// An engine configuration: a `SchedulerConfig`, or a dict of its fields.
+fn engine_config(py: Python<'_>, engine: &Bound<'_, PyAny>) -> PyResult<SchedulerConfig> {
+    if let Ok(c) = engine.cast::<PySchedulerConfig>() {
+        return Ok(c.get().inner.clone());
+    }
+    match engine.cast::<PyDict>() {
+        Ok(d) => config_from_dict(py, Some(d)),
+        Err(_) => {
+            let kind = engine.get_type().name()?;
+            Err(Error::config(
+                "engine",
+                format!("engine must be a SchedulerConfig or a dict of its fields, got {kind}"),
+            ))
+            .py(py)
+        }
+    }
 }
 
-const ENGINE_KEYS: &[&str] = &[
-    "num_gpu_blocks",
-    "block_size",
-    "num_cpu_blocks",
-    "max_num_seqs",
-    "max_num_batched_tokens",
-    "policy",
-    "preemption_mode",
-    "watermark",
-    "larry_alpha",
-    "larry_load",
-    "sjf_aging",
-];
-
-/// Engine settings from a dict; `num_gpu_blocks` is required, the rest default as in
-/// `SchedulerConfig`.
-fn engine_config(py: Python<'_>, engine: &Bound<'_, PyDict>) -> PyResult<SchedulerConfig> {
-    let get_u64 = |k: &'static str| -> PyResult<Option<u64>> {
-        match engine.get_item(k)? {
-            None => Ok(None),
-            Some(v) => v.extract::<u64>().map(Some).map_err(|_| {
-                config_err(
-                    py,
-                    k,
-                    format!(
-                        "{k} must be an int >= 0, got {}",
-                        v.repr().map(|r| r.to_string()).unwrap_or_default()
-                    ),
-                )
-            }),
-        }
+/// The engine configuration and cost model of a simulation on `preset`, resolving the
+/// preset once: `settings` are `SchedulerConfig` fields (`num_gpu_blocks` defaults to the
+/// preset's, and under swap `num_cpu_blocks` too); `cost` defaults to the preset's roofline.
+#[pyfunction]
+#[pyo3(signature = (preset, cost=None, **settings))]
+fn sim_setup(
+    py: Python<'_>,
+    preset: &str,
+    cost: Option<PyCostModel>,
+    settings: Option<&Bound<'_, PyDict>>,
+) -> PyResult<(PySchedulerConfig, PyCostModel)> {
+    let p = Preset::by_name(preset).py(py)?;
+    let pairs = pairs(settings)?;
+    let engine = p
+        .engine_config(pairs.iter().map(|(k, v)| (k.as_str(), v.clone())))
+        .py(py)?;
+    let cost = match cost {
+        Some(c) => c,
+        None => PyCostModel {
+            inner: CostModel::Roofline(p.roofline(engine.block_size)),
+        },
     };
-    let get_f64 = |k: &'static str| -> PyResult<Option<f64>> {
-        match engine.get_item(k)? {
-            None => Ok(None),
-            Some(v) => v
-                .extract::<f64>()
-                .map(Some)
-                .map_err(|_| config_err(py, k, format!("{k} must be a number"))),
-        }
-    };
-    let get_str = |k: &'static str| -> PyResult<Option<String>> {
-        match engine.get_item(k)? {
-            None => Ok(None),
-            Some(v) => v
-                .extract::<String>()
-                .map(Some)
-                .map_err(|_| config_err(py, k, format!("{k} must be a str"))),
-        }
-    };
-    for key in engine.keys() {
-        let k: String = key.extract()?;
-        if !ENGINE_KEYS.contains(&k.as_str()) {
-            return Err(to_pyerr(
-                py,
-                Error::UnknownName {
-                    field: "engine setting",
-                    name: k,
-                    valid: ENGINE_KEYS.to_vec(),
-                },
-            ));
-        }
-    }
-    let blocks = get_u64("num_gpu_blocks")?
-        .ok_or_else(|| config_err(py, "num_gpu_blocks", "num_gpu_blocks is required".into()))?;
-    let mut c = SchedulerConfig::new(blocks, get_u64("block_size")?.unwrap_or(16));
-    if let Some(v) = get_u64("num_cpu_blocks")? {
-        c.num_cpu_blocks = v;
-    }
-    if let Some(v) = get_u64("max_num_seqs")? {
-        c.max_num_seqs = v;
-    }
-    if let Some(v) = get_u64("max_num_batched_tokens")? {
-        c.max_num_batched_tokens = v;
-    }
-    if let Some(v) = get_str("policy")? {
-        c.policy = v;
-    }
-    if let Some(v) = get_str("preemption_mode")? {
-        c.preemption_mode = v;
-    }
-    if let Some(v) = get_f64("watermark")? {
-        c.watermark = v;
-    }
-    if let Some(v) = get_f64("larry_alpha")? {
-        c.larry_alpha = v;
-    }
-    if let Some(v) = get_str("larry_load")? {
-        c.larry_load = v;
-    }
-    if let Some(v) = get_f64("sjf_aging")? {
-        c.sjf_aging = v;
-    }
-    Ok(c)
+    Ok((PySchedulerConfig { inner: engine }, cost))
 }
 
 struct Columns {
@@ -338,28 +282,17 @@ impl Columns {
 #[allow(clippy::too_many_arguments)]
 fn sim_config(
     py: Python<'_>,
-    replicas: i64,
+    replicas: &Bound<'_, PyAny>,
     router: &str,
     cost: &PyCostModel,
-    engine: &Bound<'_, PyDict>,
+    engine: &Bound<'_, PyAny>,
     seed: u64,
     max_output_tokens: u64,
     snapshot_interval: Option<f64>,
     record_steps: bool,
 ) -> PyResult<SimConfig> {
-    if replicas <= 0 {
-        return Err(config_err(
-            py,
-            "replicas",
-            format!("replicas must be in [1, 65536], got {replicas}"),
-        ));
-    }
-    let mut cfg = SimConfig::new(
-        replicas as usize,
-        router,
-        engine_config(py, engine)?,
-        cost.inner,
-    );
+    let replicas = limits::replicas("replicas", &value(replicas)).py(py)?;
+    let mut cfg = SimConfig::new(replicas, router, engine_config(py, engine)?, cost.inner);
     cfg.seed = seed;
     cfg.max_output_tokens = max_output_tokens;
     cfg.snapshot_interval = snapshot_interval;
@@ -417,10 +350,10 @@ fn simulate<'py>(
     arrival_time: PyReadonlyArray1<'py, f64>,
     prompt_tokens: PyReadonlyArray1<'py, i64>,
     output_tokens: PyReadonlyArray1<'py, i64>,
-    replicas: i64,
+    replicas: &Bound<'py, PyAny>,
     router: &str,
     cost: PyCostModel,
-    engine: &Bound<'py, PyDict>,
+    engine: &Bound<'py, PyAny>,
     seed: u64,
     max_output_tokens: u64,
     snapshot_interval: Option<f64>,
@@ -444,7 +377,7 @@ fn simulate<'py>(
     let mut cols = Columns::new(arrival_time, prompt_tokens, output_tokens);
     cols.predicted = predicted_output_tokens.map(|p| p.as_array().iter().copied().collect());
     let res = py.detach(|| sim::simulate(cols.view(), &cfg));
-    output_dict(py, res.map_err(|e| to_pyerr(py, e))?)
+    output_dict(py, res.py(py)?)
 }
 
 /// One replica's capacity in requests/s at saturation on (a sample of) the trace's mix.
@@ -457,13 +390,14 @@ fn measure_capacity<'py>(
     prompt_tokens: PyReadonlyArray1<'py, i64>,
     output_tokens: PyReadonlyArray1<'py, i64>,
     cost: PyCostModel,
-    engine: &Bound<'py, PyDict>,
+    engine: &Bound<'py, PyAny>,
     max_output_tokens: u64,
     max_requests: usize,
 ) -> PyResult<f64> {
+    let one = 1_i64.into_pyobject(py)?.into_any();
     let cfg = sim_config(
         py,
-        1,
+        &one,
         "round_robin",
         &cost,
         engine,
@@ -474,5 +408,5 @@ fn measure_capacity<'py>(
     )?;
     let cols = Columns::new(arrival_time, prompt_tokens, output_tokens);
     let res = py.detach(|| sim::measure_capacity(cols.view(), &cfg, max_requests));
-    res.map_err(|e| to_pyerr(py, e))
+    res.py(py)
 }

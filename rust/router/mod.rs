@@ -27,7 +27,6 @@
 //! A call that returns an error changes nothing (and draws no random numbers). No decision
 //! depends on a `HashMap`'s order: the map only answers "which replica holds this request".
 
-pub mod error;
 pub mod load;
 pub mod policy;
 pub mod rng;
@@ -36,7 +35,10 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::hash::Hash;
 
-pub use error::{Result, RouterError};
+use crate::error::Value;
+pub use crate::error::{Error, Result};
+use crate::id::RequestId;
+use crate::limits::{self, check_count, Blame};
 pub use load::{ReplicaLoad, ReplicaSnapshot, ReplicaSpec};
 pub use policy::{
     llumnix_freeness, make_policy, policy_names, sal_start_delay, Cluster, Policy, PolicyInfo,
@@ -44,10 +46,25 @@ pub use policy::{
 };
 pub use rng::SplitMix64;
 
-/// Every count (tokens, blocks, requests) must be at most this; larger is a caller's bug.
-pub const MAX_COUNT: u64 = 1 << 40;
-/// At most this many replicas.
-pub use crate::limits::MAX_REPLICAS;
+pub use crate::limits::{MAX_COUNT, MAX_REPLICAS};
+
+/// A request id type the router can key on; errors carry it as a [`RequestId`].
+pub trait RequestKey: Hash + Eq + fmt::Display {
+    fn request_id(&self) -> RequestId;
+}
+
+impl RequestKey for RequestId {
+    fn request_id(&self) -> RequestId {
+        self.clone()
+    }
+}
+
+/// The simulator keys requests by trace row.
+impl RequestKey for u64 {
+    fn request_id(&self) -> RequestId {
+        RequestId::Int(i64::try_from(*self).unwrap_or(i64::MAX))
+    }
+}
 
 /// How to build a [`Router`].
 #[derive(Debug, Clone, PartialEq)]
@@ -83,8 +100,9 @@ impl RouterConfig {
         make_policy(&self.policy, self.seed)?;
         let n = self.replicas.len();
         if n == 0 || n > MAX_REPLICAS {
-            return Err(RouterError::Config {
+            return Err(Error::Config {
                 field: "num_replicas",
+                value: Some(Value::from(n as u64)),
                 message: format!("num_replicas must be in [1, {MAX_REPLICAS}], got {n}"),
             });
         }
@@ -95,8 +113,9 @@ impl RouterConfig {
         }
         if let Some(beta) = self.beta {
             if !(beta.is_finite() && beta > 0.0 && beta <= 1e12) {
-                return Err(RouterError::Config {
+                return Err(Error::Config {
                     field: "beta",
+                    value: Some(Value::Float(beta)),
                     message: format!("beta must be finite and in (0, 1e12], got {beta}"),
                 });
             }
@@ -108,24 +127,7 @@ impl RouterConfig {
 }
 
 fn check_config_count(field: &'static str, value: u64) -> Result<()> {
-    if value == 0 || value > MAX_COUNT {
-        return Err(RouterError::Config {
-            field,
-            message: format!("{field} must be in [1, 2**40], got {value}"),
-        });
-    }
-    Ok(())
-}
-
-fn check_count(field: &'static str, value: u64, minimum: u64) -> Result<u64> {
-    if value < minimum || value > MAX_COUNT {
-        return Err(RouterError::InvalidArgument {
-            field,
-            value,
-            message: format!("{field} must be in [{minimum}, 2**40], got {value}"),
-        });
-    }
-    Ok(value)
+    limits::count_in(Blame::Config, field, &Value::from(value), 1, MAX_COUNT).map(|_| ())
 }
 
 fn check_request(request: &RouteRequest) -> Result<()> {
@@ -160,9 +162,10 @@ impl Live {
     /// `output_tokens` is a cumulative count: it may not shrink or pass the request's cap.
     fn check_output(&self, output_tokens: u64) -> Result<()> {
         if output_tokens < self.output_tokens {
-            return Err(RouterError::InvalidArgument {
+            return Err(Error::InvalidArgument {
                 field: "output_tokens",
-                value: output_tokens,
+                value: Some(Value::from(output_tokens)),
+                index: None,
                 message: format!(
                     "output_tokens is cumulative and went backwards: {output_tokens} < {}",
                     self.output_tokens
@@ -171,9 +174,10 @@ impl Live {
         }
         if let Some(cap) = self.max_output_tokens {
             if output_tokens > cap {
-                return Err(RouterError::InvalidArgument {
+                return Err(Error::InvalidArgument {
                     field: "output_tokens",
-                    value: output_tokens,
+                    value: Some(Value::from(output_tokens)),
+                    index: None,
                     message: format!(
                         "output_tokens {output_tokens} exceeds the request's max_output_tokens {cap}"
                     ),
@@ -199,7 +203,7 @@ pub struct Router<K> {
     sum_output_tokens: u128,
 }
 
-impl<K: Hash + Eq + fmt::Display> Router<K> {
+impl<K: RequestKey> Router<K> {
     pub fn new(config: RouterConfig) -> Result<Self> {
         config.validate()?;
         let policy = make_policy(&config.policy, config.seed)?;
@@ -237,12 +241,10 @@ impl<K: Hash + Eq + fmt::Display> Router<K> {
     }
 
     pub fn replica(&self, index: usize) -> Result<&ReplicaLoad> {
-        self.replicas
-            .get(index)
-            .ok_or(RouterError::ReplicaOutOfRange {
-                index: index as u64,
-                num_replicas: self.replicas.len(),
-            })
+        self.replicas.get(index).ok_or(Error::ReplicaOutOfRange {
+            index: Value::from(index as u64),
+            num_replicas: self.replicas.len(),
+        })
     }
 
     /// Live (routed, not finished or aborted) requests.
@@ -308,8 +310,8 @@ impl<K: Hash + Eq + fmt::Display> Router<K> {
     pub fn route(&mut self, id: K, request: RouteRequest) -> Result<usize> {
         check_request(&request)?;
         if self.live.contains_key(&id) {
-            return Err(RouterError::DuplicateRequest {
-                id: format!("{id}"),
+            return Err(Error::DuplicateRequest {
+                id: id.request_id(),
             });
         }
         Ok(self.dispatch(id, request))
@@ -322,8 +324,8 @@ impl<K: Hash + Eq + fmt::Display> Router<K> {
             for (id, request) in &requests {
                 check_request(request)?;
                 if self.live.contains_key(id) || !seen.insert(id) {
-                    return Err(RouterError::DuplicateRequest {
-                        id: format!("{id}"),
+                    return Err(Error::DuplicateRequest {
+                        id: id.request_id(),
                     });
                 }
             }
@@ -371,7 +373,7 @@ impl<K: Hash + Eq + fmt::Display> Router<K> {
         let live = self.live.get_mut(id).ok_or_else(|| unknown(id))?;
         live.check_output(output_tokens)?;
         let Some(load) = self.replicas.get_mut(live.replica) else {
-            return Err(RouterError::Invariant {
+            return Err(Error::Invariant {
                 message: format!(
                     "request {id} is on replica {} which does not exist",
                     live.replica
@@ -448,8 +450,8 @@ impl<K: Hash + Eq + fmt::Display> Router<K> {
         let load = self
             .replicas
             .get_mut(index)
-            .ok_or(RouterError::ReplicaOutOfRange {
-                index: index as u64,
+            .ok_or(Error::ReplicaOutOfRange {
+                index: Value::from(index as u64),
                 num_replicas,
             })?;
         let fields = [
@@ -466,9 +468,10 @@ impl<K: Hash + Eq + fmt::Display> Router<K> {
         }
         if let Some(free) = snapshot.free_blocks {
             if free > load.num_gpu_blocks {
-                return Err(RouterError::InvalidArgument {
+                return Err(Error::InvalidArgument {
                     field: "free_blocks",
-                    value: free,
+                    value: Some(Value::from(free)),
+                    index: None,
                     message: format!(
                         "free_blocks {free} exceeds replica {index}'s num_gpu_blocks {}",
                         load.num_gpu_blocks
@@ -502,7 +505,7 @@ impl<K: Hash + Eq + fmt::Display> Router<K> {
         let mut sums = vec![ReplicaLoad::new(ReplicaSpec::default()); n];
         for (id, live) in &self.live {
             let Some(sum) = sums.get_mut(live.replica) else {
-                return Err(RouterError::Invariant {
+                return Err(Error::Invariant {
                     message: format!("request {id} is on replica {} of {n}", live.replica),
                 });
             };
@@ -513,7 +516,7 @@ impl<K: Hash + Eq + fmt::Display> Router<K> {
                 sum.waiting += 1;
                 sum.queued_prefill_tokens += live.prompt_tokens;
                 if live.used_blocks != 0 || live.output_tokens != 0 {
-                    return Err(RouterError::Invariant {
+                    return Err(Error::Invariant {
                         message: format!("request {id} has not started but holds blocks or tokens"),
                     });
                 }
@@ -539,7 +542,7 @@ impl<K: Hash + Eq + fmt::Display> Router<K> {
                 sum.used_blocks,
             );
             if got != want {
-                return Err(RouterError::Invariant {
+                return Err(Error::Invariant {
                     message: format!(
                         "replica {i}: (waiting, running, queued_prefill_tokens, \
                          remaining_decode_tokens, used_blocks) = {got:?}, but its live requests sum to {want:?}"
@@ -551,9 +554,9 @@ impl<K: Hash + Eq + fmt::Display> Router<K> {
     }
 }
 
-fn unknown<K: fmt::Display>(id: &K) -> RouterError {
-    RouterError::UnknownRequest {
-        id: format!("{id}"),
+fn unknown<K: RequestKey>(id: &K) -> Error {
+    Error::UnknownRequest {
+        id: id.request_id(),
     }
 }
 
@@ -581,11 +584,17 @@ mod tests {
     #[test]
     fn config_errors() {
         let err = Router::<u64>::new(RouterConfig::new("fastest", 2)).unwrap_err();
-        assert!(matches!(err, RouterError::UnknownPolicy { .. }));
+        assert!(matches!(
+            err,
+            Error::UnknownName {
+                field: "policy",
+                ..
+            }
+        ));
         let err = Router::<u64>::new(RouterConfig::new("sal", 0)).unwrap_err();
         assert!(matches!(
             err,
-            RouterError::Config {
+            Error::Config {
                 field: "num_replicas",
                 ..
             }
@@ -594,13 +603,13 @@ mod tests {
         cfg.beta = Some(f64::NAN);
         assert!(matches!(
             Router::<u64>::new(cfg).unwrap_err(),
-            RouterError::Config { field: "beta", .. }
+            Error::Config { field: "beta", .. }
         ));
         let mut cfg = RouterConfig::new("sal", 2);
         cfg.replicas[1].block_size = 0;
         assert!(matches!(
             Router::<u64>::new(cfg).unwrap_err(),
-            RouterError::Config {
+            Error::Config {
                 field: "block_size",
                 ..
             }
@@ -641,11 +650,11 @@ mod tests {
         r.check_invariants().unwrap();
         assert!(matches!(
             r.on_progress(&1, 3),
-            Err(RouterError::InvalidArgument { .. })
+            Err(Error::InvalidArgument { .. })
         ));
         assert!(matches!(
             r.on_progress(&1, 11),
-            Err(RouterError::InvalidArgument { .. })
+            Err(Error::InvalidArgument { .. })
         ));
         r.on_finish(&1, 6).unwrap();
         assert_eq!(r.replicas()[0], ReplicaLoad::new(r.config().replicas[0]));
@@ -669,11 +678,11 @@ mod tests {
         };
         assert!(matches!(
             r.route(7, req(5)),
-            Err(RouterError::DuplicateRequest { .. })
+            Err(Error::DuplicateRequest { .. })
         ));
         assert!(matches!(
             r.route(8, req(0)),
-            Err(RouterError::InvalidArgument {
+            Err(Error::InvalidArgument {
                 field: "prompt_tokens",
                 ..
             })
@@ -686,24 +695,21 @@ mod tests {
                     ..req(1)
                 }
             ),
-            Err(RouterError::InvalidArgument { .. })
+            Err(Error::InvalidArgument { .. })
         ));
         assert!(matches!(
             r.route(8, req(MAX_COUNT + 1)),
-            Err(RouterError::InvalidArgument { .. })
+            Err(Error::InvalidArgument { .. })
         ));
         assert!(matches!(
             r.on_finish(&8, 1),
-            Err(RouterError::UnknownRequest { .. })
+            Err(Error::UnknownRequest { .. })
         ));
-        assert!(matches!(
-            r.on_abort(&8),
-            Err(RouterError::UnknownRequest { .. })
-        ));
+        assert!(matches!(r.on_abort(&8), Err(Error::UnknownRequest { .. })));
         assert!(matches!(
             r.update_replica(3, ReplicaSnapshot::default()),
-            Err(RouterError::ReplicaOutOfRange {
-                index: 3,
+            Err(Error::ReplicaOutOfRange {
+                index: Value::Int(3),
                 num_replicas: 3
             })
         ));
@@ -714,7 +720,7 @@ mod tests {
         };
         assert!(matches!(
             r.update_replica(0, bad),
-            Err(RouterError::InvalidArgument {
+            Err(Error::InvalidArgument {
                 field: "free_blocks",
                 ..
             })
@@ -722,7 +728,7 @@ mod tests {
         let many = vec![(20, req(1)), (21, req(1)), (20, req(1))];
         assert!(matches!(
             r.route_many(many),
-            Err(RouterError::DuplicateRequest { .. })
+            Err(Error::DuplicateRequest { .. })
         ));
         assert_eq!((r.replicas().to_vec(), r.num_live()), before);
         // The random stream was not advanced by the failed calls.

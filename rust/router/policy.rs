@@ -11,9 +11,9 @@
 use std::cmp::Ordering;
 use std::fmt;
 
-use super::error::{Result, RouterError};
 use super::load::ReplicaLoad;
 use super::rng::SplitMix64;
+use crate::error::{Error, Result};
 
 /// What a policy may look at about the request being routed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +116,8 @@ pub fn make_policy(name: &str, seed: u64) -> Result<Box<dyn Policy>> {
         .iter()
         .find(|p| p.name == name)
         .map(|p| (p.build)(seed))
-        .ok_or_else(|| RouterError::UnknownPolicy {
+        .ok_or_else(|| Error::UnknownName {
+            field: "policy",
             name: name.to_string(),
             valid: policy_names(),
         })
@@ -332,7 +333,7 @@ mod tests {
             assert_eq!((info.build)(0).name(), info.name);
         }
         let err = make_policy("nope", 0).unwrap_err();
-        assert!(matches!(err, RouterError::UnknownPolicy { ref valid, .. } if valid.len() == 7));
+        assert!(matches!(err, Error::UnknownName { ref valid, .. } if valid.len() == 7));
         assert!(err.to_string().contains("least_requests"));
     }
 

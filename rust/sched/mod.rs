@@ -29,142 +29,9 @@ pub use request::{NewRequest, Request, RequestId, Status};
 
 use crate::error::{Error, Result};
 
-pub const PREEMPTION_MODES: &[&str] = &["recompute", "swap"];
-pub const LARRY_LOADS: &[&str] = &["waiting", "outstanding"];
-use crate::limits::{MAX_BLOCKS, MAX_COUNT, MAX_RATE, MAX_TIME};
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct SchedulerConfig {
-    pub num_gpu_blocks: u64,
-    pub block_size: u64,
-    pub num_cpu_blocks: u64,
-    pub max_num_seqs: u64,
-    pub max_num_batched_tokens: u64,
-    pub policy: String,
-    pub preemption_mode: String,
-    pub watermark: f64,
-    pub larry_alpha: f64,
-    pub larry_load: String,
-    pub sjf_aging: f64,
-}
-
-impl SchedulerConfig {
-    pub fn new(num_gpu_blocks: u64, block_size: u64) -> Self {
-        SchedulerConfig {
-            num_gpu_blocks,
-            block_size,
-            num_cpu_blocks: 0,
-            max_num_seqs: 256,
-            max_num_batched_tokens: 8192,
-            policy: "fcfs".into(),
-            preemption_mode: "recompute".into(),
-            watermark: 0.01,
-            larry_alpha: 1000.0,
-            larry_load: "waiting".into(),
-            sjf_aging: 10.0,
-        }
-    }
-
-    pub fn validate(&self) -> Result<()> {
-        let positive = [
-            ("num_gpu_blocks", self.num_gpu_blocks),
-            ("block_size", self.block_size),
-            ("max_num_seqs", self.max_num_seqs),
-            ("max_num_batched_tokens", self.max_num_batched_tokens),
-        ];
-        for (field, v) in positive {
-            if v == 0 || v >= MAX_COUNT {
-                return Err(Error::Config {
-                    field,
-                    message: format!("{field} must be in [1, 2**40), got {v}"),
-                });
-            }
-        }
-        for (field, v) in [
-            ("num_gpu_blocks", self.num_gpu_blocks),
-            ("num_cpu_blocks", self.num_cpu_blocks),
-        ] {
-            if v > MAX_BLOCKS {
-                return Err(Error::Config {
-                    field,
-                    message: format!("{field} must be < 2**32 - 1, got {v}"),
-                });
-            }
-        }
-        if self.num_gpu_blocks.saturating_mul(self.block_size) >= MAX_COUNT {
-            return Err(Error::Config {
-                field: "num_gpu_blocks",
-                message: "num_gpu_blocks * block_size must be < 2**40 tokens".into(),
-            });
-        }
-        if !(self.watermark.is_finite() && (0.0..1.0).contains(&self.watermark)) {
-            return Err(Error::Config {
-                field: "watermark",
-                message: format!(
-                    "watermark must be finite and in [0.0, 1.0), got {}",
-                    self.watermark
-                ),
-            });
-        }
-        for (field, v) in [
-            ("larry_alpha", self.larry_alpha),
-            ("sjf_aging", self.sjf_aging),
-        ] {
-            if !(v.is_finite() && (0.0..=MAX_RATE).contains(&v)) {
-                return Err(Error::Config {
-                    field,
-                    message: format!("{field} must be finite and in [0.0, 1e9], got {v}"),
-                });
-            }
-        }
-        if !policy_names().contains(&self.policy.as_str()) {
-            return Err(Error::UnknownName {
-                field: "policy",
-                name: self.policy.clone(),
-                valid: policy_names(),
-            });
-        }
-        if !PREEMPTION_MODES.contains(&self.preemption_mode.as_str()) {
-            return Err(Error::UnknownName {
-                field: "preemption_mode",
-                name: self.preemption_mode.clone(),
-                valid: PREEMPTION_MODES.to_vec(),
-            });
-        }
-        if !LARRY_LOADS.contains(&self.larry_load.as_str()) {
-            return Err(Error::UnknownName {
-                field: "larry_load",
-                name: self.larry_load.clone(),
-                valid: LARRY_LOADS.to_vec(),
-            });
-        }
-        Ok(())
-    }
-
-    /// GPU blocks kept free when admitting: `floor(watermark * num_gpu_blocks)`.
-    pub fn watermark_blocks(&self) -> u64 {
-        (self.watermark * self.num_gpu_blocks as f64) as u64
-    }
-
-    pub fn capacity_tokens(&self) -> u64 {
-        self.num_gpu_blocks * self.block_size
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PreemptMode {
-    Recompute,
-    Swap,
-}
-
-impl PreemptMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PreemptMode::Recompute => "recompute",
-            PreemptMode::Swap => "swap",
-        }
-    }
-}
+pub use crate::config::{LarryLoad, PolicyKind, PreemptMode, SchedulerConfig};
+use crate::limits::check_count;
+pub use crate::limits::check_time;
 
 /// One scheduled request of a step.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -238,38 +105,10 @@ pub struct Scheduler {
     victims_scratch: Vec<u32>,
 }
 
-fn invalid(field: &'static str, message: String) -> Error {
-    Error::InvalidArgument { field, message }
-}
-
-fn check_count(field: &'static str, v: u64, min: u64) -> Result<u64> {
-    if v < min || v > MAX_COUNT {
-        return Err(invalid(
-            field,
-            format!("{field} must be in [{min}, 2**40], got {v}"),
-        ));
-    }
-    Ok(v)
-}
-
-pub fn check_time(field: &'static str, t: f64) -> Result<f64> {
-    if !t.is_finite() || !(0.0..=MAX_TIME).contains(&t) {
-        return Err(invalid(
-            field,
-            format!("{field} must be finite and in [0, 1e12] seconds, got {t}"),
-        ));
-    }
-    Ok(t)
-}
-
 impl Scheduler {
     pub fn new(cfg: SchedulerConfig) -> Result<Self> {
         cfg.validate()?;
-        let policy = policy::make_policy(&cfg).ok_or_else(|| Error::UnknownName {
-            field: "policy",
-            name: cfg.policy.clone(),
-            valid: policy_names(),
-        })?;
+        let policy = policy::make_policy(&cfg);
         Ok(Scheduler {
             gpu: BlockPool::new(cfg.num_gpu_blocks as u32),
             cpu: BlockPool::new(cfg.num_cpu_blocks as u32),
@@ -609,7 +448,7 @@ impl Scheduler {
                 && budget > 0
             {
                 let mut load = self.policy.len() as u64;
-                if self.cfg.larry_load == "outstanding" {
+                if self.cfg.larry_load == LarryLoad::Outstanding {
                     load += (self.running.len() + self.swapped.len()) as u64;
                 }
                 let Some(slot) = self.policy.peek(load) else {
@@ -951,7 +790,7 @@ impl Scheduler {
     fn preempt(&mut self, slot: u32, plan: &mut StepPlan) -> Result<PreemptMode> {
         self.running.retain(|&s| s != slot);
         self.num_preemptions += 1;
-        let swap = self.cfg.preemption_mode == "swap";
+        let swap = self.cfg.preemption_mode == PreemptMode::Swap;
         let r = self
             .slab
             .get_mut(slot as usize)

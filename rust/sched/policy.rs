@@ -2,14 +2,15 @@
 //! (DESIGN §5). Each policy owns its waiting queue; every order is kept in an O(log n)
 //! structure (a B-tree, or for LARRY a kinetic tournament), never re-sorted per step.
 //!
-//! To add a policy: implement [`Policy`] below and add one line to [`REGISTRY`].
+//! To add a policy: implement [`Policy`] below, give it a [`PolicyKind`] variant and name
+//! (`rust/config.rs`) and an arm in [`make_policy`].
 
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap};
 
 use super::kinetic::{KineticTournament, Line};
 use super::request::Request;
-use super::SchedulerConfig;
+use crate::config::{Named, PolicyKind, SchedulerConfig};
 
 /// What a policy needs to see of the live requests: the slab, indexed by slot.
 pub type Slab = [Option<Request>];
@@ -41,52 +42,38 @@ pub trait Policy: Send + Sync {
     }
 }
 
-type Constructor = fn(&SchedulerConfig) -> Box<dyn Policy>;
+/// The names of every policy, in registry order.
+pub fn policy_names() -> Vec<&'static str> {
+    PolicyKind::names()
+}
 
-/// Every policy, by name.
-pub const REGISTRY: &[(&str, Constructor)] = &[
-    ("fcfs", |_| {
-        Box::new(Ordered::new("fcfs", fcfs_key, None, true))
-    }),
-    ("priority", |_| {
-        Box::new(Ordered::new(
+/// The policy `cfg.policy` names, with its parameters from `cfg`.
+pub fn make_policy(cfg: &SchedulerConfig) -> Box<dyn Policy> {
+    match cfg.policy {
+        PolicyKind::Fcfs => Box::new(Ordered::new("fcfs", fcfs_key, None, true)),
+        PolicyKind::Priority => Box::new(Ordered::new(
             "priority",
             priority_key,
             Some(priority_victim),
             true,
-        ))
-    }),
-    ("no_preempt", |_| {
-        Box::new(Ordered::new("no_preempt", fcfs_key, None, false))
-    }),
-    ("sjf", |cfg| {
-        let aging = cfg.sjf_aging;
-        Box::new(Ordered::new_with(
-            "sjf",
-            move |r| sjf_key(r, aging),
-            Some(sjf_victim),
-        ))
-    }),
-    ("oracle_srpt", |_| {
-        Box::new(Ordered::new(
+        )),
+        PolicyKind::NoPreempt => Box::new(Ordered::new("no_preempt", fcfs_key, None, false)),
+        PolicyKind::Sjf => {
+            let aging = cfg.sjf_aging;
+            Box::new(Ordered::new_with(
+                "sjf",
+                move |r| sjf_key(r, aging),
+                Some(sjf_victim),
+            ))
+        }
+        PolicyKind::OracleSrpt => Box::new(Ordered::new(
             "oracle_srpt",
             srpt_key,
             Some(srpt_victim),
             true,
-        ))
-    }),
-    ("larry", |cfg| Box::new(Larry::new(cfg.larry_alpha))),
-];
-
-pub fn policy_names() -> Vec<&'static str> {
-    REGISTRY.iter().map(|(name, _)| *name).collect()
-}
-
-pub fn make_policy(cfg: &SchedulerConfig) -> Option<Box<dyn Policy>> {
-    REGISTRY
-        .iter()
-        .find(|(name, _)| *name == cfg.policy)
-        .map(|(_, make)| make(cfg))
+        )),
+        PolicyKind::Larry => Box::new(Larry::new(cfg.larry_alpha)),
+    }
 }
 
 // ------------------------------------------------------------------ keys

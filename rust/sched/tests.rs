@@ -1,6 +1,7 @@
 //! Unit tests of the scheduler core (the cross-check against the Python reference lives in
 //! tests/test_parity.py).
 use super::*;
+use crate::config::Named;
 
 fn cfg(policy: &str, blocks: u64) -> SchedulerConfig {
     SchedulerConfig {
@@ -8,7 +9,7 @@ fn cfg(policy: &str, blocks: u64) -> SchedulerConfig {
         max_num_seqs: 4,
         max_num_batched_tokens: 64,
         watermark: 0.0,
-        policy: policy.into(),
+        policy: PolicyKind::parse(policy).unwrap(),
         ..SchedulerConfig::new(blocks, 4)
     }
 }
@@ -35,9 +36,9 @@ fn drain(s: &mut Scheduler, max_steps: usize) -> Vec<RequestId> {
 #[test]
 fn every_policy_drains_a_workload() {
     for name in policy_names() {
-        for mode in PREEMPTION_MODES {
+        for &(mode, _) in PreemptMode::REGISTRY {
             let mut c = cfg(name, 12);
-            c.preemption_mode = (*mode).into();
+            c.preemption_mode = mode;
             let mut s = Scheduler::new(c).unwrap();
             for i in 0..10 {
                 s.add_request(
@@ -112,9 +113,7 @@ fn errors_leave_state_unchanged() {
 
 #[test]
 fn config_errors_name_valid_values() {
-    let mut c = cfg("fcfs", 4);
-    c.policy = "lary".into();
-    match Scheduler::new(c) {
+    match PolicyKind::parse("lary") {
         Err(Error::UnknownName { valid, .. }) => assert!(valid.contains(&"larry")),
         _ => panic!("expected UnknownName"),
     }

@@ -298,6 +298,7 @@ fn check_nonneg(field: &'static str, v: f64) -> Result<()> {
     if !(v.is_finite() && v >= 0.0) {
         return Err(Error::Config {
             field,
+            value: None,
             message: format!("{field} must be finite and >= 0, got {v}"),
         });
     }
@@ -308,6 +309,7 @@ fn check_positive(field: &'static str, v: f64) -> Result<()> {
     if !(v.is_finite() && v > 0.0) {
         return Err(Error::Config {
             field,
+            value: None,
             message: format!("{field} must be finite and > 0, got {v}"),
         });
     }
@@ -333,12 +335,14 @@ impl CostModel {
                 if r.eff_compute > 1.0 || r.eff_memory > 1.0 {
                     return Err(Error::Config {
                         field: "eff_compute",
+                        value: None,
                         message: "eff_compute and eff_memory must be in (0, 1]".into(),
                     });
                 }
                 if r.overhead_s + r.weight_bytes <= 0.0 {
                     return Err(Error::Config {
                         field: "overhead_s",
+                        value: None,
                         message: "a step must cost something: overhead_s or weight_bytes > 0"
                             .into(),
                     });
@@ -376,6 +380,33 @@ impl CostModel {
                     + l.swap_s_per_block * s.swap_blocks as f64
             }
         }
+    }
+}
+
+impl Preset {
+    /// An engine configuration on this preset's hardware: the `settings` given (checked as
+    /// `SchedulerConfig`'s), and where not given, the preset's GPU blocks (and, under swap,
+    /// its CPU blocks) for the configured block size. The preset is resolved once per
+    /// simulation, here.
+    pub fn engine_config<'a>(
+        &self,
+        settings: impl IntoIterator<Item = (&'a str, crate::error::Value)>,
+    ) -> Result<crate::config::SchedulerConfig> {
+        use crate::config::{PreemptMode, SchedulerConfig, DEFAULT_BLOCK_SIZE};
+        let settings: Vec<_> = settings.into_iter().collect();
+        let given = |field: &str| settings.iter().any(|(k, _)| *k == field);
+        let mut cfg = SchedulerConfig::new(1, DEFAULT_BLOCK_SIZE);
+        for (field, value) in &settings {
+            cfg.set(field, value)?;
+        }
+        if !given("num_gpu_blocks") {
+            cfg.num_gpu_blocks = self.num_gpu_blocks(cfg.block_size);
+        }
+        if !given("num_cpu_blocks") && cfg.preemption_mode == PreemptMode::Swap {
+            cfg.num_cpu_blocks = self.num_cpu_blocks(cfg.block_size);
+        }
+        cfg.validate()?;
+        Ok(cfg)
     }
 }
 

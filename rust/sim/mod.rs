@@ -27,10 +27,9 @@ use std::collections::BinaryHeap;
 
 pub use cost::{preset_names, CostModel, Linear, Preset, Roofline, StepShape};
 
-use crate::error::{Error, Result};
-use crate::router::{
-    ReplicaSnapshot, ReplicaSpec, RouteRequest, Router, RouterConfig, RouterError,
-};
+use crate::error::{Error, Result, Value};
+use crate::limits::{self, Blame, MAX_COUNT, MAX_REPLICAS};
+use crate::router::{ReplicaSnapshot, ReplicaSpec, RouteRequest, Router, RouterConfig};
 use crate::sched::{blocks_for, NewRequest, RequestId, Scheduler, SchedulerConfig, StepPlan, F64};
 
 /// Outcome of a trace row.
@@ -81,27 +80,37 @@ impl SimConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.num_replicas == 0 || self.num_replicas > 1 << 16 {
+        if self.num_replicas == 0 || self.num_replicas > MAX_REPLICAS {
             return Err(Error::Config {
                 field: "replicas",
-                message: format!("replicas must be in [1, 65536], got {}", self.num_replicas),
+                value: Some(Value::from(self.num_replicas as u64)),
+                message: format!(
+                    "replicas must be in [1, {MAX_REPLICAS}], got {}",
+                    self.num_replicas
+                ),
+            });
+        }
+        if !crate::router::policy_names().contains(&self.router.as_str()) {
+            return Err(Error::UnknownName {
+                field: "router",
+                name: self.router.clone(),
+                valid: crate::router::policy_names(),
             });
         }
         self.engine.validate()?;
         self.cost.validate()?;
-        if self.max_output_tokens == 0 || self.max_output_tokens > 1 << 40 {
-            return Err(Error::Config {
-                field: "max_output_tokens",
-                message: format!(
-                    "max_output_tokens must be in [1, 2**40], got {}",
-                    self.max_output_tokens
-                ),
-            });
-        }
+        limits::count_in(
+            Blame::Config,
+            "max_output_tokens",
+            &Value::from(self.max_output_tokens),
+            1,
+            MAX_COUNT,
+        )?;
         if let Some(dt) = self.snapshot_interval {
             if !(dt.is_finite() && dt > 0.0) {
                 return Err(Error::Config {
                     field: "snapshot_interval",
+                    value: Some(Value::Float(dt)),
                     message: format!("snapshot_interval must be finite and > 0, got {dt}"),
                 });
             }
@@ -144,6 +153,8 @@ impl TraceView<'_> {
         {
             return Err(Error::InvalidArgument {
                 field: "trace",
+                value: None,
+                index: None,
                 message: format!(
                     "trace columns differ in length: arrival_time {n}, prompt_tokens {}, output_tokens {}",
                     self.prompt_tokens.len(),
@@ -156,6 +167,8 @@ impl TraceView<'_> {
             if !(t.is_finite() && (0.0..=1e12).contains(&t)) || t < last {
                 return Err(Error::InvalidArgument {
                     field: "arrival_time",
+                    value: None,
+                    index: None,
                     message: format!(
                         "arrival_time[{i}] = {t}: arrivals must be finite, in [0, 1e12] s and sorted"
                     ),
@@ -170,6 +183,8 @@ impl TraceView<'_> {
             if let Some(i) = col.iter().position(|&v| !(1..=1 << 40).contains(&v)) {
                 return Err(Error::InvalidArgument {
                     field,
+                    value: None,
+                    index: None,
                     message: format!("{field}[{i}] = {} must be in [1, 2**40]", col[i]),
                 });
             }
@@ -208,23 +223,6 @@ pub struct SimOutput {
     pub end_time: f64,
 }
 
-fn router_error(e: RouterError) -> Error {
-    match e {
-        RouterError::UnknownPolicy { name, valid } => Error::UnknownName {
-            field: "router",
-            name,
-            valid,
-        },
-        RouterError::Config { field, message } => Error::Config { field, message },
-        RouterError::InvalidArgument { field, message, .. } => {
-            Error::InvalidArgument { field, message }
-        }
-        other => Error::Invariant {
-            message: format!("router: {other}"),
-        },
-    }
-}
-
 struct Replica {
     sched: Scheduler,
     plan: Option<StepPlan>,
@@ -248,7 +246,7 @@ type Event = Reverse<(F64, Kind, u64, usize)>;
 pub fn simulate(trace: TraceView<'_>, config: &SimConfig) -> Result<SimOutput> {
     config.validate()?;
     trace.validate()?;
-    let mut router: Router<u64> = Router::new(config.router_config()).map_err(router_error)?;
+    let mut router: Router<u64> = Router::new(config.router_config())?;
     let mut replicas = Vec::with_capacity(config.num_replicas);
     for _ in 0..config.num_replicas {
         replicas.push(Replica {
@@ -322,7 +320,7 @@ pub fn simulate(trace: TraceView<'_>, config: &SimConfig) -> Result<SimOutput> {
                 max_output_tokens: Some(max_out),
                 predicted_output_tokens: predicted,
             };
-            let r = router.route(i as u64, rr).map_err(router_error)?;
+            let r = router.route(i as u64, rr)?;
             let replica = replicas.get_mut(r).ok_or_else(|| Error::Invariant {
                 message: format!("router chose replica {r} of {}", config.num_replicas),
             })?;
@@ -346,7 +344,7 @@ pub fn simulate(trace: TraceView<'_>, config: &SimConfig) -> Result<SimOutput> {
                     }
                 }
                 Err(Error::RequestTooLarge { message, .. }) => {
-                    router.on_abort(&(i as u64)).map_err(router_error)?;
+                    router.on_abort(&(i as u64))?;
                     out.reject_reason[i] = format!("request_too_large: {message}");
                     num_done += 1;
                 }
@@ -370,7 +368,7 @@ pub fn simulate(trace: TraceView<'_>, config: &SimConfig) -> Result<SimOutput> {
                         remaining_decode_tokens: None,
                         free_blocks: Some(s.num_free_gpu_blocks() as u64),
                     };
-                    router.update_replica(idx, snap).map_err(router_error)?;
+                    router.update_replica(idx, snap)?;
                 }
                 if let Some(dt) = config.snapshot_interval {
                     if next_arrival < n {
@@ -473,13 +471,13 @@ pub fn simulate(trace: TraceView<'_>, config: &SimConfig) -> Result<SimOutput> {
                         if count < req.max_output_tokens {
                             finished_ids.push(req.id.clone());
                         }
-                        router.on_finish(&id, count).map_err(router_error)?;
+                        router.on_finish(&id, count)?;
                     } else if count == 1
                         || blocks_for(req.prompt_tokens + count, bs)
                             != blocks_for(req.prompt_tokens + count - 1, bs)
                     {
                         // The router's view moves at the first token and at block boundaries.
-                        router.on_progress(&id, count).map_err(router_error)?;
+                        router.on_progress(&id, count)?;
                     }
                 }
                 rep.sched
@@ -520,6 +518,8 @@ pub fn measure_capacity(
     if n == 0 {
         return Err(Error::InvalidArgument {
             field: "trace",
+            value: None,
+            index: None,
             message: "cannot measure capacity on an empty trace".into(),
         });
     }
@@ -531,7 +531,7 @@ pub fn measure_capacity(
     let mut cfg = config.clone();
     cfg.num_replicas = 1;
     cfg.router = "round_robin".into();
-    cfg.engine.policy = "fcfs".into();
+    cfg.engine.policy = crate::sched::PolicyKind::Fcfs;
     cfg.snapshot_interval = None;
     cfg.record_steps = false;
     let res = simulate(
@@ -552,6 +552,8 @@ pub fn measure_capacity(
     if done.is_empty() {
         return Err(Error::InvalidArgument {
             field: "trace",
+            value: None,
+            index: None,
             message: "no request of the trace fits a replica: capacity is zero".into(),
         });
     }

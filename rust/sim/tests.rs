@@ -1,8 +1,10 @@
 use super::*;
+use crate::config::Named;
+use crate::sched::PolicyKind;
 
 fn config(replicas: usize, router: &str, policy: &str, blocks: u64) -> SimConfig {
     let mut eng = SchedulerConfig::new(blocks, 16);
-    eng.policy = policy.into();
+    eng.policy = PolicyKind::parse(policy).unwrap();
     let cost = CostModel::Roofline(Preset::by_name("llama-3-8b/h100").unwrap().roofline(16));
     SimConfig::new(replicas, router, eng, cost)
 }
@@ -120,7 +122,7 @@ fn bad_config_is_an_error() {
         })
     ));
     assert!(matches!(
-        simulate(tr.view(), &config(1, "sal", "nope", 64)),
+        PolicyKind::parse("nope"),
         Err(Error::UnknownName {
             field: "policy",
             ..

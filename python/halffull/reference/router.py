@@ -51,11 +51,10 @@ from ..errors import (
     InvariantError,
     UnknownRequestError,
 )
+from ..limits import MAX_COUNT, MAX_REPLICAS
 
 RequestId = Union[str, int]
 
-MAX_COUNT = 2**40
-MAX_REPLICAS = 2**16
 _MASK64 = 2**64 - 1
 
 ROUTERS = ("round_robin", "random", "power_of_two", "least_requests", "least_tokens", "llumnix", "sal")

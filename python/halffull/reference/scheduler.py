@@ -50,14 +50,14 @@ from ..errors import (
     StalePlanError,
     UnknownRequestError,
 )
+from ..limits import MAX_COUNT as _MAX_INT   # counts above this are certainly a caller's bug
+from ..limits import MAX_TIME as _MAX_TIME   # seconds; keeps every key exact in float64
 from .policies import make_policy
 
 RequestId = Union[str, int]
 
 WAITING, RUNNING, SWAPPED, FINISHED, ABORTED = "waiting", "running", "swapped", "finished", "aborted"
 
-_MAX_INT = 2**40          # counts above this are certainly a caller's bug
-_MAX_TIME = 1e12          # seconds; keeps every key exact in float64
 _scheduler_ids = count(1)
 
 

@@ -1,0 +1,112 @@
+//! Python objects to core values, shared by every binding. Nothing here judges a value: a
+//! number becomes a [`Value`] for the core to check against [`crate::limits`] (`count`,
+//! `time` call those checks); only a request id, which the core takes typed, is refused here
+//! when it is neither a str nor an int.
+
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyFloat, PyInt, PyString};
+
+use super::error::IntoPyResult;
+use crate::error::{Error, Result, Value};
+use crate::id::RequestId;
+use crate::limits;
+
+fn repr(ob: &Bound<'_, PyAny>) -> String {
+    ob.repr().map(|r| r.to_string()).unwrap_or_default()
+}
+
+/// A Python object as a core [`Value`]: bool, int (Python or numpy, by `__index__`), float
+/// (anything with `__float__`), str, or anything else by its repr.
+pub(crate) fn value(ob: &Bound<'_, PyAny>) -> Value {
+    if ob.is_exact_instance_of::<PyInt>() {
+        if let Ok(n) = ob.extract::<i64>() {
+            return Value::Int(n.into()); // the common case, first
+        }
+    }
+    if ob.is_instance_of::<PyBool>() {
+        return Value::Bool(ob.is_truthy().unwrap_or(false));
+    }
+    if ob.is_instance_of::<PyInt>()
+        || (!ob.is_instance_of::<PyFloat>() && ob.hasattr("__index__").unwrap_or(false))
+    {
+        return ob
+            .extract::<i128>()
+            .map_or_else(|_| Value::Other(repr(ob)), Value::Int);
+    }
+    if let Ok(s) = ob.cast::<PyString>() {
+        return Value::Str(s.to_string());
+    }
+    if let Ok(x) = ob.extract::<f64>() {
+        return Value::Float(x);
+    }
+    Value::Other(repr(ob))
+}
+
+/// `None` for a missing or `None` argument, else its [`value`].
+pub(crate) fn opt_value(ob: Option<&Bound<'_, PyAny>>) -> Option<Value> {
+    ob.filter(|o| !o.is_none()).map(value)
+}
+
+/// A request id: a str, or an int (not a bool) that fits in 64 bits.
+pub(crate) fn request_id(ob: &Bound<'_, PyAny>) -> Result<RequestId> {
+    let bad = |message: String| Error::InvalidArgument {
+        field: "request_id",
+        value: Some(value(ob)),
+        index: None,
+        message,
+    };
+    if let Ok(s) = ob.cast::<PyString>() {
+        return Ok(RequestId::Str(Arc::from(s.to_string())));
+    }
+    if ob.is_instance_of::<PyInt>() && !ob.is_instance_of::<PyBool>() {
+        return ob
+            .extract::<i64>()
+            .map(RequestId::Int)
+            .map_err(|_| bad("an int request_id must fit in 64 bits".into()));
+    }
+    let kind = ob
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_default();
+    Err(bad(format!(
+        "request_id must be a str or an int, got {kind}"
+    )))
+}
+
+/// A count argument (an int in `[min, 2**40]`), checked by the core.
+pub(crate) fn count(
+    py: Python<'_>,
+    field: &'static str,
+    ob: &Bound<'_, PyAny>,
+    min: u64,
+) -> PyResult<u64> {
+    limits::count(field, &value(ob), min).py(py)
+}
+
+/// An optional count argument (`None` stays `None`).
+pub(crate) fn opt_count(
+    py: Python<'_>,
+    field: &'static str,
+    ob: Option<&Bound<'_, PyAny>>,
+    min: u64,
+) -> PyResult<Option<u64>> {
+    opt_value(ob)
+        .map(|v| limits::count(field, &v, min))
+        .transpose()
+        .py(py)
+}
+
+/// An optional time argument in seconds, checked by the core.
+pub(crate) fn time(
+    py: Python<'_>,
+    field: &'static str,
+    ob: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Option<f64>> {
+    opt_value(ob)
+        .map(|v| limits::time(field, &v))
+        .transpose()
+        .py(py)
+}
