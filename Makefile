@@ -18,14 +18,16 @@ test-ci: ## As CI: thorough Hypothesis profile (>= 1,000 examples per policy)
 	HYPOTHESIS_PROFILE=ci $(PY) -m pytest
 
 .PHONY: test-rust
-test-rust: ## Rust unit tests (no Python needed)
+test-rust: ## Rust unit tests in a debug build (debug_asserts on; no Python needed)
 	cargo test --lib
 
 .PHONY: lint
-lint: ## cargo fmt --check, clippy, the stub check
+lint: ## cargo fmt --check, clippy, ruff, mypy, the stub check
 	cargo fmt --all -- --check
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --features python -- -D warnings
+	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m mypy.stubtest halffull._core
 
 .PHONY: format

@@ -40,7 +40,7 @@ def _workload(n: int, vocab: int, seed: int = 0):
 
 def _serve(eng: Engine, prompts, outputs) -> list[list[int]]:
     eng.reset_timings()
-    ids = [eng.add_request(p, max_output_tokens=o) for p, o in zip(prompts, outputs)]
+    ids = [eng.add_request(p, max_output_tokens=o) for p, o in zip(prompts, outputs, strict=True)]
     for _ in eng.run():
         pass
     return [eng.pop_result(i).output_token_ids for i in ids]

@@ -62,7 +62,7 @@ def test_fit_recovers_the_simulators_linear_model():
     steps = random_steps(rng, 400)
     rows = []
     for batch in steps:
-        n, c, p = zip(*batch)
+        n, c, p = zip(*batch, strict=True)
         t = cost.step_time(list(n), list(c), list(p), 0)
         rows.append({**engine_features(batch), "step_s": t * (1 + rng.normal(0, 1e-4))})
     fit = fit_linear_cost_model(rows)
@@ -71,7 +71,7 @@ def test_fit_recovers_the_simulators_linear_model():
     assert fit_quality(fit, rows)["r2"] > 0.9999
     # the fit predicts what the simulator's cost model says for the same batches
     pred = predict_step_time(fit, rows)
-    exact = [cost.step_time(*map(list, zip(*b)), 0) for b in steps]
+    exact = [cost.step_time(*map(list, zip(*b, strict=True)), 0) for b in steps]
     assert np.allclose(pred, exact, rtol=1e-3)
 
 
@@ -96,7 +96,7 @@ def test_engine_batch_features_mean_what_the_simulator_means():
         b = build_batch(plan, tokens, tables, bs, torch.device("cpu"))
         rec = {"prefill_tokens": [b.prefill_tokens], "decode_seqs": [b.decode_seqs], "kv_tokens": [b.kv_tokens]}
         assert {k: v[0] for k, v in rec.items()} == engine_features(batch)
-        sim_price = cost.step_time(*map(list, zip(*batch)), 0)
+        sim_price = cost.step_time(*map(list, zip(*batch, strict=True)), 0)
         assert predict_step_time(TRUE, rec)[0] == pytest.approx(sim_price, rel=1e-12)
 
 
@@ -110,14 +110,14 @@ def _sim(trace, coef, sched, **kw):
 def test_simulator_with_a_linear_model_matches_a_hand_computation():
     c0, c1, c2, c3 = TRUE.values()
     sched = SchedulerConfig(num_gpu_blocks=64, block_size=16, max_num_seqs=8, max_num_batched_tokens=256)
-    # One request: a prefill of P tokens, then O - 1 decodes with P + j tokens of KV each.
-    P, O = 40, 6
-    res = _sim(Trace(arrival_time=[0.0], prompt_tokens=[P], output_tokens=[O]), TRUE, sched)
+    # One request of N output tokens: a prefill of P tokens, then N - 1 decodes with P + j tokens of KV each.
+    P, N = 40, 6
+    res = _sim(Trace(arrival_time=[0.0], prompt_tokens=[P], output_tokens=[N]), TRUE, sched)
     ttft = c0 + (c1 + c3) * P
-    decodes = sum(c0 + c2 + c3 * (P + j) for j in range(1, O))
+    decodes = sum(c0 + c2 + c3 * (P + j) for j in range(1, N))
     assert res.requests["ttft"][0] == pytest.approx(ttft, rel=1e-12)
     assert res.requests["e2e"][0] == pytest.approx(ttft + decodes, rel=1e-12)
-    assert res.requests["tpot"][0] == pytest.approx(decodes / (O - 1), rel=1e-12)
+    assert res.requests["tpot"][0] == pytest.approx(decodes / (N - 1), rel=1e-12)
     # Two requests at once: one step prefills both, then both decode together until the
     # shorter one ends.
     res = _sim(Trace(arrival_time=[0.0, 0.0], prompt_tokens=[30, 50], output_tokens=[3, 4]), TRUE, sched)
@@ -159,7 +159,7 @@ def test_step_periods_add_the_busy_gap_and_skip_idle_time():
     # gaps: 0.1 ms, 0.1 ms, idle (~470 ms), 0.3 ms; idle and last steps get the median busy gap
     p = step_periods(rec)
     assert p == pytest.approx([0.0101, 0.0101, 0.0101, 0.0103, 0.0101], abs=1e-9)
-    cols = with_periods([dict(start_s=s, step_s=d) for s, d in zip(rec["start_s"], rec["step_s"])])
+    cols = with_periods([dict(start_s=s, step_s=d) for s, d in zip(rec["start_s"], rec["step_s"], strict=True)])
     assert cols["period_s"] == pytest.approx(p)
     assert step_periods({"start_s": np.zeros(0), "step_s": np.zeros(0)}).size == 0
     # a fit on periods absorbs the loop's gap into c0

@@ -20,6 +20,8 @@ torch = pytest.importorskip("torch")
 
 import halffull  # noqa: E402
 from halffull import SchedulerConfig  # noqa: E402
+from halffull.engine import Engine, ModelConfig, fit_linear_cost_model  # noqa: E402
+from halffull.engine.calibrate import fit_quality, predict_step_time  # noqa: E402
 from halffull.errors import (  # noqa: E402
     ConfigError,
     DuplicateRequestError,
@@ -27,8 +29,6 @@ from halffull.errors import (  # noqa: E402
     RequestTooLargeError,
     UnknownRequestError,
 )
-from halffull.engine import Engine, ModelConfig, fit_linear_cost_model  # noqa: E402
-from halffull.engine.calibrate import fit_quality, predict_step_time  # noqa: E402
 
 ATOL = RTOL = 1e-4
 TINY = ModelConfig.preset("tiny")
@@ -292,7 +292,7 @@ def test_eos_stops_a_request(scheduler):
     eos = base_out[0][3]
     eng = make_engine(scheduler, eos_token_id=eos)
     ids = run_all(eng, prompts, max_output_tokens=10)
-    for i, expect in zip(ids, base_out):
+    for i, expect in zip(ids, base_out, strict=True):
         res = eng.result(i)
         cut = expect.index(eos) + 1 if eos in expect else len(expect)
         assert res.output_token_ids == expect[:cut]
@@ -449,7 +449,9 @@ def test_serve_trace_with_halffull_traces():
 
 def test_serve_trace_bad_arguments():
     eng = make_engine()
-    trace = types.SimpleNamespace(arrival_time=np.zeros(2), prompt_tokens=np.ones(2, int), output_tokens=np.ones(2, int))
+    trace = types.SimpleNamespace(
+        arrival_time=np.zeros(2), prompt_tokens=np.ones(2, int), output_tokens=np.ones(2, int)
+    )
     for bad in (0.0, -1.0, float("inf"), float("nan")):
         with pytest.raises(InvalidArgumentError, match="time_scale"):
             eng.serve_trace(trace, time_scale=bad)
@@ -479,7 +481,7 @@ def test_fit_linear_cost_model_recovers_and_clips():
     rec["step_s"] = 1e-3 + 1e-5 * rec["prefill_tokens"] - 1e-5 * rec["decode_seqs"]
     fit = fit_linear_cost_model(rec)
     assert all(v >= 0 for v in fit.values()) and fit["c2"] == 0.0
-    rows = [dict(zip(rec, vals)) for vals in zip(*rec.values())]
+    rows = [dict(zip(rec, vals, strict=True)) for vals in zip(*rec.values(), strict=True)]
     assert fit_linear_cost_model(rows) == pytest.approx(fit)
     with pytest.raises(InvalidArgumentError):
         fit_linear_cost_model({k: [] for k in rec})

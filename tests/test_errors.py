@@ -42,7 +42,10 @@ BAD_ADDS = [
     (dict(request_id="x", prompt_tokens=3, max_output_tokens=2, arrival_time=math.nan), halffull.InvalidArgumentError),
     (dict(request_id="x", prompt_tokens=3, max_output_tokens=2, arrival_time=math.inf), halffull.InvalidArgumentError),
     (dict(request_id="x", prompt_tokens=3, max_output_tokens=2, arrival_time=-1.0), halffull.InvalidArgumentError),
-    (dict(request_id="x", prompt_tokens=3, max_output_tokens=2, predicted_output_tokens=-3), halffull.InvalidArgumentError),
+    (
+        dict(request_id="x", prompt_tokens=3, max_output_tokens=2, predicted_output_tokens=-3),
+        halffull.InvalidArgumentError,
+    ),
     (dict(request_id="x", prompt_tokens=3, max_output_tokens=2, true_output_tokens=0), halffull.InvalidArgumentError),
     (dict(request_id="x", prompt_tokens=3, max_output_tokens=2, priority=1.5), halffull.InvalidArgumentError),
     (dict(request_id=1.5, prompt_tokens=3, max_output_tokens=2), halffull.InvalidArgumentError),

@@ -97,7 +97,7 @@ class ParityMachine(RuleBasedStateMachine):
         (pa, _), (pb, _) = self.both("schedule", now=self.t)
         da, db = pa.to_dict(), pb.to_dict()
         assert da == db, f"plans differ\nrust: {da}\nref:  {db}"
-        sampled = [r for r, s in zip(db["req_ids"], db["samples"]) if s]
+        sampled = [r for r, s in zip(db["req_ids"], db["samples"], strict=True) if s]
         early = data.draw(st.lists(st.sampled_from(sampled), unique=True) if sampled else st.just([]),
                           label="finished")
         if sampled and data.draw(st.booleans(), label="abort mid-step"):

@@ -234,7 +234,9 @@ def test_every_finite_workload_drains(impl, policy, mode, blocks, block_size, se
     finished: list = []
     plans = run_to_completion(
         s, max_steps=20_000,
-        finish=lambda p: [r for r, smp in zip(p.req_ids, p.samples) if smp and hash((r, p.step, eos)) % 7 == 0],
+        finish=lambda p: [
+            r for r, smp in zip(p.req_ids, p.samples, strict=True) if smp and hash((r, p.step, eos)) % 7 == 0
+        ],
     )
     for p in plans[1:]:
         finished += p.finished

@@ -71,7 +71,7 @@ def _hand_loop(trace, cost, config, max_output_tokens=2048):
         plan = sched.schedule(t)
         t_end = t + cost.step_time(plan.num_new_tokens, plan.num_computed_tokens, plan.is_prefill)
         ended = []
-        for rid, samples in zip(plan.req_ids, plan.samples):
+        for rid, samples in zip(plan.req_ids, plan.samples, strict=True):
             if samples:
                 count[rid] += 1
                 if count[rid] == 1:

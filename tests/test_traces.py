@@ -261,7 +261,7 @@ def test_halffull_round_trip_is_exact(rows):
     import tempfile
 
     rows.sort(key=lambda row: row[0])
-    arrival, prompt, output = (list(column) for column in zip(*rows))
+    arrival, prompt, output = (list(column) for column in zip(*rows, strict=True))
     trace = Trace(arrival, prompt, output)
     with tempfile.TemporaryDirectory() as tmp:
         back = load(trace.save(Path(tmp) / "t.csv"))
@@ -333,7 +333,10 @@ def test_missing_file(tmp_path):
     assert str(path) in str(info.value)
 
 
-@pytest.mark.parametrize("text, line", [("", None), ("\n\n", None), (AZURE_HEADER, 1), ("arrival_time,prompt_tokens,output_tokens\n\n", 2)])
+@pytest.mark.parametrize(
+    "text, line",
+    [("", None), ("\n\n", None), (AZURE_HEADER, 1), ("arrival_time,prompt_tokens,output_tokens\n\n", 2)],
+)
 def test_empty_trace(tmp_path, text, line):
     path = write(tmp_path, "t.csv", text)
     with pytest.raises(TraceError) as info:
@@ -515,9 +518,9 @@ def test_synthetic_clipping():
 
 def test_synthetic_resamples_pairs_jointly():
     source = Trace([0.0, 1.0, 2.0], [10, 200, 3000], [1, 20, 300])
-    pairs = set(zip(source.prompt_tokens.tolist(), source.output_tokens.tolist()))
+    pairs = set(zip(source.prompt_tokens.tolist(), source.output_tokens.tolist(), strict=True))
     trace = synthetic(1000, 2.0, prompt=source, seed=9)
-    drawn = set(zip(trace.prompt_tokens.tolist(), trace.output_tokens.tolist()))
+    drawn = set(zip(trace.prompt_tokens.tolist(), trace.output_tokens.tolist(), strict=True))
     assert drawn == pairs
     mixed = synthetic(1000, 2.0, prompt=source, output=("constant", 5), seed=9)
     assert set(mixed.prompt_tokens.tolist()) == {10, 200, 3000}
@@ -632,7 +635,10 @@ def test_real_mooncake_trace():
         pytest.skip(f"public Mooncake trace not found at {MOONCAKE}")
     trace = load(MOONCAKE)
     assert len(trace) == 3_993
-    assert all(len(blocks) == math.ceil(p / 512) for blocks, p in zip(trace.hash_ids, trace.prompt_tokens.tolist()))
+    assert all(
+        len(blocks) == math.ceil(p / 512)
+        for blocks, p in zip(trace.hash_ids, trace.prompt_tokens.tolist(), strict=True)
+    )
     summary = trace.summary()
     assert summary["span"] == pytest.approx(1022, abs=1)
     assert summary["rate"] == pytest.approx(3.91, abs=0.005)

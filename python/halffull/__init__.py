@@ -7,6 +7,8 @@ twins used as test oracles; ``halffull.traces`` loads and generates traces;
 ``halffull.engine`` (needs torch) drives a real transformer with the scheduler.
 """
 
+from importlib.metadata import version as _version
+
 from . import errors, sim, traces
 from ._core import Router, Scheduler, StepPlan, policy_names, router_names
 from .config import PREEMPTION_MODES, SchedulerConfig
@@ -28,7 +30,8 @@ from .errors import (
 POLICIES: tuple[str, ...] = tuple(policy_names())
 ROUTERS: tuple[str, ...] = tuple(router_names())
 
-__version__ = "0.1.0"
+# The one version source is Cargo.toml; maturin writes it into the package metadata.
+__version__: str = _version("halffull")
 
 __all__ = [
     "POLICIES",
