@@ -12,7 +12,6 @@ from importlib.metadata import version as _version
 from . import errors, sim, traces
 from ._core import Router, Scheduler, StepPlan, policy_names, router_names
 from .config import PREEMPTION_MODES, SchedulerConfig
-from .sim import CostModel, SimResult, presets, simulate
 from .errors import (
     ClockError,
     ConfigError,
@@ -26,6 +25,7 @@ from .errors import (
     TraceError,
     UnknownRequestError,
 )
+from .sim import CostModel, SimResult, presets, simulate
 
 POLICIES: tuple[str, ...] = tuple(policy_names())
 ROUTERS: tuple[str, ...] = tuple(router_names())

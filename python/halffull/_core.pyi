@@ -1,6 +1,7 @@
 """Type stubs of the Rust extension (checked against the module by mypy.stubtest)."""
 
-from typing import Any, Iterable, Sequence, final
+from collections.abc import Iterable, Sequence
+from typing import Any, final
 
 import numpy as np
 import numpy.typing as npt

@@ -20,7 +20,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -101,30 +101,30 @@ def _loads(text: str) -> list[float]:
         raise typer.BadParameter(f"loads must be start:stop:step or a comma list, got {text!r}") from None
 
 
-def _predictor(text: str) -> Optional[str]:
+def _predictor(text: str) -> str | None:
     return None if text.strip().lower() == "none" else text.strip()
 
 
-def _engine_opts(larry_alpha: Optional[float]) -> dict[str, Any]:
+def _engine_opts(larry_alpha: float | None) -> dict[str, Any]:
     return {} if larry_alpha is None else {"larry_alpha": larry_alpha}
 
 
 @app.command()
 def simulate(
-    trace: Optional[str] = typer.Option(None, help="Trace file (Azure/Mooncake/BurstGPT/halffull) or built-in name; default: built-in 'default'."),
+    trace: str | None = typer.Option(None, help="Trace file (Azure/Mooncake/BurstGPT/halffull) or built-in name; default: built-in 'default'."),
     replicas: int = typer.Option(DEFAULT_REPLICAS, help="Number of engine replicas."),
-    policy: Optional[str] = typer.Option(None, help="Engine policy; default: compare fcfs,no_preempt,sjf,larry,oracle_srpt."),
+    policy: str | None = typer.Option(None, help="Engine policy; default: compare fcfs,no_preempt,sjf,larry,oracle_srpt."),
     router: str = typer.Option(DEFAULT_ROUTER, help="Router policy."),
-    model: Optional[str] = typer.Option(None, help="Model preset, e.g. llama-3-8b."),
-    gpu: Optional[str] = typer.Option(None, help="GPU preset, e.g. h100, a100, 4xh100."),
-    preset: Optional[str] = typer.Option(None, help="model/gpu preset, e.g. llama-3-8b/h100."),
-    load: Optional[float] = typer.Option(None, help=f"Arrival rate as a multiple of measured capacity (default {DEFAULT_LOAD} unless --rate-scale)."),
-    rate_scale: Optional[float] = typer.Option(None, help="Multiply the trace's own arrival rate instead."),
+    model: str | None = typer.Option(None, help="Model preset, e.g. llama-3-8b."),
+    gpu: str | None = typer.Option(None, help="GPU preset, e.g. h100, a100, 4xh100."),
+    preset: str | None = typer.Option(None, help="model/gpu preset, e.g. llama-3-8b/h100."),
+    load: float | None = typer.Option(None, help=f"Arrival rate as a multiple of measured capacity (default {DEFAULT_LOAD} unless --rate-scale)."),
+    rate_scale: float | None = typer.Option(None, help="Multiply the trace's own arrival rate instead."),
     seed: int = typer.Option(0),
-    snapshot_interval: Optional[float] = typer.Option(None, help="Push replica snapshots to the router every this many seconds."),
+    snapshot_interval: float | None = typer.Option(None, help="Push replica snapshots to the router every this many seconds."),
     predictor: str = typer.Option(DEFAULT_PREDICTOR, help=PREDICTOR_HELP),
-    larry_alpha: Optional[float] = typer.Option(None, help="LARRY's alpha (tokens/s)."),
-    sal_beta: Optional[float] = typer.Option(None, help="Fix SAL's beta (default: learned)."),
+    larry_alpha: float | None = typer.Option(None, help="LARRY's alpha (tokens/s)."),
+    sal_beta: float | None = typer.Option(None, help="Fix SAL's beta (default: learned)."),
     out: Path = typer.Option(Path("results"), help="Directory for the plot and JSON."),
     json_out: bool = typer.Option(False, "--json", help="Print the summaries as JSON."),
 ) -> None:
@@ -168,19 +168,19 @@ def simulate(
 
 @app.command()
 def sweep(
-    trace: Optional[str] = typer.Option(None, help="Trace file or built-in name."),
+    trace: str | None = typer.Option(None, help="Trace file or built-in name."),
     policies: str = typer.Option("fcfs,larry", help="Comma-separated engine policies."),
     routers: str = typer.Option("round_robin,sal", help="Comma-separated routers."),
     loads: str = typer.Option("0.5:1.2:0.1", help="start:stop:step (inclusive) or a comma list."),
     replicas: int = typer.Option(DEFAULT_REPLICAS),
-    model: Optional[str] = typer.Option(None),
-    gpu: Optional[str] = typer.Option(None),
-    preset: Optional[str] = typer.Option(None),
+    model: str | None = typer.Option(None),
+    gpu: str | None = typer.Option(None),
+    preset: str | None = typer.Option(None),
     seed: int = typer.Option(0),
-    snapshot_interval: Optional[float] = typer.Option(None),
+    snapshot_interval: float | None = typer.Option(None),
     predictor: str = typer.Option(DEFAULT_PREDICTOR, help=PREDICTOR_HELP),
-    larry_alpha: Optional[float] = typer.Option(None, help="LARRY's alpha (tokens/s)."),
-    sal_beta: Optional[float] = typer.Option(None, help="Fix SAL's beta (default: learned)."),
+    larry_alpha: float | None = typer.Option(None, help="LARRY's alpha (tokens/s)."),
+    sal_beta: float | None = typer.Option(None, help="Fix SAL's beta (default: learned)."),
     out: Path = typer.Option(Path("results"), help="Directory for CSV, JSON and plots."),
 ) -> None:
     """Sweep policies x routers x loads; write CSV, JSON and plots."""
@@ -245,7 +245,7 @@ app.command("calibrate", help="Fit the simulator's linear cost model on the engi
                               "held-out trace.")(engine_cli.calibrate)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``halffull`` script."""
     app(args=argv if argv is not None else sys.argv[1:], prog_name="halffull")
 

@@ -7,8 +7,9 @@ Each function takes sweep rows (dicts from ``SimResult.summary()``, with ``polic
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import matplotlib
 

@@ -11,8 +11,9 @@ one padded batch; longer chunks follow, one attention call each::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ class Chunk:
     n: int                          # rows (new tokens)
     context: int                    # c + n: keys attended
     block_table: torch.Tensor       # [ceil(context / block_size)] block ids
-    mask: Optional[torch.Tensor]    # [n, context] bool, None when c == 0 (plain causal)
+    mask: torch.Tensor | None    # [n, context] bool, None when c == 0 (plain causal)
 
 
 @dataclass
@@ -35,10 +36,10 @@ class Batch:
     positions: torch.Tensor         # [T] long
     slot_mapping: torch.Tensor      # [T] long
     num_single: int
-    single_block_tables: Optional[torch.Tensor]   # [D, max_blocks] long (padded with block 0)
-    single_mask: Optional[torch.Tensor]           # [D, 1, 1, max_blocks * block_size] bool
+    single_block_tables: torch.Tensor | None   # [D, max_blocks] long (padded with block 0)
+    single_mask: torch.Tensor | None           # [D, 1, 1, max_blocks * block_size] bool
     chunks: list[Chunk]
-    logit_rows: Optional[torch.Tensor]            # rows to compute logits for; None: all rows
+    logit_rows: torch.Tensor | None            # rows to compute logits for; None: all rows
     # (request id, first row, n, c, samples) per scheduled request, in row order
     rows: list[tuple[Any, int, int, int, bool]]
     # per sampling request (row order): (request id, index into the logits returned)
@@ -57,7 +58,7 @@ def _blocks_for(num_tokens: int, block_size: int) -> int:
 
 
 def build_batch(plan: Any, tokens: dict, tables: dict, block_size: int, device: torch.device,
-                all_logits: bool = False) -> Optional[Batch]:
+                all_logits: bool = False) -> Batch | None:
     """``tokens[rid]``: the request's full token list; ``tables[rid]``: its block table (list).
 
     Returns None for an empty plan. Raises ``InvariantError`` if the plan and the engine's

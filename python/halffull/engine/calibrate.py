@@ -22,10 +22,11 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from types import SimpleNamespace
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -265,8 +266,8 @@ def _stats(ttft: np.ndarray, tpot: np.ndarray, e2e: np.ndarray) -> dict[str, flo
             "e2e_mean": pick(e2e, "mean")}
 
 
-def _describe(trace: Any, max_requests: Optional[int] = None, time_scale: float = 1.0,
-              max_prompt_tokens: Optional[int] = None, max_output_tokens: Optional[int] = None) -> dict[str, Any]:
+def _describe(trace: Any, max_requests: int | None = None, time_scale: float = 1.0,
+              max_prompt_tokens: int | None = None, max_output_tokens: int | None = None) -> dict[str, Any]:
     """The trace as replayed: arrival rate after ``time_scale``, lengths after clipping."""
     a, prompt, output = _rows(trace, max_requests)
     a = a / float(time_scale)
@@ -406,7 +407,7 @@ def measure_engine_capacity(engine: Any, num_requests: int = CAPACITY_REQUESTS, 
     return int(ok.sum()) / last if last > 0 else math.nan
 
 
-def _rows(trace: Any, max_requests: Optional[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _rows(trace: Any, max_requests: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A trace's columns in arrival order, the first ``max_requests`` of them."""
     cols = []
     for name in ("arrival_time", "prompt_tokens", "output_tokens"):
@@ -419,7 +420,7 @@ def _rows(trace: Any, max_requests: Optional[int]) -> tuple[np.ndarray, np.ndarr
     return cols[0].astype(np.float64)[order], cols[1][order], cols[2][order]
 
 
-def _pieces(trace: Any, rounds: int, max_requests: Optional[int]) -> list[SimpleNamespace]:
+def _pieces(trace: Any, rounds: int, max_requests: int | None) -> list[SimpleNamespace]:
     """The trace cut into ``rounds`` consecutive pieces of (nearly) equal request counts."""
     arrival, prompt, output = _rows(trace, max_requests)
     n = len(arrival)
@@ -444,23 +445,23 @@ def calibrate(
     fit_trace: Any = None,
     holdout_trace: Any = None,
     time_scale: float = 1.0,
-    max_requests: Optional[int] = None,
+    max_requests: int | None = None,
     rounds: int = 5,
     seed: int = 0,
-    max_prompt_tokens: Optional[int] = None,
-    max_output_tokens: Optional[int] = None,
+    max_prompt_tokens: int | None = None,
+    max_output_tokens: int | None = None,
     device: str = "cpu",
     scheduler: str = "rust",
     dtype: str = "float32",
-    threads: Optional[int] = 1,
-    capacity: Optional[float] = None,
+    threads: int | None = 1,
+    capacity: float | None = None,
     fit_loads: Sequence[float] = DEFAULT_FIT_LOADS,
     holdout_load: float = DEFAULT_HOLDOUT_LOAD,
     holdout_cv: float = DEFAULT_HOLDOUT_CV,
-    fit_speedups: Optional[Sequence[float]] = None,
+    fit_speedups: Sequence[float] | None = None,
     fit_target: str = "period_s",
     engine: Any = None,
-    log: Optional[Callable[[str], None]] = None,
+    log: Callable[[str], None] | None = None,
 ) -> CalibrationReport:
     """Fit the linear cost model on the engine, then predict a held-out trace with it.
 

@@ -19,9 +19,10 @@ preemption makes the scheduler prefill all of it again.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import count
-from typing import Any, Callable, Iterator, Optional, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -45,7 +46,7 @@ STEP_FIELDS = ("step", "start_s", "num_seqs", "prefill_tokens", "prefill_seqs", 
 _TIMING_KEYS = ("schedule_s", "build_s", "swap_s", "forward_s", "sample_s", "update_s")
 
 
-def resolve_device(device: Union[str, torch.device]) -> torch.device:
+def resolve_device(device: str | torch.device) -> torch.device:
     """A usable torch device, or ``ConfigError`` saying why not."""
     try:
         dev = torch.device(device)
@@ -66,7 +67,7 @@ def resolve_device(device: Union[str, torch.device]) -> torch.device:
                       value=device, valid=("cpu", "cuda"))
 
 
-def make_scheduler(kind: Union[str, Callable[[SchedulerConfig], Any]], config: SchedulerConfig) -> Any:
+def make_scheduler(kind: str | Callable[[SchedulerConfig], Any], config: SchedulerConfig) -> Any:
     if callable(kind):
         return kind(config)
     if kind == "rust":
@@ -89,7 +90,7 @@ class RequestResult:
     first_token_time: float = float("nan")
     finish_time: float = float("nan")
     num_preemptions: int = 0
-    finish_reason: Optional[str] = None      # "length" | "eos" | "abort"; None while live
+    finish_reason: str | None = None      # "length" | "eos" | "abort"; None while live
 
     @property
     def finished(self) -> bool:
@@ -155,9 +156,9 @@ class Engine:
     """
 
     def __init__(self, model_config: ModelConfig, scheduler_config: SchedulerConfig,
-                 device: Union[str, torch.device] = "cpu", *,
-                 scheduler: Union[str, Callable[[SchedulerConfig], Any]] = "rust",
-                 eos_token_id: Optional[int] = None, record_logits: bool = False) -> None:
+                 device: str | torch.device = "cpu", *,
+                 scheduler: str | Callable[[SchedulerConfig], Any] = "rust",
+                 eos_token_id: int | None = None, record_logits: bool = False) -> None:
         if not isinstance(model_config, ModelConfig):
             raise ConfigError(f"expected a ModelConfig, got {type(model_config).__name__}",
                               field="model_config", value=model_config)
@@ -194,7 +195,7 @@ class Engine:
         """Seconds since the engine was built (the clock handed to the scheduler)."""
         return time.perf_counter() - self._t0
 
-    def _check_eos(self, eos: Any) -> Optional[int]:
+    def _check_eos(self, eos: Any) -> int | None:
         if eos is None:
             return None
         if isinstance(eos, bool) or not isinstance(eos, (int, np.integer)) \
@@ -204,7 +205,7 @@ class Engine:
                                        field="eos_token_id", value=eos)
         return int(eos)
 
-    def set_eos_token_id(self, eos_token_id: Optional[int]) -> None:
+    def set_eos_token_id(self, eos_token_id: int | None) -> None:
         self.eos_token_id = self._check_eos(eos_token_id)
 
     def reset_timings(self) -> None:
@@ -237,9 +238,9 @@ class Engine:
 
     # -- requests
 
-    def add_request(self, prompt_token_ids: Union[Sequence[int], np.ndarray, torch.Tensor],
-                    max_output_tokens: int = 64, *, request_id: Optional[RequestId] = None,
-                    arrival_time: Optional[float] = None,
+    def add_request(self, prompt_token_ids: Sequence[int] | np.ndarray | torch.Tensor,
+                    max_output_tokens: int = 64, *, request_id: RequestId | None = None,
+                    arrival_time: float | None = None,
                     **scheduler_kwargs: Any) -> RequestId:
         """Queue a request; returns its id (a fresh int unless ``request_id`` is given).
 
@@ -308,7 +309,7 @@ class Engine:
 
     # -- the loop
 
-    def run(self, max_steps: Optional[int] = None) -> Iterator[dict[RequestId, list[int]]]:
+    def run(self, max_steps: int | None = None) -> Iterator[dict[RequestId, list[int]]]:
         """Step until no request is live (or ``max_steps``); yields each step's outputs."""
         steps = 0
         while self._seqs and (max_steps is None or steps < max_steps):
@@ -433,7 +434,7 @@ class Engine:
 
     # -- traces
 
-    def serve_trace(self, trace: Any, time_scale: float = 1.0, max_requests: Optional[int] = None,
+    def serve_trace(self, trace: Any, time_scale: float = 1.0, max_requests: int | None = None,
                     **kwargs: Any) -> ServeReport:
         """Replay ``trace`` in real time; see ``halffull.engine.serve.serve_trace``."""
         return serve_trace(self, trace, time_scale=time_scale, max_requests=max_requests, **kwargs)

@@ -65,7 +65,7 @@ class PagedKVCache:
 
     # -- attention through block tables
 
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: "Batch") -> torch.Tensor:
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, batch: Batch) -> torch.Tensor:
         """Write this step's ``k``/``v`` ``[T, kv_heads, head_dim]`` through the slot mapping,
         then attend every query ``[T, heads, head_dim]`` to its request's cached keys.
 

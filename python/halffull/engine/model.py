@@ -12,8 +12,9 @@ The model runs two ways that share every weight and every op except attention:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -52,7 +53,7 @@ class ModelConfig:
     num_heads: int
     num_kv_heads: int
     intermediate_size: int
-    head_dim: Optional[int] = None          # default: hidden_size // num_heads
+    head_dim: int | None = None          # default: hidden_size // num_heads
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-5
     tie_word_embeddings: bool = False
@@ -97,7 +98,7 @@ class ModelConfig:
             raise ConfigError(f"seed must be a non-negative int, got {self.seed!r}", field="seed", value=self.seed)
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any) -> "ModelConfig":
+    def preset(cls, name: str, **overrides: Any) -> ModelConfig:
         """A named preset (``tiny``, ``mini``, ``small``), optionally with fields overridden."""
         if name not in PRESETS:
             raise unknown_name(ConfigError, "model preset", name, PRESETS, field="preset")
@@ -107,7 +108,7 @@ class ModelConfig:
             raise ConfigError(f"unknown ModelConfig field(s) {', '.join(bad)}", field=bad[0], value=None)
         return cls(**{**PRESETS[name], **overrides})
 
-    def replace(self, **changes: Any) -> "ModelConfig":
+    def replace(self, **changes: Any) -> ModelConfig:
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -280,7 +281,7 @@ class LlamaModel(nn.Module):
         return self.logits(self.hidden_states(ids, positions, attend))
 
     @torch.inference_mode()
-    def forward_paged(self, batch: "Batch", cache: "PagedKVCache") -> torch.Tensor:
+    def forward_paged(self, batch: Batch, cache: PagedKVCache) -> torch.Tensor:
         """Logits (float32) of ``batch.logit_rows`` for a flat batch, through the paged cache."""
         hidden = self.hidden_states(batch.token_ids, batch.positions,
                                     lambda layer, q, k, v: cache.attend(layer, q, k, v, batch))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -28,17 +28,17 @@ class ReplayEngine(Protocol):
     protocol, so that this module need not import the engine module that imports it."""
 
     model_config: Any  # .vocab_size
-    eos_token_id: Optional[int]
+    eos_token_id: int | None
 
     @property
     def num_live(self) -> int: ...
     def has_unfinished_requests(self) -> bool: ...
-    def set_eos_token_id(self, eos_token_id: Optional[int]) -> None: ...
+    def set_eos_token_id(self, eos_token_id: int | None) -> None: ...
     def generate(self, prompts: Any, max_output_tokens: int = ...) -> Any: ...
     def reset_timings(self) -> None: ...
     def now(self) -> float: ...
     def add_request(self, prompt_token_ids: Any, max_output_tokens: int = ..., *,
-                    arrival_time: Optional[float] = ...) -> Any: ...
+                    arrival_time: float | None = ...) -> Any: ...
     def step(self) -> Any: ...
     def pop_result(self, request_id: Any) -> Any: ...
     def step_records(self) -> dict[str, np.ndarray]: ...
@@ -148,9 +148,9 @@ def _trace_columns(trace: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return arrival, prompt.astype(np.int64), output.astype(np.int64)
 
 
-def serve_trace(engine: ReplayEngine, trace: Any, *, time_scale: float = 1.0, max_requests: Optional[int] = None,
-                seed: int = 0, max_prompt_tokens: Optional[int] = None,
-                max_output_tokens: Optional[int] = None, warmup: bool = True) -> ServeReport:
+def serve_trace(engine: ReplayEngine, trace: Any, *, time_scale: float = 1.0, max_requests: int | None = None,
+                seed: int = 0, max_prompt_tokens: int | None = None,
+                max_output_tokens: int | None = None, warmup: bool = True) -> ServeReport:
     """Replay ``trace`` (the ``max_requests`` earliest rows) on an idle ``engine`` in real time.
 
     ``max_prompt_tokens`` / ``max_output_tokens`` clip the trace's lengths (a small model's

@@ -38,9 +38,10 @@ The random policies use SplitMix64 (below), bit for bit the same as the Rust cor
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -151,7 +152,7 @@ class ReplicaLoad:
 class LiveRequest:
     replica: int
     prompt_tokens: int
-    max_output_tokens: Optional[int]
+    max_output_tokens: int | None
     decode_estimate: int               # fixed when routed
     output_tokens: int = 0
     started: bool = False
@@ -313,7 +314,7 @@ def _check_count(name: str, value: Any, minimum: int, error: type = InvalidArgum
     return v
 
 
-def _optional_count(name: str, value: Any, minimum: int) -> Optional[int]:
+def _optional_count(name: str, value: Any, minimum: int) -> int | None:
     return None if value is None else _check_count(name, value, minimum)
 
 
@@ -340,13 +341,13 @@ class Router:
         policy: str,
         num_replicas: int,
         *,
-        seed: Optional[int] = 0,
-        num_gpu_blocks: Union[int, Sequence[int], None] = DEFAULT_NUM_GPU_BLOCKS,
-        block_size: Union[int, Sequence[int], None] = DEFAULT_BLOCK_SIZE,
-        max_num_batched_tokens: Union[int, Sequence[int], None] = DEFAULT_MAX_NUM_BATCHED_TOKENS,
-        beta: Optional[float] = None,
-        prior_input_tokens: Optional[int] = DEFAULT_PRIOR_INPUT_TOKENS,
-        prior_output_tokens: Optional[int] = DEFAULT_PRIOR_OUTPUT_TOKENS,
+        seed: int | None = 0,
+        num_gpu_blocks: int | Sequence[int] | None = DEFAULT_NUM_GPU_BLOCKS,
+        block_size: int | Sequence[int] | None = DEFAULT_BLOCK_SIZE,
+        max_num_batched_tokens: int | Sequence[int] | None = DEFAULT_MAX_NUM_BATCHED_TOKENS,
+        beta: float | None = None,
+        prior_input_tokens: int | None = DEFAULT_PRIOR_INPUT_TOKENS,
+        prior_output_tokens: int | None = DEFAULT_PRIOR_OUTPUT_TOKENS,
     ) -> None:
         if not isinstance(policy, str):
             raise ConfigError(f"policy must be a str naming a router; valid: {', '.join(ROUTERS)}",
@@ -416,7 +417,7 @@ class Router:
         n = self.num_finished
         return (2 * self.sum_output_tokens + n) // (2 * n)
 
-    def decode_estimate(self, max_output_tokens: Optional[int], predicted_output_tokens: Optional[int]) -> int:
+    def decode_estimate(self, max_output_tokens: int | None, predicted_output_tokens: int | None) -> int:
         guess = self.mean_output_tokens if predicted_output_tokens is None else predicted_output_tokens
         return guess if max_output_tokens is None else min(guess, max_output_tokens)
 
@@ -462,8 +463,8 @@ class Router:
         self,
         request_id: RequestId,
         prompt_tokens: int,
-        max_output_tokens: Optional[int] = None,
-        predicted_output_tokens: Optional[int] = None,
+        max_output_tokens: int | None = None,
+        predicted_output_tokens: int | None = None,
     ) -> int:
         """Pick a replica, record the request there as waiting, return the replica's index."""
         rid = _check_id(request_id)
@@ -478,13 +479,13 @@ class Router:
         self,
         request_ids: Iterable[RequestId],
         prompt_tokens: Iterable[int],
-        max_output_tokens: Optional[Iterable[int]] = None,
-        predicted_output_tokens: Optional[Iterable[int]] = None,
+        max_output_tokens: Iterable[int] | None = None,
+        predicted_output_tokens: Iterable[int] | None = None,
     ) -> np.ndarray:
         """``route`` for each request in order; everything is checked first."""
         ids = list(request_ids)
 
-        def column(name: str, values: Optional[Iterable[int]], minimum: int) -> Optional[list[int]]:
+        def column(name: str, values: Iterable[int] | None, minimum: int) -> list[int] | None:
             if values is None:
                 return None
             out = [_check_count(name, v, minimum) for v in values]
@@ -509,7 +510,7 @@ class Router:
         ]
         return np.asarray(chosen, dtype=np.int64)
 
-    def _dispatch(self, rid: RequestId, prompt: int, cap: Optional[int], predicted: Optional[int]) -> int:
+    def _dispatch(self, rid: RequestId, prompt: int, cap: int | None, predicted: int | None) -> int:
         estimate = self.decode_estimate(cap, predicted)
         index = self._policy.choose(self.replicas, prompt, self.beta)
         load = self.replicas[index]
@@ -585,11 +586,11 @@ class Router:
         self,
         index: int,
         *,
-        waiting: Optional[int] = None,
-        running: Optional[int] = None,
-        queued_prefill_tokens: Optional[int] = None,
-        remaining_decode_tokens: Optional[int] = None,
-        free_blocks: Optional[int] = None,
+        waiting: int | None = None,
+        running: int | None = None,
+        queued_prefill_tokens: int | None = None,
+        remaining_decode_tokens: int | None = None,
+        free_blocks: int | None = None,
     ) -> None:
         """Overwrite the given fields of replica ``index``'s load (an engine's report)."""
         i = self._index(index)
