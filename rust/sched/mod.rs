@@ -3,17 +3,19 @@
 //!
 //! One step is `schedule(now)` (returns a [`StepPlan`]) then `update(finished, now)`:
 //!
-//! 1. Running requests, in admission order, get their next prefill chunk or one decode token
-//!    within the token budget. If the blocks for those tokens are not free, the policy picks
-//!    victims among the running requests not yet scheduled this step (the asking one
-//!    included) until they are.
-//! 2. If nothing was preempted: swapped requests come back, oldest first, while seats,
-//!    budget and blocks above the watermark allow.
-//! 3. If nothing was preempted and nothing is still swapped: waiting requests are admitted in
-//!    policy order while seats, budget and blocks allow; stop at the first that does not fit.
+//! 1. `schedule_running`: running requests, in admission order, get their next prefill chunk
+//!    or one decode token within the token budget. If the blocks for those tokens are not
+//!    free, the policy picks victims among the running requests not yet scheduled this step
+//!    (the asking one included) until they are.
+//! 2. `schedule_swapped`, if nothing was preempted: swapped requests come back, oldest first,
+//!    while seats, budget and blocks above the watermark allow.
+//! 3. `schedule_waiting`, if nothing was preempted and nothing is still swapped: waiting
+//!    requests are admitted in policy order while seats, budget and blocks allow; stop at the
+//!    first that does not fit.
 //!
-//! The Python reference (`halffull/reference/scheduler.py`) is the specification; this
-//! module must produce identical plans.
+//! The Python reference (`halffull/reference/scheduler.py`) is the specification, with the
+//! same three phase methods in the same order; this module must produce identical plans.
+//! Debug builds check every invariant after each successful mutation.
 
 pub mod blocks;
 pub mod kinetic;
@@ -209,6 +211,25 @@ struct Pending {
     scheduled: Vec<(u32, u64, u64)>,
 }
 
+/// The running state of one `schedule` call, handed from phase to phase.
+struct Step {
+    /// Tokens still available this step.
+    budget: u64,
+    plan: StepPlan,
+    /// Becomes [`Pending::scheduled`].
+    pending: Vec<(u32, u64, u64)>,
+}
+
+impl Step {
+    /// Run `n` new tokens of the request in `slot` this step.
+    #[inline]
+    fn schedule(&mut self, slot: u32, r: &Request, n: u64) {
+        self.plan.scheduled.push(scheduled_entry(slot, r, n));
+        self.pending.push((slot, r.seq, n));
+        self.budget -= n;
+    }
+}
+
 static SCHEDULER_IDS: AtomicU64 = AtomicU64::new(1);
 
 pub struct Scheduler {
@@ -401,6 +422,8 @@ impl Scheduler {
         self.policy.push(slot, &req);
         self.slab[slot as usize] = Some(req);
         self.index.insert(new.id, slot);
+        #[cfg(debug_assertions)]
+        self.debug_assert_invariants("add_request");
         Ok(slot)
     }
 
@@ -475,6 +498,8 @@ impl Scheduler {
         if self.pending.is_some() {
             self.aborted_in_step.push(req.id);
         }
+        #[cfg(debug_assertions)]
+        self.debug_assert_invariants("abort");
         Ok(())
     }
 
@@ -490,166 +515,28 @@ impl Scheduler {
         }
         let now = self.check_clock(now)?;
         self.now = now;
-        let bs = self.cfg.block_size;
-        let mut budget = self.cfg.max_num_batched_tokens;
-        let mut plan = StepPlan {
-            scheduler_id: self.id,
-            ..StepPlan::default()
+        let mut step = Step {
+            budget: self.cfg.max_num_batched_tokens,
+            plan: StepPlan {
+                scheduler_id: self.id,
+                ..StepPlan::default()
+            },
+            pending: Vec::with_capacity(self.running.len() + 8),
         };
-        let mut pending = Vec::with_capacity(self.running.len() + 8);
 
-        // 1. Running requests first, in admission order.
-        let mut i = 0;
-        while i < self.running.len() && budget > 0 {
-            let slot = self.running[i];
-            let (n, need, held) = {
-                let r = self.req(slot)?;
-                let n = (r.num_tokens() - r.num_computed_tokens).min(budget);
-                let need = blocks_for(r.num_computed_tokens + n, bs)
-                    .saturating_sub(r.block_table.len() as u64);
-                (n, need, r.block_table.len())
-            };
-            let mut preempted_self = false;
-            while need as usize > self.gpu.num_free() {
-                if !self.policy.preempts() {
-                    return Err(Error::Invariant {
-                        message: format!(
-                            "{} must never need to preempt (slot {slot})",
-                            self.policy.name()
-                        ),
-                    });
-                }
-                self.victims_scratch.clear();
-                self.victims_scratch.extend_from_slice(&self.running[i..]);
-                let victim = self
-                    .policy
-                    .choose_victim(&self.victims_scratch, &self.slab)
-                    .ok_or_else(|| Error::Invariant {
-                        message: "no victim among running requests".into(),
-                    })?;
-                let mode = self.preempt(victim, &mut plan)?;
-                plan.preempted.push((victim, mode));
-                if victim == slot {
-                    preempted_self = true;
-                    break;
-                }
-            }
-            if preempted_self {
-                continue;
-            }
-            let gpu = &mut self.gpu;
-            let r = self
-                .slab
-                .get_mut(slot as usize)
-                .and_then(Option::as_mut)
-                .ok_or_else(|| lost(slot))?;
-            if need > 0 {
-                if !gpu.allocate_into(need as usize, &mut r.block_table) {
-                    return Err(Error::Invariant {
-                        message: "GPU blocks vanished during a step".into(),
-                    });
-                }
-                plan.new_blocks.push((slot, r.block_table[held..].to_vec()));
-            }
-            plan.scheduled.push(scheduled_entry(slot, r, n));
-            pending.push((slot, r.seq, n));
-            budget -= n;
-            i += 1;
-        }
-
-        // 2. Swapped requests back in, oldest first.
-        if plan.preempted.is_empty() {
-            while let Some(&(arrival, seq, slot)) = self.swapped.first() {
-                if self.running.len() as u64 >= self.cfg.max_num_seqs || budget == 0 {
-                    break;
-                }
-                let r = self.req(slot)?;
-                let n = (r.num_tokens() - r.num_computed_tokens).min(budget);
-                let total =
-                    (r.cpu_blocks.len() as u64).max(blocks_for(r.num_computed_tokens + n, bs));
-                if !self.fits(total) {
-                    break;
-                }
-                self.swapped.remove(&(arrival, seq, slot));
-                let gpu = &mut self.gpu;
-                let cpu = &mut self.cpu;
-                let r = self
-                    .slab
-                    .get_mut(slot as usize)
-                    .and_then(Option::as_mut)
-                    .ok_or_else(|| lost(slot))?;
-                r.block_table.clear();
-                if !gpu.allocate_into(total as usize, &mut r.block_table) {
-                    return Err(Error::Invariant {
-                        message: "GPU blocks vanished during swap-in".into(),
-                    });
-                }
-                let mapping: Vec<(BlockId, BlockId)> = r
-                    .cpu_blocks
-                    .iter()
-                    .copied()
-                    .zip(r.block_table.iter().copied())
-                    .collect();
-                cpu.release(&r.cpu_blocks);
-                r.cpu_blocks.clear();
-                r.status = Status::Running;
-                plan.swapped_in.push((slot, mapping));
-                plan.new_blocks.push((slot, r.block_table.clone()));
-                plan.scheduled.push(scheduled_entry(slot, r, n));
-                pending.push((slot, r.seq, n));
-                self.running.push(slot);
-                budget -= n;
+        self.schedule_running(&mut step)?;
+        if step.plan.preempted.is_empty() {
+            self.schedule_swapped(&mut step)?;
+            if self.swapped.is_empty() {
+                self.schedule_waiting(&mut step)?;
             }
         }
 
-        // 3. Waiting requests in policy order; stop at the first that does not fit.
-        if plan.preempted.is_empty() && self.swapped.is_empty() {
-            while !self.policy.is_empty()
-                && (self.running.len() as u64) < self.cfg.max_num_seqs
-                && budget > 0
-            {
-                let mut load = self.policy.len() as u64;
-                if self.cfg.larry_load == "outstanding" {
-                    load += (self.running.len() + self.swapped.len()) as u64;
-                }
-                let Some(slot) = self.policy.peek(load) else {
-                    break;
-                };
-                let r = self.req(slot)?;
-                let need = blocks_for(r.num_tokens(), bs);
-                let n = (r.num_tokens() - r.num_computed_tokens).min(budget);
-                if self.policy.reserves_full_output() {
-                    let full = self.max_blocks(r);
-                    if full > self.cfg.num_gpu_blocks - self.reserved_blocks {
-                        break;
-                    }
-                    self.reserved_blocks += full;
-                } else if !self.fits(need) {
-                    break;
-                }
-                let gpu = &mut self.gpu;
-                let policy = &mut self.policy;
-                let r = self
-                    .slab
-                    .get_mut(slot as usize)
-                    .and_then(Option::as_mut)
-                    .ok_or_else(|| lost(slot))?;
-                policy.remove(slot, r);
-                if !gpu.allocate_into(need as usize, &mut r.block_table) {
-                    return Err(Error::Invariant {
-                        message: "GPU blocks vanished during admission".into(),
-                    });
-                }
-                r.status = Status::Running;
-                plan.admitted.push(slot);
-                plan.new_blocks.push((slot, r.block_table.clone()));
-                plan.scheduled.push(scheduled_entry(slot, r, n));
-                pending.push((slot, r.seq, n));
-                self.running.push(slot);
-                budget -= n;
-            }
-        }
-
+        let Step {
+            budget,
+            mut plan,
+            pending,
+        } = step;
         self.num_steps += 1;
         plan.step = self.num_steps;
         plan.finished = std::mem::take(&mut self.ended_since_plan);
@@ -659,7 +546,126 @@ impl Scheduler {
             step: plan.step,
             scheduled: pending,
         });
+        #[cfg(debug_assertions)]
+        self.debug_assert_invariants("schedule");
         Ok(plan)
+    }
+
+    /// Phase 1, running requests: each, in admission order, gets its next prefill chunk or
+    /// one decode token within the budget. When the blocks for them are not free, the policy
+    /// preempts victims among the running requests not yet scheduled (`running[i..]`, the
+    /// asking one included) until they are; if it picks the asking one, that one is dropped
+    /// from this step and the next request moves up to index `i`.
+    fn schedule_running(&mut self, step: &mut Step) -> Result<()> {
+        let bs = self.cfg.block_size;
+        let mut i = 0;
+        while i < self.running.len() && step.budget > 0 {
+            let slot = self.running[i];
+            let r = self.req(slot)?;
+            let n = (r.num_tokens() - r.num_computed_tokens).min(step.budget);
+            let held = r.block_table.len();
+            let need = blocks_for(r.num_computed_tokens + n, bs).saturating_sub(held as u64);
+            let mut preempted_self = false;
+            while need as usize > self.gpu.num_free() {
+                let victim = self.choose_victim(i, slot)?;
+                let mode = self.preempt(victim, &mut step.plan)?;
+                step.plan.preempted.push((victim, mode));
+                if victim == slot {
+                    preempted_self = true;
+                    break;
+                }
+            }
+            if preempted_self {
+                continue;
+            }
+            let r = slot_mut(&mut self.slab, slot)?;
+            if need > 0 {
+                allocate(&mut self.gpu, need, &mut r.block_table, "a step")?;
+                step.plan
+                    .new_blocks
+                    .push((slot, r.block_table[held..].to_vec()));
+            }
+            step.schedule(slot, r, n);
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// Phase 2, swap-in (only if phase 1 preempted nothing): swapped requests come back,
+    /// oldest first, while seats, budget and blocks above the watermark allow. The GPU table
+    /// is allocated whole, for the CPU blocks and this step's tokens.
+    fn schedule_swapped(&mut self, step: &mut Step) -> Result<()> {
+        let bs = self.cfg.block_size;
+        while let Some(&(arrival, seq, slot)) = self.swapped.first() {
+            if self.running.len() as u64 >= self.cfg.max_num_seqs || step.budget == 0 {
+                break;
+            }
+            let r = self.req(slot)?;
+            let n = (r.num_tokens() - r.num_computed_tokens).min(step.budget);
+            let total = (r.cpu_blocks.len() as u64).max(blocks_for(r.num_computed_tokens + n, bs));
+            if !self.fits(total) {
+                break;
+            }
+            self.swapped.remove(&(arrival, seq, slot));
+            let r = slot_mut(&mut self.slab, slot)?;
+            r.block_table.clear();
+            allocate(&mut self.gpu, total, &mut r.block_table, "swap-in")?;
+            let mapping: Vec<(BlockId, BlockId)> = r
+                .cpu_blocks
+                .iter()
+                .copied()
+                .zip(r.block_table.iter().copied())
+                .collect();
+            self.cpu.release(&r.cpu_blocks);
+            r.cpu_blocks.clear();
+            r.status = Status::Running;
+            step.plan.swapped_in.push((slot, mapping));
+            step.plan.new_blocks.push((slot, r.block_table.clone()));
+            step.schedule(slot, r, n);
+            self.running.push(slot);
+        }
+        Ok(())
+    }
+
+    /// Phase 3, admission (only if nothing was preempted and nothing is still swapped):
+    /// waiting requests are admitted in policy order while seats, budget and blocks allow;
+    /// stop at the first that does not fit. Blocks are allocated for all its known tokens;
+    /// `no_preempt` checks its reservation of prompt + `max_output_tokens` instead.
+    fn schedule_waiting(&mut self, step: &mut Step) -> Result<()> {
+        let bs = self.cfg.block_size;
+        while !self.policy.is_empty()
+            && (self.running.len() as u64) < self.cfg.max_num_seqs
+            && step.budget > 0
+        {
+            let mut load = self.policy.len() as u64;
+            if self.cfg.larry_load == "outstanding" {
+                load += (self.running.len() + self.swapped.len()) as u64;
+            }
+            let Some(slot) = self.policy.peek(load) else {
+                break;
+            };
+            let r = self.req(slot)?;
+            let need = blocks_for(r.num_tokens(), bs);
+            let n = (r.num_tokens() - r.num_computed_tokens).min(step.budget);
+            if self.policy.reserves_full_output() {
+                let full = self.max_blocks(r);
+                if full > self.cfg.num_gpu_blocks - self.reserved_blocks {
+                    break;
+                }
+                self.reserved_blocks += full;
+            } else if !self.fits(need) {
+                break;
+            }
+            let r = slot_mut(&mut self.slab, slot)?;
+            self.policy.remove(slot, r);
+            allocate(&mut self.gpu, need, &mut r.block_table, "admission")?;
+            r.status = Status::Running;
+            step.plan.admitted.push(slot);
+            step.plan.new_blocks.push((slot, r.block_table.clone()));
+            step.schedule(slot, r, n);
+            self.running.push(slot);
+        }
+        Ok(())
     }
 
     /// Apply what step `step` produced. `finished` names requests that stopped early (EOS);
@@ -772,6 +778,8 @@ impl Scheduler {
         }
         self.aborted_in_step.clear();
         self.ended_since_plan.extend(ended.iter().cloned());
+        #[cfg(debug_assertions)]
+        self.debug_assert_invariants("update");
         Ok(ended)
     }
 
@@ -912,6 +920,18 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Debug builds check every invariant after each successful mutation, so that
+    /// `cargo test` checks them everywhere; release builds (the wheel) pay nothing. The
+    /// message names the request or block.
+    #[cfg(debug_assertions)]
+    fn debug_assert_invariants(&self, after: &str) {
+        debug_assert_eq!(
+            self.check_invariants(),
+            Ok(()),
+            "scheduler invariant broken after {after}"
+        );
+    }
+
     // ---------------------------------------------------------------- internals
 
     fn req(&self, slot: u32) -> Result<&Request> {
@@ -948,15 +968,32 @@ impl Scheduler {
         blocks_for(r.prompt_tokens + r.max_output_tokens, self.cfg.block_size)
     }
 
+    /// The policy's victim among `running[from..]` (`slot`, the asking request, is
+    /// `running[from]`).
+    fn choose_victim(&mut self, from: usize, slot: u32) -> Result<u32> {
+        if !self.policy.preempts() {
+            return Err(Error::Invariant {
+                message: format!(
+                    "{} must never need to preempt (slot {slot})",
+                    self.policy.name()
+                ),
+            });
+        }
+        self.victims_scratch.clear();
+        self.victims_scratch
+            .extend_from_slice(&self.running[from..]);
+        self.policy
+            .choose_victim(&self.victims_scratch, &self.slab)
+            .ok_or_else(|| Error::Invariant {
+                message: "no victim among running requests".into(),
+            })
+    }
+
     fn preempt(&mut self, slot: u32, plan: &mut StepPlan) -> Result<PreemptMode> {
         self.running.retain(|&s| s != slot);
         self.num_preemptions += 1;
         let swap = self.cfg.preemption_mode == "swap";
-        let r = self
-            .slab
-            .get_mut(slot as usize)
-            .and_then(Option::as_mut)
-            .ok_or_else(|| lost(slot))?;
+        let r = slot_mut(&mut self.slab, slot)?;
         r.num_preemptions += 1;
         if swap && r.block_table.len() <= self.cpu.num_free() {
             let mut cpu_blocks = Vec::with_capacity(r.block_table.len());
@@ -988,6 +1025,28 @@ impl Scheduler {
 fn lost(slot: u32) -> Error {
     Error::Invariant {
         message: format!("slot {slot} holds no request"),
+    }
+}
+
+/// The live request in `slot`, mutably. A free function over the slab alone, so that the
+/// caller can hold it while it also borrows the block pools or the policy.
+#[inline]
+fn slot_mut(slab: &mut [Option<Request>], slot: u32) -> Result<&mut Request> {
+    slab.get_mut(slot as usize)
+        .and_then(Option::as_mut)
+        .ok_or_else(|| lost(slot))
+}
+
+/// Append `n` blocks of `pool` to `table`. The caller has checked that they are free, so a
+/// failure is a bug, named by `during`.
+#[inline]
+fn allocate(pool: &mut BlockPool, n: u64, table: &mut Vec<BlockId>, during: &str) -> Result<()> {
+    if pool.allocate_into(n as usize, table) {
+        Ok(())
+    } else {
+        Err(Error::Invariant {
+            message: format!("GPU blocks vanished during {during}"),
+        })
     }
 }
 
