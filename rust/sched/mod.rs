@@ -17,16 +17,18 @@
 //! same three phase methods in the same order; this module must produce identical plans.
 //! Debug builds check every invariant after each successful mutation.
 
-pub mod blocks;
-pub mod kinetic;
-pub mod policy;
-pub mod request;
+mod blocks;
+mod kinetic;
+mod policy;
+mod request;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use blocks::{blocks_for, BlockId, BlockPool};
-pub use policy::{policy_names, Policy, F64};
+use blocks::BlockPool;
+pub use blocks::{blocks_for, BlockId};
+use policy::Policy;
+pub use policy::{policy_names, F64};
 pub use request::{NewRequest, Request, RequestId, Status};
 
 use crate::error::{Error, Result};
@@ -199,12 +201,6 @@ pub struct StepPlan {
     pub finished: Vec<RequestId>,
 }
 
-impl StepPlan {
-    pub fn num_batched_tokens(&self) -> u64 {
-        self.scheduled.iter().map(|s| s.num_new_tokens).sum()
-    }
-}
-
 struct Pending {
     step: u64,
     /// (slot, seq, new tokens): seq guards against a slot freed by abort and reused.
@@ -321,9 +317,6 @@ impl Scheduler {
     pub fn config(&self) -> &SchedulerConfig {
         &self.cfg
     }
-    pub fn scheduler_id(&self) -> u64 {
-        self.id
-    }
     pub fn now(&self) -> f64 {
         self.now
     }
@@ -351,20 +344,13 @@ impl Scheduler {
     pub fn num_free_cpu_blocks(&self) -> usize {
         self.cpu.num_free()
     }
-    pub fn has_pending_plan(&self) -> bool {
-        self.pending.is_some()
-    }
-    /// Running requests' slots, in admission order.
-    pub fn running_slots(&self) -> &[u32] {
-        &self.running
-    }
     pub fn request(&self, slot: u32) -> Option<&Request> {
         self.slab.get(slot as usize)?.as_ref()
     }
     pub fn request_id(&self, slot: u32) -> Option<&RequestId> {
         self.request(slot).map(|r| &r.id)
     }
-    pub fn slot_of(&self, id: &RequestId) -> Option<u32> {
+    pub(crate) fn slot_of(&self, id: &RequestId) -> Option<u32> {
         self.index.get(id).copied()
     }
     pub fn get(&self, id: &RequestId) -> Result<&Request> {
