@@ -675,48 +675,13 @@ impl Scheduler {
             });
         }
         let now = self.check_clock(now)?;
+        // Validate everything before changing anything.
+        let early = self.early_finishers(step, finished)?;
         let Some(pending) = self.pending.take() else {
             return Err(Error::Invariant {
                 message: "pending plan vanished".into(),
             });
         };
-        // Validate everything before changing anything.
-        let mut early: Vec<u32> = Vec::with_capacity(finished.len());
-        let mut bad: Option<Error> = None;
-        for id in finished {
-            if self.aborted_in_step.contains(id) {
-                continue;
-            }
-            match self.slot_of(id) {
-                None => {
-                    bad = Some(Error::UnknownRequest { id: id.clone() });
-                    break;
-                }
-                Some(slot) => {
-                    let sampled = pending.scheduled.iter().any(|&(s, seq, n)| {
-                        s == slot
-                            && self.request(s).is_some_and(|r| {
-                                r.seq == seq && r.num_computed_tokens + n == r.num_tokens()
-                            })
-                    });
-                    if !sampled {
-                        bad = Some(Error::InvalidUpdate {
-                            id: id.clone(),
-                            message: format!(
-                                "request {id} did not sample a token in step {step}, so it cannot finish on EOS; use \
-                                 abort() to end it"
-                            ),
-                        });
-                        break;
-                    }
-                    early.push(slot);
-                }
-            }
-        }
-        if let Some(e) = bad {
-            self.pending = Some(pending);
-            return Err(e);
-        }
 
         self.now = now;
         let mut ended = Vec::new();
@@ -767,6 +732,42 @@ impl Scheduler {
         #[cfg(debug_assertions)]
         self.debug_assert_invariants("update");
         Ok(ended)
+    }
+
+    /// The slots of the live requests that `finished` names (EOS in step `step`), each
+    /// checked to have sampled in the pending plan; ids aborted during the step are skipped.
+    /// Changes nothing.
+    fn early_finishers(&self, step: u64, finished: &[RequestId]) -> Result<Vec<u32>> {
+        let scheduled = self
+            .pending
+            .as_ref()
+            .map_or(&[][..], |p| p.scheduled.as_slice());
+        let mut early = Vec::with_capacity(finished.len());
+        for id in finished {
+            if self.aborted_in_step.contains(id) {
+                continue;
+            }
+            let slot = self
+                .slot_of(id)
+                .ok_or_else(|| Error::UnknownRequest { id: id.clone() })?;
+            let sampled = scheduled.iter().any(|&(s, seq, n)| {
+                s == slot
+                    && self.request(s).is_some_and(|r| {
+                        r.seq == seq && r.num_computed_tokens + n == r.num_tokens()
+                    })
+            });
+            if !sampled {
+                return Err(Error::InvalidUpdate {
+                    id: id.clone(),
+                    message: format!(
+                        "request {id} did not sample a token in step {step}, so it cannot finish on EOS; use \
+                         abort() to end it"
+                    ),
+                });
+            }
+            early.push(slot);
+        }
+        Ok(early)
     }
 
     // ---------------------------------------------------------------- invariants

@@ -522,24 +522,7 @@ class Scheduler:
                 "another scheduler)", step=getattr(plan, "step", None),
                 pending_step=None if self._pending is None else self._pending.step)
         now = self.now if now is None else self._check_clock(now)
-        sampling = {r.request_id for r, n in self._pending_scheduled
-                    if r.num_computed_tokens + n == r.num_tokens}
-        if isinstance(finished, (str, int)):
-            raise InvalidArgumentError("finished must be a list of request ids, not a single id",
-                                       field="finished", value=finished)
-        early: set[RequestId] = set()
-        for rid in finished:
-            _check_id(rid)
-            if rid in self._aborted_in_step:
-                continue
-            if rid in self.requests:
-                if rid not in sampling:
-                    raise InvalidUpdateError(
-                        f"request {rid!r} did not sample a token in step {plan.step}, so it cannot "
-                        "finish on EOS; use abort() to end it", request_id=rid)
-                early.add(rid)
-            else:
-                raise UnknownRequestError(f"no live request {rid!r}", request_id=rid)
+        early = self._early_finishers(plan.step, finished)   # validate before changing anything
 
         self.now = now
         ended: list[RequestId] = []
@@ -557,6 +540,29 @@ class Scheduler:
         self._aborted_in_step = set()
         self._ended_since_plan.extend(ended)
         return ended
+
+    def _early_finishers(self, step: int, finished: Iterable[RequestId]) -> set[RequestId]:
+        """The live requests that ``finished`` names (EOS in step ``step``), each checked to
+        have sampled in the pending plan; ids aborted during the step are skipped. Changes
+        nothing."""
+        if isinstance(finished, (str, int)):
+            raise InvalidArgumentError("finished must be a list of request ids, not a single id",
+                                       field="finished", value=finished)
+        sampling = {r.request_id for r, n in self._pending_scheduled
+                    if r.num_computed_tokens + n == r.num_tokens}
+        early: set[RequestId] = set()
+        for rid in finished:
+            _check_id(rid)
+            if rid in self._aborted_in_step:
+                continue
+            if rid not in self.requests:
+                raise UnknownRequestError(f"no live request {rid!r}", request_id=rid)
+            if rid not in sampling:
+                raise InvalidUpdateError(
+                    f"request {rid!r} did not sample a token in step {step}, so it cannot "
+                    "finish on EOS; use abort() to end it", request_id=rid)
+            early.add(rid)
+        return early
 
     # -- invariants
 
