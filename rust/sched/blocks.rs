@@ -8,30 +8,30 @@ use std::collections::VecDeque;
 pub type BlockId = u32;
 
 #[derive(Debug, Clone)]
-pub struct BlockPool {
+pub(crate) struct BlockPool {
     num_blocks: u32,
     free: VecDeque<BlockId>,
 }
 
 impl BlockPool {
-    pub fn new(num_blocks: u32) -> Self {
+    pub(crate) fn new(num_blocks: u32) -> Self {
         BlockPool {
             num_blocks,
             free: (0..num_blocks).collect(),
         }
     }
 
-    pub fn num_blocks(&self) -> u32 {
+    pub(crate) fn num_blocks(&self) -> u32 {
         self.num_blocks
     }
 
-    pub fn num_free(&self) -> usize {
+    pub(crate) fn num_free(&self) -> usize {
         self.free.len()
     }
 
     /// Take `n` blocks and append them to `out`. Returns false (taking nothing) if fewer
     /// than `n` are free; callers check capacity first, so false means a bug.
-    pub fn allocate_into(&mut self, n: usize, out: &mut Vec<BlockId>) -> bool {
+    pub(crate) fn allocate_into(&mut self, n: usize, out: &mut Vec<BlockId>) -> bool {
         if n > self.free.len() {
             return false;
         }
@@ -39,11 +39,11 @@ impl BlockPool {
         true
     }
 
-    pub fn release(&mut self, blocks: &[BlockId]) {
+    pub(crate) fn release(&mut self, blocks: &[BlockId]) {
         self.free.extend(blocks.iter().copied());
     }
 
-    pub fn free_blocks(&self) -> impl Iterator<Item = BlockId> + '_ {
+    pub(crate) fn free_blocks(&self) -> impl Iterator<Item = BlockId> + '_ {
         self.free.iter().copied()
     }
 }

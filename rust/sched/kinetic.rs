@@ -23,17 +23,17 @@
 //!   A          C              B         D       leaves: one line each (or empty)
 //! ```
 
-pub const X_MAX: i64 = 1 << 40;
+pub(crate) const X_MAX: i64 = 1 << 40;
 const NONE: u32 = u32::MAX;
 
 #[derive(Debug, Clone, Copy)]
-pub struct Line {
-    pub slope: u64,
-    pub intercept: f64,
-    pub arrival: f64,
-    pub seq: u64,
+pub(crate) struct Line {
+    pub(crate) slope: u64,
+    pub(crate) intercept: f64,
+    pub(crate) arrival: f64,
+    pub(crate) seq: u64,
     /// The caller's handle (the request's slot).
-    pub slot: u32,
+    pub(crate) slot: u32,
 }
 
 impl Line {
@@ -92,27 +92,29 @@ const EMPTY_LEAF: Node = Node {
 };
 
 #[derive(Debug, Default)]
-pub struct KineticTournament {
+pub(crate) struct KineticTournament {
     cap: usize,
     /// 1-based heap layout: node `i` has children `2i` and `2i + 1`; leaves at `cap + leaf`.
     nodes: Vec<Node>,
     free_leaves: Vec<u32>,
-    len: usize,
 }
 
 impl KineticTournament {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut t = KineticTournament::default();
         t.resize(16);
         t
     }
 
-    pub fn len(&self) -> usize {
-        self.len
+    /// Lines held: every leaf not free. (Only the tests ask; the policy counts its own.)
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.cap - self.free_leaves.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Grow to `cap` leaves. Every line keeps its leaf index (callers hold them as handles);
@@ -136,7 +138,7 @@ impl KineticTournament {
     }
 
     /// Insert a line; returns its leaf index (the handle for `remove`).
-    pub fn insert(&mut self, line: Line) -> u32 {
+    pub(crate) fn insert(&mut self, line: Line) -> u32 {
         let leaf = match self.free_leaves.pop() {
             Some(leaf) => leaf,
             None => {
@@ -145,13 +147,12 @@ impl KineticTournament {
             }
         };
         self.nodes[self.cap + leaf as usize].line = line;
-        self.len += 1;
         self.dirty_path(leaf);
         leaf
     }
 
     /// Put `line` in place of the line at `leaf` (which must hold one).
-    pub fn replace(&mut self, leaf: u32, line: Line) {
+    pub(crate) fn replace(&mut self, leaf: u32, line: Line) {
         if let Some(node) = self.nodes.get_mut(self.cap + leaf as usize) {
             if node.line.slot != NONE {
                 node.line = line;
@@ -161,14 +162,13 @@ impl KineticTournament {
     }
 
     /// Remove the line at `leaf`; returns it (None if the leaf was empty).
-    pub fn remove(&mut self, leaf: u32) -> Option<Line> {
+    pub(crate) fn remove(&mut self, leaf: u32) -> Option<Line> {
         let node = self.nodes.get_mut(self.cap + leaf as usize)?;
         if node.line.slot == NONE {
             return None;
         }
         let line = std::mem::replace(&mut node.line, EMPTY_LINE);
         self.free_leaves.push(leaf);
-        self.len -= 1;
         self.dirty_path(leaf);
         Some(line)
     }
@@ -183,7 +183,7 @@ impl KineticTournament {
     }
 
     /// The line with the smallest value at `x` (ties: arrival, then seq).
-    pub fn min_at(&mut self, x: i64) -> Option<Line> {
+    pub(crate) fn min_at(&mut self, x: i64) -> Option<Line> {
         let x = x.clamp(0, X_MAX);
         self.refresh(1, x);
         let line = self.nodes[1].line;

@@ -3,28 +3,32 @@
 //!
 //! One step is `schedule(now)` (returns a [`StepPlan`]) then `update(finished, now)`:
 //!
-//! 1. Running requests, in admission order, get their next prefill chunk or one decode token
-//!    within the token budget. If the blocks for those tokens are not free, the policy picks
-//!    victims among the running requests not yet scheduled this step (the asking one
-//!    included) until they are.
-//! 2. If nothing was preempted: swapped requests come back, oldest first, while seats,
-//!    budget and blocks above the watermark allow.
-//! 3. If nothing was preempted and nothing is still swapped: waiting requests are admitted in
-//!    policy order while seats, budget and blocks allow; stop at the first that does not fit.
+//! 1. `schedule_running`: running requests, in admission order, get their next prefill chunk
+//!    or one decode token within the token budget. If the blocks for those tokens are not
+//!    free, the policy picks victims among the running requests not yet scheduled this step
+//!    (the asking one included) until they are.
+//! 2. `schedule_swapped`, if nothing was preempted: swapped requests come back, oldest first,
+//!    while seats, budget and blocks above the watermark allow.
+//! 3. `schedule_waiting`, if nothing was preempted and nothing is still swapped: waiting
+//!    requests are admitted in policy order while seats, budget and blocks allow; stop at the
+//!    first that does not fit.
 //!
-//! The Python reference (`halffull/reference/scheduler.py`) is the specification; this
-//! module must produce identical plans.
+//! The Python reference (`halffull/reference/scheduler.py`) is the specification, with the
+//! same three phase methods in the same order; this module must produce identical plans.
+//! Debug builds check every invariant after each successful mutation.
 
-pub mod blocks;
-pub mod kinetic;
-pub mod policy;
-pub mod request;
+mod blocks;
+mod kinetic;
+mod policy;
+mod request;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use blocks::{blocks_for, BlockId, BlockPool};
-pub use policy::{policy_names, Policy, F64};
+use blocks::BlockPool;
+pub use blocks::{blocks_for, BlockId};
+use policy::Policy;
+pub use policy::{policy_names, F64};
 pub use request::{NewRequest, Request, RequestId, Status};
 
 use crate::error::{Error, Result};
@@ -64,16 +68,29 @@ pub struct StepPlan {
     pub finished: Vec<RequestId>,
 }
 
-impl StepPlan {
-    pub fn num_batched_tokens(&self) -> u64 {
-        self.scheduled.iter().map(|s| s.num_new_tokens).sum()
-    }
-}
-
 struct Pending {
     step: u64,
     /// (slot, seq, new tokens): seq guards against a slot freed by abort and reused.
     scheduled: Vec<(u32, u64, u64)>,
+}
+
+/// The running state of one `schedule` call, handed from phase to phase.
+struct Step {
+    /// Tokens still available this step.
+    budget: u64,
+    plan: StepPlan,
+    /// Becomes [`Pending::scheduled`].
+    pending: Vec<(u32, u64, u64)>,
+}
+
+impl Step {
+    /// Run `n` new tokens of the request in `slot` this step.
+    #[inline]
+    fn schedule(&mut self, slot: u32, r: &Request, n: u64) {
+        self.plan.scheduled.push(scheduled_entry(slot, r, n));
+        self.pending.push((slot, r.seq, n));
+        self.budget -= n;
+    }
 }
 
 static SCHEDULER_IDS: AtomicU64 = AtomicU64::new(1);
@@ -139,9 +156,6 @@ impl Scheduler {
     pub fn config(&self) -> &SchedulerConfig {
         &self.cfg
     }
-    pub fn scheduler_id(&self) -> u64 {
-        self.id
-    }
     pub fn now(&self) -> f64 {
         self.now
     }
@@ -169,20 +183,13 @@ impl Scheduler {
     pub fn num_free_cpu_blocks(&self) -> usize {
         self.cpu.num_free()
     }
-    pub fn has_pending_plan(&self) -> bool {
-        self.pending.is_some()
-    }
-    /// Running requests' slots, in admission order.
-    pub fn running_slots(&self) -> &[u32] {
-        &self.running
-    }
     pub fn request(&self, slot: u32) -> Option<&Request> {
         self.slab.get(slot as usize)?.as_ref()
     }
     pub fn request_id(&self, slot: u32) -> Option<&RequestId> {
         self.request(slot).map(|r| &r.id)
     }
-    pub fn slot_of(&self, id: &RequestId) -> Option<u32> {
+    pub(crate) fn slot_of(&self, id: &RequestId) -> Option<u32> {
         self.index.get(id).copied()
     }
     pub fn get(&self, id: &RequestId) -> Result<&Request> {
@@ -240,6 +247,8 @@ impl Scheduler {
         self.policy.push(slot, &req);
         self.slab[slot as usize] = Some(req);
         self.index.insert(new.id, slot);
+        #[cfg(debug_assertions)]
+        self.debug_assert_invariants("add_request");
         Ok(slot)
     }
 
@@ -314,6 +323,8 @@ impl Scheduler {
         if self.pending.is_some() {
             self.aborted_in_step.push(req.id);
         }
+        #[cfg(debug_assertions)]
+        self.debug_assert_invariants("abort");
         Ok(())
     }
 
@@ -329,166 +340,28 @@ impl Scheduler {
         }
         let now = self.check_clock(now)?;
         self.now = now;
-        let bs = self.cfg.block_size;
-        let mut budget = self.cfg.max_num_batched_tokens;
-        let mut plan = StepPlan {
-            scheduler_id: self.id,
-            ..StepPlan::default()
+        let mut step = Step {
+            budget: self.cfg.max_num_batched_tokens,
+            plan: StepPlan {
+                scheduler_id: self.id,
+                ..StepPlan::default()
+            },
+            pending: Vec::with_capacity(self.running.len() + 8),
         };
-        let mut pending = Vec::with_capacity(self.running.len() + 8);
 
-        // 1. Running requests first, in admission order.
-        let mut i = 0;
-        while i < self.running.len() && budget > 0 {
-            let slot = self.running[i];
-            let (n, need, held) = {
-                let r = self.req(slot)?;
-                let n = (r.num_tokens() - r.num_computed_tokens).min(budget);
-                let need = blocks_for(r.num_computed_tokens + n, bs)
-                    .saturating_sub(r.block_table.len() as u64);
-                (n, need, r.block_table.len())
-            };
-            let mut preempted_self = false;
-            while need as usize > self.gpu.num_free() {
-                if !self.policy.preempts() {
-                    return Err(Error::Invariant {
-                        message: format!(
-                            "{} must never need to preempt (slot {slot})",
-                            self.policy.name()
-                        ),
-                    });
-                }
-                self.victims_scratch.clear();
-                self.victims_scratch.extend_from_slice(&self.running[i..]);
-                let victim = self
-                    .policy
-                    .choose_victim(&self.victims_scratch, &self.slab)
-                    .ok_or_else(|| Error::Invariant {
-                        message: "no victim among running requests".into(),
-                    })?;
-                let mode = self.preempt(victim, &mut plan)?;
-                plan.preempted.push((victim, mode));
-                if victim == slot {
-                    preempted_self = true;
-                    break;
-                }
-            }
-            if preempted_self {
-                continue;
-            }
-            let gpu = &mut self.gpu;
-            let r = self
-                .slab
-                .get_mut(slot as usize)
-                .and_then(Option::as_mut)
-                .ok_or_else(|| lost(slot))?;
-            if need > 0 {
-                if !gpu.allocate_into(need as usize, &mut r.block_table) {
-                    return Err(Error::Invariant {
-                        message: "GPU blocks vanished during a step".into(),
-                    });
-                }
-                plan.new_blocks.push((slot, r.block_table[held..].to_vec()));
-            }
-            plan.scheduled.push(scheduled_entry(slot, r, n));
-            pending.push((slot, r.seq, n));
-            budget -= n;
-            i += 1;
-        }
-
-        // 2. Swapped requests back in, oldest first.
-        if plan.preempted.is_empty() {
-            while let Some(&(arrival, seq, slot)) = self.swapped.first() {
-                if self.running.len() as u64 >= self.cfg.max_num_seqs || budget == 0 {
-                    break;
-                }
-                let r = self.req(slot)?;
-                let n = (r.num_tokens() - r.num_computed_tokens).min(budget);
-                let total =
-                    (r.cpu_blocks.len() as u64).max(blocks_for(r.num_computed_tokens + n, bs));
-                if !self.fits(total) {
-                    break;
-                }
-                self.swapped.remove(&(arrival, seq, slot));
-                let gpu = &mut self.gpu;
-                let cpu = &mut self.cpu;
-                let r = self
-                    .slab
-                    .get_mut(slot as usize)
-                    .and_then(Option::as_mut)
-                    .ok_or_else(|| lost(slot))?;
-                r.block_table.clear();
-                if !gpu.allocate_into(total as usize, &mut r.block_table) {
-                    return Err(Error::Invariant {
-                        message: "GPU blocks vanished during swap-in".into(),
-                    });
-                }
-                let mapping: Vec<(BlockId, BlockId)> = r
-                    .cpu_blocks
-                    .iter()
-                    .copied()
-                    .zip(r.block_table.iter().copied())
-                    .collect();
-                cpu.release(&r.cpu_blocks);
-                r.cpu_blocks.clear();
-                r.status = Status::Running;
-                plan.swapped_in.push((slot, mapping));
-                plan.new_blocks.push((slot, r.block_table.clone()));
-                plan.scheduled.push(scheduled_entry(slot, r, n));
-                pending.push((slot, r.seq, n));
-                self.running.push(slot);
-                budget -= n;
+        self.schedule_running(&mut step)?;
+        if step.plan.preempted.is_empty() {
+            self.schedule_swapped(&mut step)?;
+            if self.swapped.is_empty() {
+                self.schedule_waiting(&mut step)?;
             }
         }
 
-        // 3. Waiting requests in policy order; stop at the first that does not fit.
-        if plan.preempted.is_empty() && self.swapped.is_empty() {
-            while !self.policy.is_empty()
-                && (self.running.len() as u64) < self.cfg.max_num_seqs
-                && budget > 0
-            {
-                let mut load = self.policy.len() as u64;
-                if self.cfg.larry_load == LarryLoad::Outstanding {
-                    load += (self.running.len() + self.swapped.len()) as u64;
-                }
-                let Some(slot) = self.policy.peek(load) else {
-                    break;
-                };
-                let r = self.req(slot)?;
-                let need = blocks_for(r.num_tokens(), bs);
-                let n = (r.num_tokens() - r.num_computed_tokens).min(budget);
-                if self.policy.reserves_full_output() {
-                    let full = self.max_blocks(r);
-                    if full > self.cfg.num_gpu_blocks - self.reserved_blocks {
-                        break;
-                    }
-                    self.reserved_blocks += full;
-                } else if !self.fits(need) {
-                    break;
-                }
-                let gpu = &mut self.gpu;
-                let policy = &mut self.policy;
-                let r = self
-                    .slab
-                    .get_mut(slot as usize)
-                    .and_then(Option::as_mut)
-                    .ok_or_else(|| lost(slot))?;
-                policy.remove(slot, r);
-                if !gpu.allocate_into(need as usize, &mut r.block_table) {
-                    return Err(Error::Invariant {
-                        message: "GPU blocks vanished during admission".into(),
-                    });
-                }
-                r.status = Status::Running;
-                plan.admitted.push(slot);
-                plan.new_blocks.push((slot, r.block_table.clone()));
-                plan.scheduled.push(scheduled_entry(slot, r, n));
-                pending.push((slot, r.seq, n));
-                self.running.push(slot);
-                budget -= n;
-            }
-        }
-
+        let Step {
+            budget,
+            mut plan,
+            pending,
+        } = step;
         self.num_steps += 1;
         plan.step = self.num_steps;
         plan.finished = std::mem::take(&mut self.ended_since_plan);
@@ -498,7 +371,126 @@ impl Scheduler {
             step: plan.step,
             scheduled: pending,
         });
+        #[cfg(debug_assertions)]
+        self.debug_assert_invariants("schedule");
         Ok(plan)
+    }
+
+    /// Phase 1, running requests: each, in admission order, gets its next prefill chunk or
+    /// one decode token within the budget. When the blocks for them are not free, the policy
+    /// preempts victims among the running requests not yet scheduled (`running[i..]`, the
+    /// asking one included) until they are; if it picks the asking one, that one is dropped
+    /// from this step and the next request moves up to index `i`.
+    fn schedule_running(&mut self, step: &mut Step) -> Result<()> {
+        let bs = self.cfg.block_size;
+        let mut i = 0;
+        while i < self.running.len() && step.budget > 0 {
+            let slot = self.running[i];
+            let r = self.req(slot)?;
+            let n = (r.num_tokens() - r.num_computed_tokens).min(step.budget);
+            let held = r.block_table.len();
+            let need = blocks_for(r.num_computed_tokens + n, bs).saturating_sub(held as u64);
+            let mut preempted_self = false;
+            while need as usize > self.gpu.num_free() {
+                let victim = self.choose_victim(i, slot)?;
+                let mode = self.preempt(victim, &mut step.plan)?;
+                step.plan.preempted.push((victim, mode));
+                if victim == slot {
+                    preempted_self = true;
+                    break;
+                }
+            }
+            if preempted_self {
+                continue;
+            }
+            let r = slot_mut(&mut self.slab, slot)?;
+            if need > 0 {
+                allocate(&mut self.gpu, need, &mut r.block_table, "a step")?;
+                step.plan
+                    .new_blocks
+                    .push((slot, r.block_table[held..].to_vec()));
+            }
+            step.schedule(slot, r, n);
+            i += 1;
+        }
+        Ok(())
+    }
+
+    /// Phase 2, swap-in (only if phase 1 preempted nothing): swapped requests come back,
+    /// oldest first, while seats, budget and blocks above the watermark allow. The GPU table
+    /// is allocated whole, for the CPU blocks and this step's tokens.
+    fn schedule_swapped(&mut self, step: &mut Step) -> Result<()> {
+        let bs = self.cfg.block_size;
+        while let Some(&(arrival, seq, slot)) = self.swapped.first() {
+            if self.running.len() as u64 >= self.cfg.max_num_seqs || step.budget == 0 {
+                break;
+            }
+            let r = self.req(slot)?;
+            let n = (r.num_tokens() - r.num_computed_tokens).min(step.budget);
+            let total = (r.cpu_blocks.len() as u64).max(blocks_for(r.num_computed_tokens + n, bs));
+            if !self.fits(total) {
+                break;
+            }
+            self.swapped.remove(&(arrival, seq, slot));
+            let r = slot_mut(&mut self.slab, slot)?;
+            r.block_table.clear();
+            allocate(&mut self.gpu, total, &mut r.block_table, "swap-in")?;
+            let mapping: Vec<(BlockId, BlockId)> = r
+                .cpu_blocks
+                .iter()
+                .copied()
+                .zip(r.block_table.iter().copied())
+                .collect();
+            self.cpu.release(&r.cpu_blocks);
+            r.cpu_blocks.clear();
+            r.status = Status::Running;
+            step.plan.swapped_in.push((slot, mapping));
+            step.plan.new_blocks.push((slot, r.block_table.clone()));
+            step.schedule(slot, r, n);
+            self.running.push(slot);
+        }
+        Ok(())
+    }
+
+    /// Phase 3, admission (only if nothing was preempted and nothing is still swapped):
+    /// waiting requests are admitted in policy order while seats, budget and blocks allow;
+    /// stop at the first that does not fit. Blocks are allocated for all its known tokens;
+    /// `no_preempt` checks its reservation of prompt + `max_output_tokens` instead.
+    fn schedule_waiting(&mut self, step: &mut Step) -> Result<()> {
+        let bs = self.cfg.block_size;
+        while !self.policy.is_empty()
+            && (self.running.len() as u64) < self.cfg.max_num_seqs
+            && step.budget > 0
+        {
+            let mut load = self.policy.len() as u64;
+            if self.cfg.larry_load == LarryLoad::Outstanding {
+                load += (self.running.len() + self.swapped.len()) as u64;
+            }
+            let Some(slot) = self.policy.peek(load) else {
+                break;
+            };
+            let r = self.req(slot)?;
+            let need = blocks_for(r.num_tokens(), bs);
+            let n = (r.num_tokens() - r.num_computed_tokens).min(step.budget);
+            if self.policy.reserves_full_output() {
+                let full = self.max_blocks(r);
+                if full > self.cfg.num_gpu_blocks - self.reserved_blocks {
+                    break;
+                }
+                self.reserved_blocks += full;
+            } else if !self.fits(need) {
+                break;
+            }
+            let r = slot_mut(&mut self.slab, slot)?;
+            self.policy.remove(slot, r);
+            allocate(&mut self.gpu, need, &mut r.block_table, "admission")?;
+            r.status = Status::Running;
+            step.plan.admitted.push(slot);
+            step.plan.new_blocks.push((slot, r.block_table.clone()));
+            step.schedule(slot, r, n);
+            self.running.push(slot);
+        }
+        Ok(())
     }
 
     /// Apply what step `step` produced. `finished` names requests that stopped early (EOS);
@@ -522,48 +514,13 @@ impl Scheduler {
             });
         }
         let now = self.check_clock(now)?;
+        // Validate everything before changing anything.
+        let early = self.early_finishers(step, finished)?;
         let Some(pending) = self.pending.take() else {
             return Err(Error::Invariant {
                 message: "pending plan vanished".into(),
             });
         };
-        // Validate everything before changing anything.
-        let mut early: Vec<u32> = Vec::with_capacity(finished.len());
-        let mut bad: Option<Error> = None;
-        for id in finished {
-            if self.aborted_in_step.contains(id) {
-                continue;
-            }
-            match self.slot_of(id) {
-                None => {
-                    bad = Some(Error::UnknownRequest { id: id.clone() });
-                    break;
-                }
-                Some(slot) => {
-                    let sampled = pending.scheduled.iter().any(|&(s, seq, n)| {
-                        s == slot
-                            && self.request(s).is_some_and(|r| {
-                                r.seq == seq && r.num_computed_tokens + n == r.num_tokens()
-                            })
-                    });
-                    if !sampled {
-                        bad = Some(Error::InvalidUpdate {
-                            id: id.clone(),
-                            message: format!(
-                                "request {id} did not sample a token in step {step}, so it cannot finish on EOS; use \
-                                 abort() to end it"
-                            ),
-                        });
-                        break;
-                    }
-                    early.push(slot);
-                }
-            }
-        }
-        if let Some(e) = bad {
-            self.pending = Some(pending);
-            return Err(e);
-        }
 
         self.now = now;
         let mut ended = Vec::new();
@@ -611,7 +568,45 @@ impl Scheduler {
         }
         self.aborted_in_step.clear();
         self.ended_since_plan.extend(ended.iter().cloned());
+        #[cfg(debug_assertions)]
+        self.debug_assert_invariants("update");
         Ok(ended)
+    }
+
+    /// The slots of the live requests that `finished` names (EOS in step `step`), each
+    /// checked to have sampled in the pending plan; ids aborted during the step are skipped.
+    /// Changes nothing.
+    fn early_finishers(&self, step: u64, finished: &[RequestId]) -> Result<Vec<u32>> {
+        let scheduled = self
+            .pending
+            .as_ref()
+            .map_or(&[][..], |p| p.scheduled.as_slice());
+        let mut early = Vec::with_capacity(finished.len());
+        for id in finished {
+            if self.aborted_in_step.contains(id) {
+                continue;
+            }
+            let slot = self
+                .slot_of(id)
+                .ok_or_else(|| Error::UnknownRequest { id: id.clone() })?;
+            let sampled = scheduled.iter().any(|&(s, seq, n)| {
+                s == slot
+                    && self.request(s).is_some_and(|r| {
+                        r.seq == seq && r.num_computed_tokens + n == r.num_tokens()
+                    })
+            });
+            if !sampled {
+                return Err(Error::InvalidUpdate {
+                    id: id.clone(),
+                    message: format!(
+                        "request {id} did not sample a token in step {step}, so it cannot finish on EOS; use \
+                         abort() to end it"
+                    ),
+                });
+            }
+            early.push(slot);
+        }
+        Ok(early)
     }
 
     // ---------------------------------------------------------------- invariants
@@ -751,6 +746,18 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Debug builds check every invariant after each successful mutation, so that
+    /// `cargo test` checks them everywhere; release builds (the wheel) pay nothing. The
+    /// message names the request or block.
+    #[cfg(debug_assertions)]
+    fn debug_assert_invariants(&self, after: &str) {
+        debug_assert_eq!(
+            self.check_invariants(),
+            Ok(()),
+            "scheduler invariant broken after {after}"
+        );
+    }
+
     // ---------------------------------------------------------------- internals
 
     fn req(&self, slot: u32) -> Result<&Request> {
@@ -787,15 +794,32 @@ impl Scheduler {
         blocks_for(r.prompt_tokens + r.max_output_tokens, self.cfg.block_size)
     }
 
+    /// The policy's victim among `running[from..]` (`slot`, the asking request, is
+    /// `running[from]`).
+    fn choose_victim(&mut self, from: usize, slot: u32) -> Result<u32> {
+        if !self.policy.preempts() {
+            return Err(Error::Invariant {
+                message: format!(
+                    "{} must never need to preempt (slot {slot})",
+                    self.policy.name()
+                ),
+            });
+        }
+        self.victims_scratch.clear();
+        self.victims_scratch
+            .extend_from_slice(&self.running[from..]);
+        self.policy
+            .choose_victim(&self.victims_scratch, &self.slab)
+            .ok_or_else(|| Error::Invariant {
+                message: "no victim among running requests".into(),
+            })
+    }
+
     fn preempt(&mut self, slot: u32, plan: &mut StepPlan) -> Result<PreemptMode> {
         self.running.retain(|&s| s != slot);
         self.num_preemptions += 1;
         let swap = self.cfg.preemption_mode == PreemptMode::Swap;
-        let r = self
-            .slab
-            .get_mut(slot as usize)
-            .and_then(Option::as_mut)
-            .ok_or_else(|| lost(slot))?;
+        let r = slot_mut(&mut self.slab, slot)?;
         r.num_preemptions += 1;
         if swap && r.block_table.len() <= self.cpu.num_free() {
             let mut cpu_blocks = Vec::with_capacity(r.block_table.len());
@@ -827,6 +851,28 @@ impl Scheduler {
 fn lost(slot: u32) -> Error {
     Error::Invariant {
         message: format!("slot {slot} holds no request"),
+    }
+}
+
+/// The live request in `slot`, mutably. A free function over the slab alone, so that the
+/// caller can hold it while it also borrows the block pools or the policy.
+#[inline]
+fn slot_mut(slab: &mut [Option<Request>], slot: u32) -> Result<&mut Request> {
+    slab.get_mut(slot as usize)
+        .and_then(Option::as_mut)
+        .ok_or_else(|| lost(slot))
+}
+
+/// Append `n` blocks of `pool` to `table`. The caller has checked that they are free, so a
+/// failure is a bug, named by `during`.
+#[inline]
+fn allocate(pool: &mut BlockPool, n: u64, table: &mut Vec<BlockId>, during: &str) -> Result<()> {
+    if pool.allocate_into(n as usize, table) {
+        Ok(())
+    } else {
+        Err(Error::Invariant {
+            message: format!("GPU blocks vanished during {during}"),
+        })
     }
 }
 

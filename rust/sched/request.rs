@@ -11,7 +11,6 @@ pub enum Status {
     Swapped,
     Finished,
     Aborted,
-    Rejected,
 }
 
 impl Status {
@@ -22,7 +21,6 @@ impl Status {
             Status::Swapped => "swapped",
             Status::Finished => "finished",
             Status::Aborted => "aborted",
-            Status::Rejected => "rejected",
         }
     }
 }
@@ -41,8 +39,14 @@ pub struct NewRequest {
     pub true_output_tokens: Option<u64>,
 }
 
+/// Builders for the tests (the bindings and the simulator fill every field).
+#[cfg(test)]
 impl NewRequest {
-    pub fn new(id: impl Into<RequestId>, prompt_tokens: u64, max_output_tokens: u64) -> Self {
+    pub(crate) fn new(
+        id: impl Into<RequestId>,
+        prompt_tokens: u64,
+        max_output_tokens: u64,
+    ) -> Self {
         NewRequest {
             id: id.into(),
             prompt_tokens,
@@ -54,7 +58,7 @@ impl NewRequest {
         }
     }
 
-    pub fn arrival(mut self, t: f64) -> Self {
+    pub(crate) fn arrival(mut self, t: f64) -> Self {
         self.arrival_time = Some(t);
         self
     }
@@ -72,14 +76,14 @@ impl NewRequest {
 pub struct Request {
     pub id: RequestId,
     /// Order of `add_request`: the last tie-breaker of every order.
-    pub seq: u64,
-    pub arrival_time: f64,
+    pub(crate) seq: u64,
+    pub(crate) arrival_time: f64,
     pub prompt_tokens: u64,
     /// Effective maximum: the caller's, capped so that prompt + output fit the GPU cache.
     pub max_output_tokens: u64,
-    pub priority: i64,
-    pub predicted_output_tokens: Option<u64>,
-    pub true_output_tokens: Option<u64>,
+    pub(crate) priority: i64,
+    pub(crate) predicted_output_tokens: Option<u64>,
+    pub(crate) true_output_tokens: Option<u64>,
     pub status: Status,
     pub num_output_tokens: u64,
     pub num_computed_tokens: u64,
@@ -90,17 +94,17 @@ pub struct Request {
 
 impl Request {
     #[inline]
-    pub fn num_tokens(&self) -> u64 {
+    pub(crate) fn num_tokens(&self) -> u64 {
         self.prompt_tokens + self.num_output_tokens
     }
 
-    pub fn predicted_remaining(&self) -> u64 {
+    pub(crate) fn predicted_remaining(&self) -> u64 {
         self.predicted_output_tokens
             .unwrap_or(self.max_output_tokens)
             .saturating_sub(self.num_output_tokens)
     }
 
-    pub fn true_remaining(&self) -> u64 {
+    pub(crate) fn true_remaining(&self) -> u64 {
         self.true_output_tokens
             .unwrap_or(self.max_output_tokens)
             .saturating_sub(self.num_output_tokens)

@@ -3,14 +3,15 @@
 It is the oracle the Hypothesis tests compare the Rust core against, so every rule below is
 the rule. One step (``schedule`` then ``update``), after DESIGN §4:
 
-1. Running requests, in admission order, each get their next prefill chunk or one decode
-   token within the token budget. If the blocks for those tokens are not free, the policy
-   picks victims among the running requests not yet scheduled this step (the asking one
-   included) until they are; the asking one may be its own victim.
-2. If nothing was preempted: swapped requests come back (oldest first) while seats, budget
-   and blocks above the watermark allow.
-3. If nothing was preempted and nothing is still swapped: waiting requests are admitted in
-   policy order while seats, budget and blocks allow, stopping at the first that does not fit.
+1. ``_schedule_running``: running requests, in admission order, each get their next prefill
+   chunk or one decode token within the token budget. If the blocks for those tokens are not
+   free, the policy picks victims among the running requests not yet scheduled this step
+   (the asking one included) until they are; the asking one may be its own victim.
+2. ``_schedule_swapped``, if nothing was preempted: swapped requests come back (oldest first)
+   while seats, budget and blocks above the watermark allow.
+3. ``_schedule_waiting``, if nothing was preempted and nothing is still swapped: waiting
+   requests are admitted in policy order while seats, budget and blocks allow, stopping at the
+   first that does not fit.
 4. ``update`` advances computed tokens. A request whose computed tokens reach its known tokens
    (prompt + generated) samples one token; it finishes at ``max_output_tokens``, when the
    cache could not hold another token, or when the caller names it in ``finished`` (EOS).
@@ -191,6 +192,26 @@ class StepPlan:
         return (f"StepPlan(step={self.step}, scheduled={len(self)}, tokens={self.num_batched_tokens}, "
                 f"admitted={len(self.admitted)}, preempted={len(self.preempted)}, "
                 f"swapped_in={len(self.swapped_in)}, finished={len(self.finished)})")
+
+
+@dataclass(eq=False)
+class _Step:
+    """The running state of one ``schedule`` call, handed from phase to phase: the tokens
+    still available (``budget``), the ``(request, new tokens)`` pairs scheduled so far, and
+    the lists the plan is made of."""
+
+    budget: int
+    scheduled: list[tuple[Request, int]] = field(default_factory=list)
+    new_blocks: dict[RequestId, list[int]] = field(default_factory=dict)
+    admitted: list[RequestId] = field(default_factory=list)
+    preempted: list[tuple[RequestId, str]] = field(default_factory=list)
+    swapped_out: list[tuple[RequestId, np.ndarray]] = field(default_factory=list)
+    swapped_in: list[tuple[RequestId, np.ndarray]] = field(default_factory=list)
+
+    def schedule(self, req: Request, n: int) -> None:
+        """Run ``n`` new tokens of ``req`` this step."""
+        self.scheduled.append((req, n))
+        self.budget -= n
 
 
 # ---------------------------------------------------------------------------- checks
@@ -380,82 +401,16 @@ class Scheduler:
                                  pending_step=self._pending.step)
         now = self.now if now is None else self._check_clock(now)
         self.now = now
-        cfg = self.config
-        budget = cfg.max_num_batched_tokens
-        scheduled: list[tuple[Request, int]] = []
-        new_blocks: dict[RequestId, list[int]] = {}
-        admitted: list[RequestId] = []
-        preempted: list[tuple[RequestId, str]] = []
-        swapped_out: list[tuple[RequestId, np.ndarray]] = []
-        swapped_in: list[tuple[RequestId, np.ndarray]] = []
+        step = _Step(budget=self.config.max_num_batched_tokens)
 
-        # 1. Running requests first, in admission order.
-        i = 0
-        while i < len(self.running) and budget > 0:
-            req = self.running[i]
-            n = min(req.num_tokens - req.num_computed_tokens, budget)
-            need = _blocks_for(req.num_computed_tokens + n, cfg.block_size) - len(req.block_table)
-            while need > self.gpu.num_free:
-                victim = self.policy.choose_victim(self.running[i:])
-                preempted.append((victim.request_id, self._preempt(victim, swapped_out)))
-                if victim is req:
-                    break
-            if req.status != RUNNING:
-                continue                  # preempted itself; the next request moved to index i
-            if need > 0:
-                blocks = self.gpu.allocate(need)
-                req.block_table.extend(blocks)
-                new_blocks[req.request_id] = blocks
-            scheduled.append((req, n))
-            budget -= n
-            i += 1
-
-        # 2. Swapped requests back in, oldest first.
-        if not preempted:
-            for req in sorted(self.swapped, key=lambda r: (r.arrival_time, r.seq)):
-                if len(self.running) >= cfg.max_num_seqs or budget == 0:
-                    break
-                n = min(req.num_tokens - req.num_computed_tokens, budget)
-                total = max(len(req.cpu_blocks), _blocks_for(req.num_computed_tokens + n, cfg.block_size))
-                if not self._fits(total):
-                    break
-                gpu_blocks = self.gpu.allocate(total)
-                mapping = np.array(list(zip(req.cpu_blocks, gpu_blocks)), dtype=np.int64).reshape(-1, 2)
-                self.cpu.release(req.cpu_blocks)
-                req.cpu_blocks, req.block_table = [], gpu_blocks
-                self.swapped.remove(req)
-                req.status = RUNNING
-                self.running.append(req)
-                swapped_in.append((req.request_id, mapping))
-                new_blocks[req.request_id] = list(gpu_blocks)
-                scheduled.append((req, n))
-                budget -= n
-
-        # 3. Waiting requests in policy order; stop at the first that does not fit.
-        if not preempted and not self.swapped:
-            while self.waiting and len(self.running) < cfg.max_num_seqs and budget > 0:
-                load = len(self.waiting)
-                if cfg.larry_load == "outstanding":
-                    load += len(self.running) + len(self.swapped)
-                req = min(self.waiting, key=lambda r: self.policy.waiting_key(r, load))
-                need = _blocks_for(req.num_tokens, cfg.block_size)
-                if self.policy.reserves_full_output:
-                    if self._max_blocks(req) > cfg.num_gpu_blocks - self.reserved_blocks:
-                        break
-                    self.reserved_blocks += self._max_blocks(req)
-                elif not self._fits(need):
-                    break
-                n = min(req.num_tokens - req.num_computed_tokens, budget)
-                self.waiting.remove(req)
-                req.block_table = self.gpu.allocate(need)
-                req.status = RUNNING
-                self.running.append(req)
-                admitted.append(req.request_id)
-                new_blocks[req.request_id] = list(req.block_table)
-                scheduled.append((req, n))
-                budget -= n
+        self._schedule_running(step)
+        if not step.preempted:
+            self._schedule_swapped(step)
+            if not self.swapped:
+                self._schedule_waiting(step)
 
         self.num_steps += 1
+        scheduled = step.scheduled
         plan = StepPlan(
             step=self.num_steps,
             scheduler_id=self.scheduler_id,
@@ -465,12 +420,12 @@ class Scheduler:
             is_prefill=np.array([r.num_output_tokens == 0 or r.num_computed_tokens < r.num_tokens - 1
                                  for r, _ in scheduled], dtype=bool),
             samples=np.array([r.num_computed_tokens + n == r.num_tokens for r, n in scheduled], dtype=bool),
-            admitted=admitted,
-            preempted=preempted,
-            swapped_out=swapped_out,
-            swapped_in=swapped_in,
-            new_blocks=[(r.request_id, new_blocks[r.request_id]) for r, _ in scheduled
-                        if new_blocks.get(r.request_id)],
+            admitted=step.admitted,
+            preempted=step.preempted,
+            swapped_out=step.swapped_out,
+            swapped_in=step.swapped_in,
+            new_blocks=[(r.request_id, step.new_blocks[r.request_id]) for r, _ in scheduled
+                        if step.new_blocks.get(r.request_id)],
             finished=self._ended_since_plan,
         )
         self._ended_since_plan = []
@@ -479,6 +434,80 @@ class Scheduler:
         self._last_plan_tokens = sum(n for _, n in scheduled)
         self._last_plan_seqs = len(scheduled)
         return plan
+
+    def _schedule_running(self, step: _Step) -> None:
+        """Phase 1, running requests: each, in admission order, gets its next prefill chunk or
+        one decode token within the budget. When the blocks for them are not free, the policy
+        preempts victims among the running requests not yet scheduled (``running[i:]``, the
+        asking one included) until they are; if it picks the asking one, that one is dropped
+        from this step and the next request moves up to index ``i``."""
+        i = 0
+        while i < len(self.running) and step.budget > 0:
+            req = self.running[i]
+            n = min(req.num_tokens - req.num_computed_tokens, step.budget)
+            need = _blocks_for(req.num_computed_tokens + n, self.config.block_size) - len(req.block_table)
+            while need > self.gpu.num_free:
+                victim = self.policy.choose_victim(self.running[i:])
+                step.preempted.append((victim.request_id, self._preempt(victim, step.swapped_out)))
+                if victim is req:
+                    break
+            if req.status != RUNNING:
+                continue                  # preempted itself; the next request moved to index i
+            if need > 0:
+                blocks = self.gpu.allocate(need)
+                req.block_table.extend(blocks)
+                step.new_blocks[req.request_id] = blocks
+            step.schedule(req, n)
+            i += 1
+
+    def _schedule_swapped(self, step: _Step) -> None:
+        """Phase 2, swap-in (only if phase 1 preempted nothing): swapped requests come back,
+        oldest first, while seats, budget and blocks above the watermark allow. The GPU table
+        is allocated whole, for the CPU blocks and this step's tokens."""
+        for req in sorted(self.swapped, key=lambda r: (r.arrival_time, r.seq)):
+            if len(self.running) >= self.config.max_num_seqs or step.budget == 0:
+                break
+            n = min(req.num_tokens - req.num_computed_tokens, step.budget)
+            total = max(len(req.cpu_blocks), _blocks_for(req.num_computed_tokens + n, self.config.block_size))
+            if not self._fits(total):
+                break
+            gpu_blocks = self.gpu.allocate(total)
+            mapping = np.array(list(zip(req.cpu_blocks, gpu_blocks)), dtype=np.int64).reshape(-1, 2)
+            self.cpu.release(req.cpu_blocks)
+            req.cpu_blocks, req.block_table = [], gpu_blocks
+            self.swapped.remove(req)
+            req.status = RUNNING
+            step.swapped_in.append((req.request_id, mapping))
+            step.new_blocks[req.request_id] = list(gpu_blocks)
+            step.schedule(req, n)
+            self.running.append(req)
+
+    def _schedule_waiting(self, step: _Step) -> None:
+        """Phase 3, admission (only if nothing was preempted and nothing is still swapped):
+        waiting requests are admitted in policy order while seats, budget and blocks allow;
+        stop at the first that does not fit. Blocks are allocated for all its known tokens;
+        ``no_preempt`` checks its reservation of prompt + ``max_output_tokens`` instead."""
+        cfg = self.config
+        while self.waiting and len(self.running) < cfg.max_num_seqs and step.budget > 0:
+            load = len(self.waiting)
+            if cfg.larry_load == "outstanding":
+                load += len(self.running) + len(self.swapped)
+            req = min(self.waiting, key=lambda r: self.policy.waiting_key(r, load))
+            need = _blocks_for(req.num_tokens, cfg.block_size)
+            n = min(req.num_tokens - req.num_computed_tokens, step.budget)
+            if self.policy.reserves_full_output:
+                if self._max_blocks(req) > cfg.num_gpu_blocks - self.reserved_blocks:
+                    break
+                self.reserved_blocks += self._max_blocks(req)
+            elif not self._fits(need):
+                break
+            self.waiting.remove(req)
+            req.block_table = self.gpu.allocate(need)
+            req.status = RUNNING
+            step.admitted.append(req.request_id)
+            step.new_blocks[req.request_id] = list(req.block_table)
+            step.schedule(req, n)
+            self.running.append(req)
 
     def update(self, plan: StepPlan, finished: Iterable[RequestId] = (), now: Optional[float] = None) -> list[RequestId]:
         """Apply what the step produced; returns the ids that finished, in plan order.
@@ -493,24 +522,7 @@ class Scheduler:
                 "another scheduler)", step=getattr(plan, "step", None),
                 pending_step=None if self._pending is None else self._pending.step)
         now = self.now if now is None else self._check_clock(now)
-        sampling = {r.request_id for r, n in self._pending_scheduled
-                    if r.num_computed_tokens + n == r.num_tokens}
-        if isinstance(finished, (str, int)):
-            raise InvalidArgumentError("finished must be a list of request ids, not a single id",
-                                       field="finished", value=finished)
-        early: set[RequestId] = set()
-        for rid in finished:
-            _check_id(rid)
-            if rid in self._aborted_in_step:
-                continue
-            if rid in self.requests:
-                if rid not in sampling:
-                    raise InvalidUpdateError(
-                        f"request {rid!r} did not sample a token in step {plan.step}, so it cannot "
-                        "finish on EOS; use abort() to end it", request_id=rid)
-                early.add(rid)
-            else:
-                raise UnknownRequestError(f"no live request {rid!r}", request_id=rid)
+        early = self._early_finishers(plan.step, finished)   # validate before changing anything
 
         self.now = now
         ended: list[RequestId] = []
@@ -528,6 +540,29 @@ class Scheduler:
         self._aborted_in_step = set()
         self._ended_since_plan.extend(ended)
         return ended
+
+    def _early_finishers(self, step: int, finished: Iterable[RequestId]) -> set[RequestId]:
+        """The live requests that ``finished`` names (EOS in step ``step``), each checked to
+        have sampled in the pending plan; ids aborted during the step are skipped. Changes
+        nothing."""
+        if isinstance(finished, (str, int)):
+            raise InvalidArgumentError("finished must be a list of request ids, not a single id",
+                                       field="finished", value=finished)
+        sampling = {r.request_id for r, n in self._pending_scheduled
+                    if r.num_computed_tokens + n == r.num_tokens}
+        early: set[RequestId] = set()
+        for rid in finished:
+            _check_id(rid)
+            if rid in self._aborted_in_step:
+                continue
+            if rid not in self.requests:
+                raise UnknownRequestError(f"no live request {rid!r}", request_id=rid)
+            if rid not in sampling:
+                raise InvalidUpdateError(
+                    f"request {rid!r} did not sample a token in step {step}, so it cannot "
+                    "finish on EOS; use abort() to end it", request_id=rid)
+            early.add(rid)
+        return early
 
     # -- invariants
 
