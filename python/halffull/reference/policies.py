@@ -17,11 +17,12 @@ exact. The Rust core keeps the same orders in O(log n) structures.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..config import SchedulerConfig
-    from .scheduler import Request
+    from .request import Request
 
 
 class Policy:
@@ -29,13 +30,13 @@ class Policy:
     preempts = True
     reserves_full_output = False
 
-    def __init__(self, config: "SchedulerConfig") -> None:
+    def __init__(self, config: SchedulerConfig) -> None:
         self.config = config
 
-    def waiting_key(self, req: "Request", load: int) -> tuple:
+    def waiting_key(self, req: Request, load: int) -> tuple:
         return (req.arrival_time, req.seq)
 
-    def choose_victim(self, candidates: Sequence["Request"]) -> "Request":
+    def choose_victim(self, candidates: Sequence[Request]) -> Request:
         # vLLM's rule: preempt the most recently admitted running request.
         return candidates[-1]
 
@@ -51,10 +52,10 @@ class Priority(Policy):
 
     name = "priority"
 
-    def waiting_key(self, req: "Request", load: int) -> tuple:
+    def waiting_key(self, req: Request, load: int) -> tuple:
         return (req.priority, req.arrival_time, req.seq)
 
-    def choose_victim(self, candidates: Sequence["Request"]) -> "Request":
+    def choose_victim(self, candidates: Sequence[Request]) -> Request:
         return max(candidates, key=lambda r: (r.priority, r.arrival_time, r.seq))
 
 
@@ -65,7 +66,7 @@ class NoPreempt(Policy):
     preempts = False
     reserves_full_output = True
 
-    def choose_victim(self, candidates: Sequence["Request"]) -> "Request":
+    def choose_victim(self, candidates: Sequence[Request]) -> Request:
         raise AssertionError("no_preempt never preempts: its reservations make it unnecessary")
 
 
@@ -78,11 +79,11 @@ class Sjf(Policy):
 
     name = "sjf"
 
-    def waiting_key(self, req: "Request", load: int) -> tuple:
+    def waiting_key(self, req: Request, load: int) -> tuple:
         aged = float(req.predicted_remaining) + self.config.sjf_aging * req.arrival_time
         return (aged, req.arrival_time, req.seq)
 
-    def choose_victim(self, candidates: Sequence["Request"]) -> "Request":
+    def choose_victim(self, candidates: Sequence[Request]) -> Request:
         return max(candidates, key=lambda r: (r.predicted_remaining, r.arrival_time, r.seq))
 
 
@@ -91,10 +92,10 @@ class OracleSrpt(Policy):
 
     name = "oracle_srpt"
 
-    def waiting_key(self, req: "Request", load: int) -> tuple:
+    def waiting_key(self, req: Request, load: int) -> tuple:
         return (req.true_remaining, req.arrival_time, req.seq)
 
-    def choose_victim(self, candidates: Sequence["Request"]) -> "Request":
+    def choose_victim(self, candidates: Sequence[Request]) -> Request:
         return max(candidates, key=lambda r: (r.true_remaining, r.arrival_time, r.seq))
 
 
@@ -109,15 +110,15 @@ class Larry(Policy):
 
     name = "larry"
 
-    def waiting_key(self, req: "Request", load: int) -> tuple:
+    def waiting_key(self, req: Request, load: int) -> tuple:
         return (self.config.larry_alpha * req.arrival_time + float(load * req.num_tokens),
                 req.arrival_time, req.seq)
 
 
-POLICIES: dict[str, Callable[["SchedulerConfig"], Policy]] = {
+POLICIES: dict[str, Callable[[SchedulerConfig], Policy]] = {
     cls.name: cls for cls in (Fcfs, Priority, NoPreempt, Sjf, OracleSrpt, Larry)
 }
 
 
-def make_policy(config: "SchedulerConfig") -> Policy:
+def make_policy(config: SchedulerConfig) -> Policy:
     return POLICIES[config.policy](config)

@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import count
-from typing import Any, Iterable, Optional, Union
+from typing import Any
 
 import numpy as np
 
@@ -51,13 +52,10 @@ from ..errors import (
     StalePlanError,
     UnknownRequestError,
 )
-from ..limits import MAX_COUNT as _MAX_INT   # counts above this are certainly a caller's bug
-from ..limits import MAX_TIME as _MAX_TIME   # seconds; keeps every key exact in float64
+from ..limits import MAX_COUNT as _MAX_INT  # counts above this are certainly a caller's bug
+from ..limits import MAX_TIME as _MAX_TIME  # seconds; keeps every key exact in float64
 from .policies import make_policy
-
-RequestId = Union[str, int]
-
-WAITING, RUNNING, SWAPPED, FINISHED, ABORTED = "waiting", "running", "swapped", "finished", "aborted"
+from .request import ABORTED, FINISHED, RUNNING, SWAPPED, WAITING, Request, RequestId
 
 _scheduler_ids = count(1)
 
@@ -70,39 +68,6 @@ def _object_array(items: list) -> np.ndarray:
     out = np.empty(len(items), dtype=object)
     out[:] = items
     return out
-
-
-@dataclass(eq=False)
-class Request:
-    request_id: RequestId
-    seq: int                      # order of add_request: the last tie-breaker
-    arrival_time: float
-    prompt_tokens: int
-    max_output_tokens: int        # effective: capped so prompt + output fits the cache
-    priority: int = 0
-    predicted_output_tokens: Optional[int] = None
-    true_output_tokens: Optional[int] = None
-    status: str = WAITING
-    num_output_tokens: int = 0
-    num_computed_tokens: int = 0
-    num_preemptions: int = 0
-    block_table: list[int] = field(default_factory=list)
-    cpu_blocks: list[int] = field(default_factory=list)
-
-    @property
-    def num_tokens(self) -> int:
-        """Tokens whose KV the request needs: prompt plus generated."""
-        return self.prompt_tokens + self.num_output_tokens
-
-    @property
-    def predicted_remaining(self) -> int:
-        pred = self.max_output_tokens if self.predicted_output_tokens is None else self.predicted_output_tokens
-        return max(pred - self.num_output_tokens, 0)
-
-    @property
-    def true_remaining(self) -> int:
-        true = self.max_output_tokens if self.true_output_tokens is None else self.true_output_tokens
-        return max(true - self.num_output_tokens, 0)
 
 
 class BlockPool:
@@ -271,7 +236,7 @@ class Scheduler:
         self.num_preemptions = 0
         self.reserved_blocks = 0                          # no_preempt: sum of running requests' reservations
         self._seq = count()
-        self._pending: Optional[StepPlan] = None
+        self._pending: StepPlan | None = None
         self._pending_scheduled: list[tuple[Request, int]] = []
         self._aborted_in_step: set[RequestId] = set()
         self._ended_since_plan: list[RequestId] = []
@@ -324,11 +289,11 @@ class Scheduler:
         request_id: RequestId,
         prompt_tokens: int,
         max_output_tokens: int,
-        arrival_time: Optional[float] = None,
+        arrival_time: float | None = None,
         *,
         priority: int = 0,
-        predicted_output_tokens: Optional[int] = None,
-        true_output_tokens: Optional[int] = None,
+        predicted_output_tokens: int | None = None,
+        true_output_tokens: int | None = None,
     ) -> None:
         """Queue a request. Raises (and changes nothing) on a duplicate live id, a bad value,
         or a request that can never fit in the GPU cache."""
@@ -394,7 +359,7 @@ class Scheduler:
 
     # -- the step
 
-    def schedule(self, now: Optional[float] = None) -> StepPlan:
+    def schedule(self, now: float | None = None) -> StepPlan:
         """Decide this step. Call ``update`` with the plan before the next ``schedule``."""
         if self._pending is not None:
             raise StalePlanError(f"step {self._pending.step} is still pending: call update(plan) first",
@@ -509,7 +474,7 @@ class Scheduler:
             step.schedule(req, n)
             self.running.append(req)
 
-    def update(self, plan: StepPlan, finished: Iterable[RequestId] = (), now: Optional[float] = None) -> list[RequestId]:
+    def update(self, plan: StepPlan, finished: Iterable[RequestId] = (), now: float | None = None) -> list[RequestId]:
         """Apply what the step produced; returns the ids that finished, in plan order.
 
         Every scheduled request whose known tokens are all computed after the step sampled one
