@@ -28,7 +28,7 @@
 
 pub(crate) mod cost;
 
-use std::cmp::Reverse;
+use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
 pub use cost::{preset_names, CostModel, Linear, Preset, Roofline, StepShape};
@@ -234,7 +234,8 @@ fn router_error(e: RouterError) -> Error {
 /// One engine and what the simulator tracks around it.
 struct Replica {
     sched: Scheduler,
-    /// The plan of the step it is running, from its Start to its StepEnd (empty otherwise).
+    /// The plan of its latest step: the one it runs from its Start to its StepEnd (read there,
+    /// replaced at the next Start).
     plan: StepPlan,
     /// A Start or StepEnd event is queued for it (never more than one).
     scheduled: bool,
@@ -275,7 +276,7 @@ enum Kind {
 }
 
 /// What happens, to which replica or trace row.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Event {
     StepEnd { replica: usize },
     Arrival { row: usize },
@@ -294,15 +295,41 @@ impl Event {
     }
 }
 
-/// A queued event. The derived order is the event order, (time, kind, seq): `seq` numbers the
-/// pushes, so no two are equal and `event` never decides.
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
-struct Queued {
+/// When a queued event happens. The derived order is the event order: time, then kind, then
+/// `seq`, which numbers the pushes, so no two keys are equal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
     time: F64,
     kind: Kind,
     seq: u64,
+}
+
+/// A queued event, ordered by its key alone.
+#[derive(Debug)]
+struct Queued {
+    key: Key,
     event: Event,
 }
+
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.key.cmp(&other.key)
+    }
+}
+
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl Eq for Queued {}
 
 /// The event queue: a min-heap of [`Queued`].
 struct Queue {
@@ -312,17 +339,17 @@ struct Queue {
 
 impl Queue {
     fn push(&mut self, time: f64, event: Event) {
-        self.heap.push(Reverse(Queued {
+        let key = Key {
             time: F64(time),
             kind: event.kind(),
             seq: self.seq,
-            event,
-        }));
+        };
+        self.heap.push(Reverse(Queued { key, event }));
         self.seq += 1;
     }
 
     fn pop(&mut self) -> Option<(f64, Event)> {
-        self.heap.pop().map(|Reverse(q)| (q.time.0, q.event))
+        self.heap.pop().map(|Reverse(q)| (q.key.time.0, q.event))
     }
 }
 
@@ -563,7 +590,7 @@ impl<'a> Sim<'a> {
         let rep = &mut self.replicas[r];
         debug_assert!(rep.scheduled, "replica {r}: a StepEnd it did not queue");
         rep.scheduled = false;
-        let plan = std::mem::take(&mut rep.plan);
+        let plan = &rep.plan;
         let bs = self.config.engine.block_size;
         self.finished_ids.clear();
         for s in plan.scheduled.iter().filter(|s| s.samples) {
