@@ -77,6 +77,32 @@ fn every_row_is_accounted_for_and_clocks_are_monotone() {
 }
 
 #[test]
+fn the_queue_pops_by_time_then_kind_then_push_order() {
+    let mut q = Queue {
+        heap: BinaryHeap::new(),
+        seq: 0,
+    };
+    q.push(1.0, Event::Start { replica: 0 });
+    q.push(1.0, Event::Snapshot);
+    q.push(1.0, Event::Arrival { row: 3 });
+    q.push(1.0, Event::StepEnd { replica: 2 });
+    q.push(1.0, Event::StepEnd { replica: 1 });
+    q.push(0.5, Event::Start { replica: 5 });
+    let order: Vec<Event> = std::iter::from_fn(|| q.pop().map(|(_, e)| e)).collect();
+    assert_eq!(
+        order,
+        [
+            Event::Start { replica: 5 },
+            Event::StepEnd { replica: 2 },
+            Event::StepEnd { replica: 1 },
+            Event::Arrival { row: 3 },
+            Event::Snapshot,
+            Event::Start { replica: 0 },
+        ]
+    );
+}
+
+#[test]
 fn deterministic_for_a_seed() {
     let tr = trace(300, 30.0);
     let mut cfg = config(4, "power_of_two", "larry", 300);
