@@ -96,7 +96,7 @@ pub struct GpuSpec {
 //   head_dim 128; 6.74e9 parameters (model card / Llama 2 paper, Table 1).
 // - meta-llama/Meta-Llama-3-70B: 80 layers, hidden 8192, 64 heads, 8 KV heads, head_dim 128;
 //   70.6e9 parameters (model card).
-pub const MODELS: &[ModelSpec] = &[
+pub(crate) const MODELS: &[ModelSpec] = &[
     ModelSpec {
         name: "llama-3-8b",
         num_layers: 32,
@@ -135,7 +135,7 @@ pub const MODELS: &[ModelSpec] = &[
 //   pinned-memory block copies as vLLM's swap does them.
 // - A100 SXM4 80GB: 312 TFLOPS dense BF16 (624 with sparsity), 2.039 TB/s HBM2e, 80 GB;
 //   PCIe Gen4 x16 (32 GB/s theoretical), ~25 GB/s effective.
-pub const GPUS: &[GpuSpec] = &[
+pub(crate) const GPUS: &[GpuSpec] = &[
     GpuSpec {
         name: "h100",
         peak_flops: 989e12,
@@ -153,7 +153,7 @@ pub const GPUS: &[GpuSpec] = &[
 ];
 
 /// Named (model, GPU, tensor-parallel degree) pairs; `model/gpu` or `model/Ngpu` (N > 1: TP).
-pub const PRESETS: &[(&str, &str, &str, u64)] = &[
+pub(crate) const PRESETS: &[(&str, &str, &str, u64)] = &[
     ("llama-3-8b/h100", "llama-3-8b", "h100", 1),
     ("llama-3-8b/a100", "llama-3-8b", "a100", 1),
     ("llama-2-7b/a100", "llama-2-7b", "a100", 1),
@@ -180,13 +180,13 @@ pub fn preset_names() -> Vec<&'static str> {
 /// - `gpu_memory_utilization = 0.9` (vLLM's default), minus `activation_bytes = 2 GB` per
 ///   GPU reserved for activations, CUDA graphs and the allocator.
 /// - `swap_space = 4 GB` per GPU of pinned host memory (vLLM's default `swap_space`).
-pub const EFF_COMPUTE: f64 = 0.6;
-pub const EFF_MEMORY: f64 = 0.8;
-pub const OVERHEAD_S: f64 = 0.004;
-pub const TP_OVERHEAD_S: f64 = 0.002;
-pub const GPU_MEMORY_UTILIZATION: f64 = 0.9;
-pub const ACTIVATION_BYTES: f64 = 2e9;
-pub const SWAP_SPACE_BYTES: f64 = 4e9;
+pub(crate) const EFF_COMPUTE: f64 = 0.6;
+pub(crate) const EFF_MEMORY: f64 = 0.8;
+pub(crate) const OVERHEAD_S: f64 = 0.004;
+pub(crate) const TP_OVERHEAD_S: f64 = 0.002;
+pub(crate) const GPU_MEMORY_UTILIZATION: f64 = 0.9;
+pub(crate) const ACTIVATION_BYTES: f64 = 2e9;
+pub(crate) const SWAP_SPACE_BYTES: f64 = 4e9;
 
 /// A model on a GPU group, with what the simulator needs from it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -294,44 +294,50 @@ pub enum CostModel {
     Linear(Linear),
 }
 
-fn check_nonneg(field: &'static str, v: f64) -> Result<()> {
-    if !(v.is_finite() && v >= 0.0) {
-        return Err(Error::Config {
-            field,
-            value: None,
-            message: format!("{field} must be finite and >= 0, got {v}"),
-        });
-    }
-    Ok(())
+/// The bound a cost parameter must meet besides being finite.
+#[derive(Clone, Copy)]
+enum Bound {
+    NonNegative,
+    Positive,
 }
 
-fn check_positive(field: &'static str, v: f64) -> Result<()> {
-    if !(v.is_finite() && v > 0.0) {
-        return Err(Error::Config {
-            field,
-            value: None,
-            message: format!("{field} must be finite and > 0, got {v}"),
-        });
+/// Check `(field, value, bound)` in order; the first one out of bounds is the error.
+fn check_bounds(params: &[(&'static str, f64, Bound)]) -> Result<()> {
+    for &(field, v, bound) in params {
+        let (ok, text) = match bound {
+            Bound::NonNegative => (v >= 0.0, ">= 0"),
+            Bound::Positive => (v > 0.0, "> 0"),
+        };
+        if !(v.is_finite() && ok) {
+            return Err(Error::Config {
+                field,
+                value: None,
+                message: format!("{field} must be finite and {text}, got {v}"),
+            });
+        }
     }
     Ok(())
 }
 
 impl CostModel {
     pub fn validate(&self) -> Result<()> {
+        use Bound::{NonNegative, Positive};
         match self {
             CostModel::Roofline(r) => {
-                check_nonneg("overhead_s", r.overhead_s)?;
-                check_nonneg("params", r.params)?;
-                check_nonneg("num_layers", r.num_layers)?;
-                check_nonneg("q_dim", r.q_dim)?;
-                check_nonneg("weight_bytes", r.weight_bytes)?;
-                check_nonneg("kv_bytes_per_token", r.kv_bytes_per_token)?;
-                check_positive("peak_flops", r.peak_flops)?;
-                check_positive("mem_bw", r.mem_bw)?;
-                check_positive("eff_compute", r.eff_compute)?;
-                check_positive("eff_memory", r.eff_memory)?;
-                check_positive("host_bw", r.host_bw)?;
-                check_positive("block_size", r.block_size)?;
+                check_bounds(&[
+                    ("overhead_s", r.overhead_s, NonNegative),
+                    ("params", r.params, NonNegative),
+                    ("num_layers", r.num_layers, NonNegative),
+                    ("q_dim", r.q_dim, NonNegative),
+                    ("weight_bytes", r.weight_bytes, NonNegative),
+                    ("kv_bytes_per_token", r.kv_bytes_per_token, NonNegative),
+                    ("peak_flops", r.peak_flops, Positive),
+                    ("mem_bw", r.mem_bw, Positive),
+                    ("eff_compute", r.eff_compute, Positive),
+                    ("eff_memory", r.eff_memory, Positive),
+                    ("host_bw", r.host_bw, Positive),
+                    ("block_size", r.block_size, Positive),
+                ])?;
                 if r.eff_compute > 1.0 || r.eff_memory > 1.0 {
                     return Err(Error::Config {
                         field: "eff_compute",
@@ -348,14 +354,14 @@ impl CostModel {
                     });
                 }
             }
-            CostModel::Linear(l) => {
-                // A zero-cost step would let simulated time stand still.
-                check_positive("c0", l.c0)?;
-                check_nonneg("c1", l.c1)?;
-                check_nonneg("c2", l.c2)?;
-                check_nonneg("c3", l.c3)?;
-                check_nonneg("swap_s_per_block", l.swap_s_per_block)?;
-            }
+            // A zero-cost step would let simulated time stand still: c0 > 0.
+            CostModel::Linear(l) => check_bounds(&[
+                ("c0", l.c0, Positive),
+                ("c1", l.c1, NonNegative),
+                ("c2", l.c2, NonNegative),
+                ("c3", l.c3, NonNegative),
+                ("swap_s_per_block", l.swap_s_per_block, NonNegative),
+            ])?,
         }
         Ok(())
     }

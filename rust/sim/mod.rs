@@ -1,28 +1,34 @@
 //! The trace simulator (DESIGN §7): N replicas, each an engine [`Scheduler`], behind one
 //! [`Router`], driven by discrete events.
 //!
-//! State owned here: per replica, its scheduler, the plan of the step it is running and when
-//! that step ends; per trace row, its outcome ([`SimOutput`]); the event queue.
+//! State owned here (one `Sim` per run): per replica, its scheduler, the plan of the step it
+//! is running and whether an event is queued for it; the router; per trace row, its outcome
+//! ([`SimOutput`]); the event queue.
 //!
 //! ```text
-//! events, ordered by (time, kind, sequence):
-//!   kind 0 StepEnd(r)   update() applies the step's tokens; first tokens, block-boundary
-//!                       growth and finishes go back to the router (on_progress/on_finish)
-//!   kind 1 Arrival(i)   rows in trace order: route, then add_request on that replica
-//!   kind 2 Snapshot     every `snapshot_interval` s (optional): each replica's load is
-//!                       pushed to the router (waiting, running, free blocks, queued prefill)
-//!   kind 3 Start(r)     an idle replica with live requests plans a step: schedule(), then
-//!                       StepEnd at now + cost(step)
+//! events, ordered by (time, kind, sequence number), one handler each:
+//!   kind 0 StepEnd(r)   on_step_end: update() applies the step's tokens; first tokens,
+//!                       block-boundary growth and finishes go back to the router
+//!                       (on_progress/on_finish); Start(r) now if requests are still live
+//!   kind 1 Arrival(i)   on_arrival: rows in trace order (row i queues row i + 1): reject if
+//!                       it fits no replica, else route, add_request on that replica, and
+//!                       Start(r) now if no event is queued for r
+//!   kind 2 Snapshot     on_snapshot: every `snapshot_interval` s (optional) from the first
+//!                       arrival while rows remain to arrive: each replica's load is pushed to
+//!                       the router (waiting, running, free blocks, queued prefill)
+//!   kind 3 Start(r)     on_start: a replica with live requests plans a step: schedule(), then
+//!                       StepEnd(r) at now + cost(step)
 //! ```
 //!
-//! Starting a step is its own event (kind 3) so that every arrival at the same instant is
-//! queued before the step is planned. A trace row ends `finished` (its true output length
-//! reached, the way EOS ends it in a real engine, or the cache-capped maximum) or `rejected`
-//! (it fits no replica) with a reason. Nothing depends on a `HashMap`'s order.
+//! A replica has at most one event queued (Start or StepEnd). Starting a step is its own event
+//! (kind 3) so that every arrival at the same instant is queued before the step is planned. A
+//! trace row ends `finished` (its true output length reached, the way EOS ends it in a real
+//! engine, or the cache-capped maximum) or `rejected` (it fits no replica) with a reason.
+//! Nothing depends on a `HashMap`'s order.
 
-pub mod cost;
+pub(crate) mod cost;
 
-use std::cmp::Reverse;
+use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
 pub use cost::{preset_names, CostModel, Linear, Preset, Roofline, StepShape};
@@ -33,8 +39,8 @@ use crate::router::{ReplicaSnapshot, ReplicaSpec, RouteRequest, Router, RouterCo
 use crate::sched::{blocks_for, NewRequest, RequestId, Scheduler, SchedulerConfig, StepPlan, F64};
 
 /// Outcome of a trace row.
-pub const STATUS_FINISHED: u8 = 0;
-pub const STATUS_REJECTED: u8 = 1;
+pub(crate) const STATUS_FINISHED: u8 = 0;
+pub(crate) const STATUS_REJECTED: u8 = 1;
 
 /// How to run a simulation.
 #[derive(Debug, Clone, PartialEq)]
@@ -223,283 +229,414 @@ pub struct SimOutput {
     pub end_time: f64,
 }
 
+/// One engine and what the simulator tracks around it.
 struct Replica {
     sched: Scheduler,
-    plan: Option<StepPlan>,
-    /// A Start or StepEnd event is queued for this replica.
+    /// The plan of its latest step: the one it runs from its Start to its StepEnd (read there,
+    /// replaced at the next Start).
+    plan: StepPlan,
+    /// A Start or StepEnd event is queued for it (never more than one).
     scheduled: bool,
     /// Prompt tokens routed here whose first token has not come out yet.
     queued_prefill: u64,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+impl Replica {
+    fn new(config: SchedulerConfig) -> Result<Self> {
+        Ok(Replica {
+            sched: Scheduler::new(config)?,
+            plan: StepPlan::default(),
+            scheduled: false,
+            queued_prefill: 0,
+        })
+    }
+
+    /// Its load as the router sees it at a Snapshot.
+    fn snapshot(&self) -> ReplicaSnapshot {
+        let s = &self.sched;
+        ReplicaSnapshot {
+            waiting: Some((s.num_waiting() + s.num_swapped()) as u64),
+            running: Some(s.num_running() as u64),
+            queued_prefill_tokens: Some(self.queued_prefill),
+            remaining_decode_tokens: None,
+            free_blocks: Some(s.num_free_gpu_blocks() as u64),
+        }
+    }
+}
+
+/// Which event goes first at the same instant: the lower discriminant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Kind {
     StepEnd = 0,
+    Arrival = 1,
     Snapshot = 2,
     Start = 3,
 }
 
-/// (time, kind, sequence, replica): the heap's order is the event order.
-type Event = Reverse<(F64, Kind, u64, usize)>;
+/// What happens, to which replica or trace row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Event {
+    StepEnd { replica: usize },
+    Arrival { row: usize },
+    Snapshot,
+    Start { replica: usize },
+}
+
+impl Event {
+    fn kind(self) -> Kind {
+        match self {
+            Event::StepEnd { .. } => Kind::StepEnd,
+            Event::Arrival { .. } => Kind::Arrival,
+            Event::Snapshot => Kind::Snapshot,
+            Event::Start { .. } => Kind::Start,
+        }
+    }
+}
+
+/// When a queued event happens. The derived order is the event order: time, then kind, then
+/// `seq`, which numbers the pushes, so no two keys are equal.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Key {
+    time: F64,
+    kind: Kind,
+    seq: u64,
+}
+
+/// A queued event, ordered by its key alone.
+#[derive(Debug)]
+struct Queued {
+    key: Key,
+    event: Event,
+}
+
+impl Ord for Queued {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.key.cmp(&other.key)
+    }
+}
+
+impl PartialOrd for Queued {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Queued {
+    fn eq(&self, other: &Self) -> bool {
+        self.key == other.key
+    }
+}
+
+impl Eq for Queued {}
+
+/// The event queue: a min-heap of [`Queued`].
+struct Queue {
+    heap: BinaryHeap<Reverse<Queued>>,
+    seq: u64,
+}
+
+impl Queue {
+    fn push(&mut self, time: f64, event: Event) {
+        let key = Key {
+            time: F64(time),
+            kind: event.kind(),
+            seq: self.seq,
+        };
+        self.heap.push(Reverse(Queued { key, event }));
+        self.seq += 1;
+    }
+
+    fn pop(&mut self) -> Option<(f64, Event)> {
+        self.heap.pop().map(|Reverse(q)| (q.key.time.0, q.event))
+    }
+}
+
+/// The cost model's view of a plan.
+fn step_shape(plan: &StepPlan) -> StepShape {
+    let mut shape = StepShape::default();
+    for s in &plan.scheduled {
+        shape.add(s.num_new_tokens, s.num_computed_tokens, s.is_prefill);
+    }
+    shape.swap_blocks = plan
+        .swapped_out
+        .iter()
+        .chain(plan.swapped_in.iter())
+        .map(|(_, rows)| rows.len() as u64)
+        .sum();
+    shape
+}
+
+/// One run: the cluster, the queue of events and the output, with one handler per event.
+struct Sim<'a> {
+    trace: TraceView<'a>,
+    config: &'a SimConfig,
+    replicas: Vec<Replica>,
+    router: Router<u64>,
+    queue: Queue,
+    out: SimOutput,
+    /// Trace rows that have arrived (the row of the queued Arrival, if any).
+    num_arrived: usize,
+    /// Trace rows finished or rejected.
+    num_done: usize,
+    /// StepEnd's list of ids that stop before their declared maximum (kept for its buffer).
+    finished_ids: Vec<RequestId>,
+}
+
+impl<'a> Sim<'a> {
+    fn new(trace: TraceView<'a>, config: &'a SimConfig) -> Result<Self> {
+        let router = Router::new(config.router_config())?;
+        let replicas = (0..config.num_replicas)
+            .map(|_| Replica::new(config.engine.clone()))
+            .collect::<Result<Vec<_>>>()?;
+        let n = trace.arrival_time.len();
+        let out = SimOutput {
+            replica: vec![-1; n],
+            arrival_time: trace.arrival_time.to_vec(),
+            first_token_time: vec![f64::NAN; n],
+            finish_time: vec![f64::NAN; n],
+            prompt_tokens: trace.prompt_tokens.to_vec(),
+            output_tokens: vec![0; n],
+            preemptions: vec![0; n],
+            status: vec![STATUS_REJECTED; n],
+            reject_reason: vec![String::new(); n],
+            ..SimOutput::default()
+        };
+        // At most one event per replica, the next arrival and the next snapshot.
+        let mut queue = Queue {
+            heap: BinaryHeap::with_capacity(config.num_replicas + 2),
+            seq: 0,
+        };
+        if let Some(&t0) = trace.arrival_time.first() {
+            if let Some(dt) = config.snapshot_interval {
+                queue.push(t0 + dt, Event::Snapshot);
+            }
+            queue.push(t0, Event::Arrival { row: 0 });
+        }
+        Ok(Sim {
+            trace,
+            config,
+            replicas,
+            router,
+            queue,
+            out,
+            num_arrived: 0,
+            num_done: 0,
+            finished_ids: Vec::new(),
+        })
+    }
+
+    fn run(mut self) -> Result<SimOutput> {
+        let mut now = 0.0;
+        while let Some((t, event)) = self.queue.pop() {
+            now = t;
+            match event {
+                Event::StepEnd { replica } => self.on_step_end(replica, t)?,
+                Event::Arrival { row } => self.on_arrival(row, t)?,
+                Event::Snapshot => self.on_snapshot(t)?,
+                Event::Start { replica } => self.on_start(replica, t)?,
+            }
+        }
+        self.out.end_time = now;
+        let n = self.trace.arrival_time.len();
+        if self.num_done != n {
+            return Err(Error::Invariant {
+                message: format!(
+                    "simulation ended with {} of {n} trace rows unaccounted for",
+                    n - self.num_done
+                ),
+            });
+        }
+        Ok(self.out)
+    }
+
+    /// Row `i` arrives: queue the next row, then reject it if it fits no replica, else route it
+    /// and add it to the chosen replica, which starts a step now if it is idle.
+    fn on_arrival(&mut self, i: usize, now: f64) -> Result<()> {
+        debug_assert_eq!(i, self.num_arrived, "arrivals in trace order");
+        self.num_arrived = i + 1;
+        if let Some(&t) = self.trace.arrival_time.get(i + 1) {
+            self.queue.push(t, Event::Arrival { row: i + 1 });
+        }
+        let prompt = self.trace.prompt_tokens[i] as u64;
+        let max_out = self.config.max_output_tokens;
+        let id = RequestId::Int(i as i64);
+        // Fits no replica (all replicas share one configuration): reject, don't route.
+        if let Some(first) = self.replicas.first() {
+            if let Err(Error::RequestTooLarge { message, .. }) =
+                first.sched.check_fits(&id, prompt, max_out)
+            {
+                self.reject(i, &message);
+                return Ok(());
+            }
+        }
+        let predicted = self
+            .trace
+            .predicted_output_tokens
+            .and_then(|p| p.get(i))
+            .map(|&p| p.max(0) as u64);
+        let route = RouteRequest {
+            prompt_tokens: prompt,
+            max_output_tokens: Some(max_out),
+            predicted_output_tokens: predicted,
+        };
+        let r = self.router.route(i as u64, route)?;
+        let Some(rep) = self.replicas.get_mut(r) else {
+            return Err(Error::Invariant {
+                message: format!("router chose replica {r} of {}", self.config.num_replicas),
+            });
+        };
+        let new = NewRequest {
+            id,
+            prompt_tokens: prompt,
+            max_output_tokens: max_out,
+            arrival_time: Some(now),
+            priority: 0,
+            predicted_output_tokens: predicted,
+            true_output_tokens: Some(self.trace.output_tokens[i] as u64),
+        };
+        match rep.sched.add_request(new) {
+            Ok(_) => {
+                self.out.replica[i] = r as i64;
+                rep.queued_prefill += prompt;
+                if !rep.scheduled {
+                    rep.scheduled = true;
+                    self.queue.push(now, Event::Start { replica: r });
+                }
+            }
+            Err(Error::RequestTooLarge { message, .. }) => {
+                self.router.on_abort(&(i as u64))?;
+                self.reject(i, &message);
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+
+    fn reject(&mut self, i: usize, message: &str) {
+        self.out.reject_reason[i] = format!("request_too_large: {message}");
+        self.num_done += 1;
+    }
+
+    /// Push every replica's load to the router; the next snapshot comes while rows remain to
+    /// arrive.
+    fn on_snapshot(&mut self, now: f64) -> Result<()> {
+        for (r, rep) in self.replicas.iter().enumerate() {
+            self.router.update_replica(r, rep.snapshot())?;
+        }
+        if let Some(dt) = self.config.snapshot_interval {
+            if self.num_arrived < self.trace.arrival_time.len() {
+                self.queue.push(now + dt, Event::Snapshot);
+            }
+        }
+        Ok(())
+    }
+
+    /// Replica `r` plans a step (it has live requests) and runs it until StepEnd.
+    fn on_start(&mut self, r: usize, now: f64) -> Result<()> {
+        let rep = &mut self.replicas[r];
+        debug_assert!(rep.scheduled, "replica {r}: a Start it did not queue");
+        debug_assert!(
+            rep.sched.num_live() > 0,
+            "replica {r}: Start with nothing live"
+        );
+        rep.scheduled = false;
+        let plan = rep.sched.schedule(Some(now))?;
+        let shape = step_shape(&plan);
+        if plan.scheduled.is_empty() && shape.swap_blocks == 0 {
+            // Nothing can run although requests are live: a bug in the core.
+            return Err(Error::Invariant {
+                message: format!(
+                    "replica {r} planned an empty step with {} live requests at t={now}",
+                    rep.sched.num_live()
+                ),
+            });
+        }
+        let dur = self.config.cost.step_time(&shape);
+        if !(dur.is_finite() && dur > 0.0) {
+            return Err(Error::Invariant {
+                message: format!("cost model gave a step time of {dur} s"),
+            });
+        }
+        if self.config.record_steps {
+            let out = &mut self.out;
+            let s = &rep.sched;
+            out.step_time.push(now);
+            out.step_duration.push(dur);
+            out.step_replica.push(r as i64);
+            out.step_batch_size.push(plan.scheduled.len() as i64);
+            out.step_prefill_tokens.push(shape.prefill_tokens as i64);
+            out.step_decode_tokens.push(shape.decode_seqs as i64);
+            out.step_kv_blocks_used
+                .push(self.config.engine.num_gpu_blocks as i64 - s.num_free_gpu_blocks() as i64);
+            out.step_queue_length
+                .push((s.num_waiting() + s.num_swapped()) as i64);
+            out.step_preempted.push(plan.preempted.len() as i64);
+        }
+        self.out.num_steps += 1;
+        rep.plan = plan;
+        rep.scheduled = true;
+        self.queue.push(now + dur, Event::StepEnd { replica: r });
+        Ok(())
+    }
+
+    /// Replica `r`'s step ends: each sampled token is counted (first tokens, finishes, block
+    /// boundaries go to the router), update() applies the step, and the next step starts now if
+    /// requests are still live.
+    fn on_step_end(&mut self, r: usize, now: f64) -> Result<()> {
+        let rep = &mut self.replicas[r];
+        debug_assert!(rep.scheduled, "replica {r}: a StepEnd it did not queue");
+        rep.scheduled = false;
+        let plan = &rep.plan;
+        let bs = self.config.engine.block_size;
+        self.finished_ids.clear();
+        for s in plan.scheduled.iter().filter(|s| s.samples) {
+            let Some(req) = rep.sched.request(s.slot) else {
+                continue;
+            };
+            let RequestId::Int(row) = req.id else {
+                continue;
+            };
+            let (i, id) = (row as usize, row as u64);
+            let count = req.num_output_tokens + 1;
+            let target = (self.trace.output_tokens[i] as u64).min(req.max_output_tokens);
+            if count == 1 {
+                self.out.first_token_time[i] = now;
+                rep.queued_prefill = rep.queued_prefill.saturating_sub(req.prompt_tokens);
+            }
+            if count >= target {
+                // Ends here: EOS at the true length, or the cache-capped maximum.
+                self.out.finish_time[i] = now;
+                self.out.output_tokens[i] = count as i64;
+                self.out.preemptions[i] = i64::from(req.num_preemptions);
+                self.out.status[i] = STATUS_FINISHED;
+                self.num_done += 1;
+                if count < req.max_output_tokens {
+                    self.finished_ids.push(req.id.clone());
+                }
+                self.router.on_finish(&id, count)?;
+            } else if count == 1
+                || blocks_for(req.prompt_tokens + count, bs)
+                    != blocks_for(req.prompt_tokens + count - 1, bs)
+            {
+                // The router's view moves at the first token and at block boundaries.
+                self.router.on_progress(&id, count)?;
+            }
+        }
+        rep.sched
+            .update(plan.step, plan.scheduler_id, &self.finished_ids, Some(now))?;
+        if rep.sched.num_live() > 0 {
+            rep.scheduled = true;
+            self.queue.push(now, Event::Start { replica: r });
+        }
+        Ok(())
+    }
+}
 
 /// Run the whole trace through the cluster.
 pub fn simulate(trace: TraceView<'_>, config: &SimConfig) -> Result<SimOutput> {
     config.validate()?;
     trace.validate()?;
-    let mut router: Router<u64> = Router::new(config.router_config())?;
-    let mut replicas = Vec::with_capacity(config.num_replicas);
-    for _ in 0..config.num_replicas {
-        replicas.push(Replica {
-            sched: Scheduler::new(config.engine.clone())?,
-            plan: None,
-            scheduled: false,
-            queued_prefill: 0,
-        });
-    }
-    let n = trace.arrival_time.len();
-    let mut out = SimOutput {
-        replica: vec![-1; n],
-        arrival_time: trace.arrival_time.to_vec(),
-        first_token_time: vec![f64::NAN; n],
-        finish_time: vec![f64::NAN; n],
-        prompt_tokens: trace.prompt_tokens.to_vec(),
-        output_tokens: vec![0; n],
-        preemptions: vec![0; n],
-        status: vec![STATUS_REJECTED; n],
-        reject_reason: vec![String::new(); n],
-        ..SimOutput::default()
-    };
-    let eng = &config.engine;
-    let declared = config.max_output_tokens;
-    let bs = eng.block_size;
-
-    let mut heap: BinaryHeap<Event> = BinaryHeap::with_capacity(2 * config.num_replicas + 2);
-    let mut seq: u64 = 0;
-    let mut next_arrival = 0usize;
-    let mut num_done = 0usize;
-    if let (Some(dt), Some(&t0)) = (config.snapshot_interval, trace.arrival_time.first()) {
-        heap.push(Reverse((F64(t0 + dt), Kind::Snapshot, seq, 0)));
-        seq += 1;
-    }
-    let mut finished_ids: Vec<RequestId> = Vec::new();
-    let mut now = 0.0_f64;
-
-    loop {
-        // The next event: the heap's top, or the next arrival (kind 1) if it comes first.
-        let arrival_key = trace.arrival_time.get(next_arrival).map(|&t| (F64(t), 1u8));
-        let top = heap.peek().map(|Reverse((t, k, _, _))| (*t, *k as u8));
-        let take_arrival = match (arrival_key, top) {
-            (Some(a), Some(h)) => a < h,
-            (Some(_), None) => true,
-            (None, Some(_)) => false,
-            (None, None) => break,
-        };
-        if take_arrival {
-            let i = next_arrival;
-            next_arrival += 1;
-            now = trace.arrival_time[i];
-            let prompt = trace.prompt_tokens[i] as u64;
-            let max_out = declared;
-            // Fits no replica (all replicas share one configuration): reject, don't route.
-            let id = RequestId::Int(i as i64);
-            if let Some(first) = replicas.first() {
-                if let Err(Error::RequestTooLarge { message, .. }) =
-                    first.sched.check_fits(&id, prompt, max_out)
-                {
-                    out.reject_reason[i] = format!("request_too_large: {message}");
-                    num_done += 1;
-                    continue;
-                }
-            }
-            let predicted = trace
-                .predicted_output_tokens
-                .and_then(|p| p.get(i))
-                .map(|&p| p.max(0) as u64);
-            let rr = RouteRequest {
-                prompt_tokens: prompt,
-                max_output_tokens: Some(max_out),
-                predicted_output_tokens: predicted,
-            };
-            let r = router.route(i as u64, rr)?;
-            let replica = replicas.get_mut(r).ok_or_else(|| Error::Invariant {
-                message: format!("router chose replica {r} of {}", config.num_replicas),
-            })?;
-            let new = NewRequest {
-                id,
-                prompt_tokens: prompt,
-                max_output_tokens: max_out,
-                arrival_time: Some(now),
-                priority: 0,
-                predicted_output_tokens: predicted,
-                true_output_tokens: Some(trace.output_tokens[i] as u64),
-            };
-            match replica.sched.add_request(new) {
-                Ok(_) => {
-                    out.replica[i] = r as i64;
-                    replica.queued_prefill += prompt;
-                    if !replica.scheduled {
-                        replica.scheduled = true;
-                        heap.push(Reverse((F64(now), Kind::Start, seq, r)));
-                        seq += 1;
-                    }
-                }
-                Err(Error::RequestTooLarge { message, .. }) => {
-                    router.on_abort(&(i as u64))?;
-                    out.reject_reason[i] = format!("request_too_large: {message}");
-                    num_done += 1;
-                }
-                Err(e) => return Err(e),
-            }
-            continue;
-        }
-
-        let Some(Reverse((F64(t), kind, _, r))) = heap.pop() else {
-            break;
-        };
-        now = t;
-        match kind {
-            Kind::Snapshot => {
-                for (idx, rep) in replicas.iter().enumerate() {
-                    let s = &rep.sched;
-                    let snap = ReplicaSnapshot {
-                        waiting: Some((s.num_waiting() + s.num_swapped()) as u64),
-                        running: Some(s.num_running() as u64),
-                        queued_prefill_tokens: Some(rep.queued_prefill),
-                        remaining_decode_tokens: None,
-                        free_blocks: Some(s.num_free_gpu_blocks() as u64),
-                    };
-                    router.update_replica(idx, snap)?;
-                }
-                if let Some(dt) = config.snapshot_interval {
-                    if next_arrival < n {
-                        heap.push(Reverse((F64(t + dt), Kind::Snapshot, seq, 0)));
-                        seq += 1;
-                    }
-                }
-            }
-            Kind::Start => {
-                let Some(rep) = replicas.get_mut(r) else {
-                    continue;
-                };
-                rep.scheduled = false;
-                if rep.sched.num_live() == 0 {
-                    continue;
-                }
-                let plan = rep.sched.schedule(Some(t))?;
-                let mut shape = StepShape::default();
-                let mut decode = 0i64;
-                for s in &plan.scheduled {
-                    shape.add(s.num_new_tokens, s.num_computed_tokens, s.is_prefill);
-                    if !s.is_prefill {
-                        decode += 1;
-                    }
-                }
-                shape.swap_blocks = plan
-                    .swapped_out
-                    .iter()
-                    .chain(plan.swapped_in.iter())
-                    .map(|(_, rows)| rows.len() as u64)
-                    .sum();
-                if plan.scheduled.is_empty() && shape.swap_blocks == 0 {
-                    // Nothing can run although requests are live: a bug in the core.
-                    return Err(Error::Invariant {
-                        message: format!(
-                            "replica {r} planned an empty step with {} live requests at t={t}",
-                            rep.sched.num_live()
-                        ),
-                    });
-                }
-                let dur = config.cost.step_time(&shape);
-                if !(dur.is_finite() && dur > 0.0) {
-                    return Err(Error::Invariant {
-                        message: format!("cost model gave a step time of {dur} s"),
-                    });
-                }
-                if config.record_steps {
-                    out.step_time.push(t);
-                    out.step_duration.push(dur);
-                    out.step_replica.push(r as i64);
-                    out.step_batch_size.push(plan.scheduled.len() as i64);
-                    out.step_prefill_tokens.push(shape.prefill_tokens as i64);
-                    out.step_decode_tokens.push(decode);
-                    out.step_kv_blocks_used
-                        .push((eng.num_gpu_blocks as i64) - rep.sched.num_free_gpu_blocks() as i64);
-                    out.step_queue_length
-                        .push((rep.sched.num_waiting() + rep.sched.num_swapped()) as i64);
-                    out.step_preempted.push(plan.preempted.len() as i64);
-                }
-                out.num_steps += 1;
-                rep.plan = Some(plan);
-                rep.scheduled = true;
-                heap.push(Reverse((F64(t + dur), Kind::StepEnd, seq, r)));
-                seq += 1;
-            }
-            Kind::StepEnd => {
-                let Some(rep) = replicas.get_mut(r) else {
-                    continue;
-                };
-                rep.scheduled = false;
-                let Some(plan) = rep.plan.take() else {
-                    continue;
-                };
-                finished_ids.clear();
-                for s in &plan.scheduled {
-                    if !s.samples {
-                        continue;
-                    }
-                    let Some(req) = rep.sched.request(s.slot) else {
-                        continue;
-                    };
-                    let RequestId::Int(row) = req.id else {
-                        continue;
-                    };
-                    let i = row as usize;
-                    let count = req.num_output_tokens + 1;
-                    let target = (trace.output_tokens[i] as u64).min(req.max_output_tokens);
-                    let id = i as u64;
-                    if count == 1 {
-                        out.first_token_time[i] = t;
-                        rep.queued_prefill = rep.queued_prefill.saturating_sub(req.prompt_tokens);
-                    }
-                    if count >= target {
-                        // Ends here: EOS at the true length, or the cache-capped maximum.
-                        out.finish_time[i] = t;
-                        out.output_tokens[i] = count as i64;
-                        out.preemptions[i] = i64::from(req.num_preemptions);
-                        out.status[i] = STATUS_FINISHED;
-                        num_done += 1;
-                        if count < req.max_output_tokens {
-                            finished_ids.push(req.id.clone());
-                        }
-                        router.on_finish(&id, count)?;
-                    } else if count == 1
-                        || blocks_for(req.prompt_tokens + count, bs)
-                            != blocks_for(req.prompt_tokens + count - 1, bs)
-                    {
-                        // The router's view moves at the first token and at block boundaries.
-                        router.on_progress(&id, count)?;
-                    }
-                }
-                rep.sched
-                    .update(plan.step, plan.scheduler_id, &finished_ids, Some(t))?;
-                if rep.sched.num_live() > 0 {
-                    rep.scheduled = true;
-                    heap.push(Reverse((F64(t), Kind::Start, seq, r)));
-                    seq += 1;
-                }
-            }
-        }
-    }
-    out.end_time = now;
-    if num_done != n {
-        return Err(Error::Invariant {
-            message: format!(
-                "simulation ended with {} of {n} trace rows unaccounted for",
-                n - num_done
-            ),
-        });
-    }
-    Ok(out)
+    Sim::new(trace, config)?.run()
 }
 
 /// One replica's capacity in finished requests per second, measured by running (a sample of)

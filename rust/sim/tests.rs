@@ -79,6 +79,32 @@ fn every_row_is_accounted_for_and_clocks_are_monotone() {
 }
 
 #[test]
+fn the_queue_pops_by_time_then_kind_then_push_order() {
+    let mut q = Queue {
+        heap: BinaryHeap::new(),
+        seq: 0,
+    };
+    q.push(1.0, Event::Start { replica: 0 });
+    q.push(1.0, Event::Snapshot);
+    q.push(1.0, Event::Arrival { row: 3 });
+    q.push(1.0, Event::StepEnd { replica: 2 });
+    q.push(1.0, Event::StepEnd { replica: 1 });
+    q.push(0.5, Event::Start { replica: 5 });
+    let order: Vec<Event> = std::iter::from_fn(|| q.pop().map(|(_, e)| e)).collect();
+    assert_eq!(
+        order,
+        [
+            Event::Start { replica: 5 },
+            Event::StepEnd { replica: 2 },
+            Event::StepEnd { replica: 1 },
+            Event::Arrival { row: 3 },
+            Event::Snapshot,
+            Event::Start { replica: 0 },
+        ]
+    );
+}
+
+#[test]
 fn deterministic_for_a_seed() {
     let tr = trace(300, 30.0);
     let mut cfg = config(4, "power_of_two", "larry", 300);
@@ -143,4 +169,136 @@ fn capacity_is_positive_and_grows_with_memory() {
     let small = measure_capacity(tr.view(), &config(1, "sal", "fcfs", 300), 500).unwrap();
     let large = measure_capacity(tr.view(), &config(1, "sal", "fcfs", 3000), 500).unwrap();
     assert!(small > 0.0 && large > small, "{small} {large}");
+}
+
+/// FNV-1a over every column of the output, floats by their bits: equal fingerprints mean
+/// bit-for-bit equal outputs (up to a 64-bit collision).
+fn fingerprint(out: &SimOutput) -> u64 {
+    let bits = |col: &[f64]| col.iter().map(|v| v.to_bits() as i64).collect::<Vec<_>>();
+    let columns = [
+        out.replica.clone(),
+        bits(&out.arrival_time),
+        bits(&out.first_token_time),
+        bits(&out.finish_time),
+        out.prompt_tokens.clone(),
+        out.output_tokens.clone(),
+        out.preemptions.clone(),
+        out.status.iter().map(|&s| i64::from(s)).collect(),
+        bits(&out.step_time),
+        bits(&out.step_duration),
+        out.step_replica.clone(),
+        out.step_batch_size.clone(),
+        out.step_prefill_tokens.clone(),
+        out.step_decode_tokens.clone(),
+        out.step_kv_blocks_used.clone(),
+        out.step_queue_length.clone(),
+        out.step_preempted.clone(),
+        vec![out.num_steps as i64, out.end_time.to_bits() as i64],
+    ];
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut eat = |bytes: &[u8]| {
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    for col in &columns {
+        eat(&(col.len() as u64).to_le_bytes());
+        col.iter().for_each(|v| eat(&v.to_le_bytes()));
+    }
+    for reason in &out.reject_reason {
+        eat(reason.as_bytes());
+        eat(&[0]);
+    }
+    h
+}
+
+struct Case<'a> {
+    name: &'a str,
+    trace: &'a Trace,
+    predicted: Option<&'a [i64]>,
+    config: SimConfig,
+    fingerprint: u64,
+}
+
+/// Seeded runs whose full output was fingerprinted before the event loop was rewritten as
+/// one handler per event (issue 7): the rewrite changes no event, order or number.
+#[test]
+fn seeded_runs_match_recorded_fingerprints() {
+    let tr = trace(600, 40.0);
+    let mut with_rejections = trace(300, 20.0);
+    with_rejections.prompt[7] = 100_000;
+    with_rejections.prompt[150] = 50_000;
+    let predicted: Vec<i64> = tr.output.iter().map(|&o| (o * 3 / 2).max(1)).collect();
+    let mut cases = Vec::new();
+    for (policy, router, replicas, snapshot, fingerprint) in [
+        ("fcfs", "round_robin", 1, None, 0x4e3c_e0c1_31c0_f3b9),
+        ("fcfs", "round_robin", 8, None, 0x409f_5ad6_ab20_cb53),
+        ("fcfs", "sal", 8, Some(0.5), 0xe206_6a77_4301_03eb),
+        ("larry", "round_robin", 1, None, 0xede9_c643_0db6_ff2c),
+        ("larry", "sal", 8, None, 0xfe58_da6c_c492_da6c),
+        ("larry", "llumnix", 8, Some(0.25), 0x1352_def7_15cd_08bc),
+        ("larry", "power_of_two", 8, Some(0.5), 0x4dd3_7cdf_2fa1_57f3),
+        ("fcfs", "sal", 1, Some(0.5), 0x4e3c_e0c1_31c0_f3b9),
+    ] {
+        let mut config = config(replicas, router, policy, 500);
+        config.seed = 5;
+        config.snapshot_interval = snapshot;
+        cases.push(Case {
+            name: policy,
+            trace: &tr,
+            predicted: None,
+            config,
+            fingerprint,
+        });
+    }
+    let mut config = self::config(3, "sal", "fcfs", 200);
+    config.max_output_tokens = 1200;
+    cases.push(Case {
+        name: "rejections",
+        trace: &with_rejections,
+        predicted: None,
+        config,
+        fingerprint: 0x4e6c_e5a4_a1c5_1afe,
+    });
+    let mut config = self::config(2, "least_tokens", "larry", 300);
+    config.engine.preemption_mode = crate::config::PreemptMode::Swap;
+    config.engine.num_cpu_blocks = 100;
+    config.snapshot_interval = Some(0.3);
+    cases.push(Case {
+        name: "swap",
+        trace: &tr,
+        predicted: None,
+        config,
+        fingerprint: 0x021d_e1fe_78c2_3a1d,
+    });
+    let mut config = self::config(4, "sal", "sjf", 400);
+    config.record_steps = false;
+    cases.push(Case {
+        name: "sjf-predicted",
+        trace: &tr,
+        predicted: Some(&predicted),
+        config,
+        fingerprint: 0x0787_377a_9bc9_8268,
+    });
+
+    let mut got = Vec::new();
+    for case in &cases {
+        let view = TraceView {
+            predicted_output_tokens: case.predicted,
+            ..case.trace.view()
+        };
+        let out = simulate(view, &case.config).unwrap();
+        let rejected = out.status.iter().filter(|&&s| s == STATUS_REJECTED).count();
+        let preempted: i64 = out.preemptions.iter().sum();
+        let fp = fingerprint(&out);
+        println!(
+            "{} {} x{}: {fp:#018x} rejected={rejected} preemptions={preempted} steps={}",
+            case.name, case.config.router, case.config.num_replicas, out.num_steps
+        );
+        got.push(fp);
+    }
+    for (case, fp) in cases.iter().zip(got) {
+        assert_eq!(fp, case.fingerprint, "{}: {fp:#018x}", case.name);
+    }
 }
