@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import combinations
 from types import SimpleNamespace
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +36,7 @@ from ..errors import InvalidArgumentError
 FEATURES = ("prefill_tokens", "decode_seqs", "kv_tokens")
 COEFFICIENTS = ("c0", "c1", "c2", "c3")
 
-Records = Union[Mapping[str, Any], Sequence[Mapping[str, Any]], Any]
+Records = Mapping[str, Any] | Sequence[Mapping[str, Any]] | Any
 
 
 def _columns(step_records: Records, target: str) -> tuple[np.ndarray, np.ndarray]:

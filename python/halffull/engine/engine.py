@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import count
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from .kv_cache import PagedKVCache
 from .model import LlamaModel, ModelConfig
 from .serve import ServeReport, serve_trace
 
-RequestId = Union[str, int]
+RequestId = str | int
 
 SCHEDULERS = ("rust", "reference")
 

@@ -41,7 +41,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +54,7 @@ from ..errors import (
 )
 from ..limits import MAX_COUNT, MAX_REPLICAS
 
-RequestId = Union[str, int]
+RequestId = str | int
 
 _MASK64 = 2**64 - 1
 
