@@ -218,7 +218,7 @@ def aggregate(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         groups[tuple(r[k] for k in KEYS)].append(r)
     out = []
     for key, rs in groups.items():
-        a = dict(zip(KEYS, key))
+        a = dict(zip(KEYS, key, strict=True))
         a.update(trace=rs[0]["trace"], preset=rs[0]["preset"], num_gpu_blocks=rs[0]["num_gpu_blocks"],
                  capacity_per_replica=rs[0]["capacity_per_replica"], n=len(rs))
         for m in METRICS:

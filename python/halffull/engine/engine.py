@@ -229,9 +229,9 @@ class Engine:
         """One entry per non-empty step since ``reset_timings``, as numpy columns
         (``STEP_FIELDS``): prefill tokens, decode seqs, KV tokens in the batch (sum of c + n), phase times and
         ``step_s`` (the whole step). Input of ``fit_linear_cost_model``."""
-        cols = list(zip(*self._steps)) if self._steps else [()] * len(STEP_FIELDS)
+        cols = list(zip(*self._steps, strict=True)) if self._steps else [()] * len(STEP_FIELDS)
         out: dict[str, np.ndarray] = {}
-        for name, col in zip(STEP_FIELDS, cols):
+        for name, col in zip(STEP_FIELDS, cols, strict=True):
             dtype = np.float64 if name.endswith("_s") else np.int64
             out[name] = np.asarray(col, dtype=dtype)
         return out
@@ -389,7 +389,7 @@ class Engine:
                 sampled = []
             t_first = t_fwd - self._t0
             eos = self.eos_token_id
-            for (rid, _), tok in zip(batch.sample_index, sampled):
+            for (rid, _), tok in zip(batch.sample_index, sampled, strict=True):
                 seq = seqs[rid]
                 seq.tokens.append(tok)
                 res = seq.result
