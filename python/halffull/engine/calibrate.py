@@ -346,8 +346,9 @@ class CalibrationReport:
 
         def trace_line(label: str, t: Mapping[str, Any]) -> str:
             return (f"{label}{t.get('name')}: {t.get('requests')} requests, {t.get('rate_rps', math.nan):.2f} req/s "
-                    f"(inter-arrival CV {t.get('interarrival_cv', math.nan):.2f}), prompt {t.get('prompt_mean', math.nan):.0f}"
-                    f" / output {t.get('output_mean', math.nan):.0f} tokens on average")
+                    f"(inter-arrival CV {t.get('interarrival_cv', math.nan):.2f}), "
+                    f"prompt {t.get('prompt_mean', math.nan):.0f} / output {t.get('output_mean', math.nan):.0f} "
+                    "tokens on average")
         lines = [
             f"calibration: {cfg.get('model')} on {cfg.get('device')}, {cfg.get('scheduler')} scheduler, "
             f"{cfg.get('threads')} torch thread(s); {sc.get('policy')}, {sc.get('num_gpu_blocks')} blocks x "
