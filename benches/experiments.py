@@ -166,7 +166,8 @@ class Lab:
                 "experiment": experiment, "setting": setting, "trace": s.trace, "preset": s.preset,
                 "num_gpu_blocks": res.config["engine"]["num_gpu_blocks"], "replicas": replicas,
                 "policy": policy, "router": router, "load": load,
-                "larry_alpha": (larry_alpha if larry_alpha is not None else DEFAULT_ALPHA) if policy == "larry" else None,
+                "larry_alpha": ((larry_alpha if larry_alpha is not None else DEFAULT_ALPHA)
+                                if policy == "larry" else None),
                 "sal_beta": ("learned" if sal_beta is None else sal_beta) if router == "sal" else None,
                 "replicate": k, "seed": k, "family": family, "offered_rate": offered,
                 "capacity_per_replica": cap,
@@ -218,7 +219,7 @@ def aggregate(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         groups[tuple(r[k] for k in KEYS)].append(r)
     out = []
     for key, rs in groups.items():
-        a = dict(zip(KEYS, key))
+        a = dict(zip(KEYS, key, strict=True))
         a.update(trace=rs[0]["trace"], preset=rs[0]["preset"], num_gpu_blocks=rs[0]["num_gpu_blocks"],
                  capacity_per_replica=rs[0]["capacity_per_replica"], n=len(rs))
         for m in METRICS:
@@ -287,7 +288,8 @@ def pm(r: dict[str, Any], m: str, kind: str = "s") -> str:
 
 
 def md_table(head: list[str], body: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"]
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in body]
     return "\n".join(lines)
 
@@ -314,7 +316,8 @@ def experiment_a(lab: Lab, loads: list[float]) -> None:
         for load in loads:
             for policy in A_POLICIES:
                 lab.run("a", setting, replicas=1, policy=policy, router="round_robin", load=load)
-        log(lab, f"(a) {setting}: {len(loads) * len(A_POLICIES) * lab.replicates} runs in {time.perf_counter() - t0:.1f} s")
+        log(lab, f"(a) {setting}: {len(loads) * len(A_POLICIES) * lab.replicates} runs "
+                 f"in {time.perf_counter() - t0:.1f} s")
 
 
 def experiment_b(lab: Lab, loads: list[float]) -> None:
@@ -401,7 +404,8 @@ def report_a(agg: list[dict[str, Any]], raw: list[dict[str, Any]], loads: list[f
         preempting = any(r["preempted_share"] > 0.001 for r in rows)
         last = ("preempted_share", "share of requests preempted") if preempting else ("ttft_mean", "TTFT mean (s)")
         plots.sweep_panels(
-            rows, [("ttft_p50", "TTFT p50 (s)"), ("ttft_p99", "TTFT p99 (s)"), ("e2e_mean", "mean e2e latency (s)"), last],
+            rows, [("ttft_p50", "TTFT p50 (s)"), ("ttft_p99", "TTFT p99 (s)"), ("e2e_mean", "mean e2e latency (s)"),
+                   last],
             out / f"a_{setting}.png", label=lambda r: r["policy"],
             logy=("ttft_p50", "ttft_p99", "e2e_mean", "ttft_mean"),
             title=f"(a) one replica: {SETTINGS[setting].about}" + ("" if preempting else " (no preemptions)"))
@@ -411,12 +415,12 @@ def report_a(agg: list[dict[str, Any]], raw: list[dict[str, Any]], loads: list[f
             cells = [f"{load:.1f}"]
             for m in ("ttft_p50", "ttft_p99", "ttft_mean", "e2e_mean", "e2e_p99"):
                 cells.append(ratio_cell(c[f"larry/fcfs {m} @{load}"]))
-            f, l = one(rows, load=load, policy="fcfs"), one(rows, load=load, policy="larry")
-            cells.append(f"{fmt(f['preempted_share'], 'pct')} -> {fmt(l['preempted_share'], 'pct')}")
+            fcfs, larry = one(rows, load=load, policy="fcfs"), one(rows, load=load, policy="larry")
+            cells.append(f"{fmt(fcfs['preempted_share'], 'pct')} -> {fmt(larry['preempted_share'], 'pct')}")
             body.append(cells)
         md.append(f"LARRY / FCFS, {setting} (ratio < 1: LARRY better; * every replicate agrees):\n")
-        md.append(md_table(["load", "TTFT p50", "TTFT p99", "TTFT mean", "e2e mean", "e2e p99", "preempted fcfs -> larry"],
-                           body) + "\n")
+        md.append(md_table(["load", "TTFT p50", "TTFT p99", "TTFT mean", "e2e mean", "e2e p99",
+                            "preempted fcfs -> larry"], body) + "\n")
     return md, comp
 
 
@@ -439,7 +443,7 @@ def report_b(agg: list[dict[str, Any]], raw: list[dict[str, Any]], loads: list[f
     for setting in B_SETTINGS:
         rows = select(agg, experiment="b", setting=setting)
         md.append(f"### (b) {SETTINGS[setting].about}; 8 replicas\n")
-        head = ["router"] + [f"{p} {m} @{l:.1f}" for l in show if l in loads for p in B_POLICIES
+        head = ["router"] + [f"{p} {m} @{x:.1f}" for x in show if x in loads for p in B_POLICIES
                              for m in ("TTFT p99", "e2e mean")]
         body = []
         for router in B_ROUTERS:
@@ -460,7 +464,8 @@ def report_b(agg: list[dict[str, Any]], raw: list[dict[str, Any]], loads: list[f
             pre.append(line)
         if any(r["preempted_share"] > 0 for r in rows):
             md.append("Share of requests preempted:\n")
-            md.append(md_table(["router"] + [f"{p} @{l:.1f}" for l in show if l in loads for p in B_POLICIES], pre) + "\n")
+            md.append(md_table(["router"] + [f"{p} @{x:.1f}" for x in show if x in loads for p in B_POLICIES],
+                               pre) + "\n")
         c: dict[str, Any] = {}
         for load in loads:
             for policy in B_POLICIES:
@@ -483,7 +488,8 @@ def report_b(agg: list[dict[str, Any]], raw: list[dict[str, Any]], loads: list[f
                     line.append(" / ".join(ratio_cell(c[f"{policy}: sal/{other} {m} @{load}"]).split(" (")[0]
                                            for m in ("ttft_p99", "e2e_mean")))
                 sal = one(rows, load=load, policy=policy, router="sal")
-                rank = {m: 1 + sum(r[m] < sal[m] for r in select(rows, load=load, policy=policy)) for m in ("ttft_p99", "e2e_mean")}
+                rank = {m: 1 + sum(r[m] < sal[m] for r in select(rows, load=load, policy=policy))
+                        for m in ("ttft_p99", "e2e_mean")}
                 line.append(f"{rank['ttft_p99']} / {rank['e2e_mean']}")
                 body.append(line)
         md.append(f"SAL / other router, {setting}: TTFT p99 / mean e2e (< 1: SAL better; * every replicate agrees); "
@@ -512,7 +518,8 @@ def report_b(agg: list[dict[str, Any]], raw: list[dict[str, Any]], loads: list[f
     return md, comp
 
 
-def report_poisson(agg: list[dict[str, Any]], raw: list[dict[str, Any]], loads: list[float]) -> tuple[list[str], dict[str, Any]]:
+def report_poisson(agg: list[dict[str, Any]], raw: list[dict[str, Any]],
+                   loads: list[float]) -> tuple[list[str], dict[str, Any]]:
     md = ["### Robustness: Poisson resamples of each trace (same request mix, stationary arrivals)\n",
           "One replica, LARRY / FCFS (ratio, range over resamples); eight replicas, SAL's rank of 6 routers "
           "and SAL / best other router, on TTFT p99 and mean e2e:\n"]
@@ -555,7 +562,8 @@ def report_alpha(agg: list[dict[str, Any]], loads: list[float], out: Path) -> li
                 r = one(agg, experiment="alpha", setting=setting, load=load, policy="larry", larry_alpha=alpha)
                 ratio = {m: r[m] / base[m] if base[m] > 0 else math.nan for m in ("ttft_mean", "ttft_p99", "e2e_mean")}
                 body.append([setting, f"{load:.1f}", f"larry a={alpha:g}", fmt(ratio["ttft_mean"], "x"),
-                             fmt(ratio["ttft_p99"], "x"), fmt(ratio["e2e_mean"], "x"), fmt(r["preempted_share"], "pct")])
+                             fmt(ratio["ttft_p99"], "x"), fmt(ratio["e2e_mean"], "x"),
+                             fmt(r["preempted_share"], "pct")])
                 plot_rows.append({"setting": setting, "load": load, "larry_alpha": alpha,
                                   **{f"{m}_ratio": v for m, v in ratio.items()}})
     md.append(md_table(["setting", "load", "policy", "TTFT mean", "TTFT p99", "e2e mean", "preempted"], body) + "\n")
@@ -564,14 +572,16 @@ def report_alpha(agg: list[dict[str, Any]], loads: list[float], out: Path) -> li
                     ("e2e_mean_ratio", "mean e2e / FCFS")],
         out / "alpha.png", x="larry_alpha", xlabel="LARRY alpha (tokens/s)", logx=True,
         logy=("ttft_mean_ratio", "ttft_p99_ratio", "e2e_mean_ratio"),
-        label=lambda r: f"{r['setting']} @{r['load']:.1f}", hlines={k: 1.0 for k in ("ttft_mean_ratio", "ttft_p99_ratio", "e2e_mean_ratio")},
+        label=lambda r: f"{r['setting']} @{r['load']:.1f}",
+        hlines={k: 1.0 for k in ("ttft_mean_ratio", "ttft_p99_ratio", "e2e_mean_ratio")},
         ncols=3, title="LARRY's alpha: one replica, ratio to FCFS (1 = FCFS; alpha -> inf is FCFS)")
     return md
 
 
 def report_beta(agg: list[dict[str, Any]], loads: list[float], out: Path, lab: Lab) -> tuple[list[str], dict[str, Any]]:
     """SAL at each beta against the best of the other routers (from (b), same load and policy)."""
-    md = ["### SAL's beta (8 replicas; ratio to the best other router at the same load and engine policy, < 1: SAL wins)\n"]
+    md = ["### SAL's beta (8 replicas; ratio to the best other router at the same load and engine policy, "
+          "< 1: SAL wins)\n"]
     learned = {}
     for name in {SETTINGS[s].trace for s in SWEEP_SETTINGS}:
         tr = lab.trace(name)
@@ -606,7 +616,8 @@ def report_beta(agg: list[dict[str, Any]], loads: list[float], out: Path, lab: L
     md.append(md_table(head, body) + "\n")
     if plot_rows:
         plots.sweep_panels(
-            plot_rows, [("ttft_p99_ratio", "SAL TTFT p99 / best other"), ("e2e_mean_ratio", "SAL mean e2e / best other")],
+            plot_rows, [("ttft_p99_ratio", "SAL TTFT p99 / best other"),
+                        ("e2e_mean_ratio", "SAL mean e2e / best other")],
             out / "beta.png", x="beta_pos", xlabel="SAL beta",
             xticklabels={positions[b]: ("learned" if b is None else f"{b:g}") for b in BETAS},
             label=lambda r: f"{r['setting']} {r['policy']} @{r['load']:.1f}",
@@ -649,7 +660,7 @@ def main(argv: list[str] | None = None) -> int:
     lab = Lab(replicates)
     print(f"halffull {halffull.__version__}: preset {PRESET}, cap {MAX_OUTPUT_TOKENS} output tokens, "
           f"sjf predictor {SJF_PREDICTOR}, {replicates} replicate(s) per configuration")
-    for name, path in TRACE_FILES.items():
+    for name in TRACE_FILES:
         tr = lab.trace(name)
         print(f"  {name}: {len(tr):,} requests over {tr.duration:,.0f} s ({tr.rate:.2f}/s), "
               f"prompt mean {tr.prompt_tokens.mean():,.0f}, output mean {tr.output_tokens.mean():,.0f}")

@@ -509,6 +509,13 @@ def test_only_the_engine_needs_torch():
     assert float(out.stdout) >= 0
 
 
+def test_engine_all_lists_every_lazy_export():
+    # __all__ is written out for linters and type checkers; it must name exactly the lazy exports
+    import halffull.engine as engine
+    assert engine.__all__ == sorted(engine._EXPORTS)
+    assert all(getattr(engine, name) is not None for name in engine.__all__)
+
+
 # ---------------------------------------------------------------------------- dtypes, devices, CLI
 
 

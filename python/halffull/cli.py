@@ -111,17 +111,21 @@ def _engine_opts(larry_alpha: float | None) -> dict[str, Any]:
 
 @app.command()
 def simulate(
-    trace: str | None = typer.Option(None, help="Trace file (Azure/Mooncake/BurstGPT/halffull) or built-in name; default: built-in 'default'."),
+    trace: str | None = typer.Option(None, help="Trace file (Azure/Mooncake/BurstGPT/halffull) or built-in name; "
+                                     "default: built-in 'default'."),
     replicas: int = typer.Option(DEFAULT_REPLICAS, help="Number of engine replicas."),
-    policy: str | None = typer.Option(None, help="Engine policy; default: compare fcfs,no_preempt,sjf,larry,oracle_srpt."),
+    policy: str | None = typer.Option(None, help="Engine policy; "
+                                      "default: compare fcfs,no_preempt,sjf,larry,oracle_srpt."),
     router: str = typer.Option(DEFAULT_ROUTER, help="Router policy."),
     model: str | None = typer.Option(None, help="Model preset, e.g. llama-3-8b."),
     gpu: str | None = typer.Option(None, help="GPU preset, e.g. h100, a100, 4xh100."),
     preset: str | None = typer.Option(None, help="model/gpu preset, e.g. llama-3-8b/h100."),
-    load: float | None = typer.Option(None, help=f"Arrival rate as a multiple of measured capacity (default {DEFAULT_LOAD} unless --rate-scale)."),
+    load: float | None = typer.Option(None, help="Arrival rate as a multiple of measured capacity "
+                                      f"(default {DEFAULT_LOAD} unless --rate-scale)."),
     rate_scale: float | None = typer.Option(None, help="Multiply the trace's own arrival rate instead."),
     seed: int = typer.Option(0),
-    snapshot_interval: float | None = typer.Option(None, help="Push replica snapshots to the router every this many seconds."),
+    snapshot_interval: float | None = typer.Option(None, help="Push replica snapshots to the router "
+                                                   "every this many seconds."),
     predictor: str = typer.Option(DEFAULT_PREDICTOR, help=PREDICTOR_HELP),
     larry_alpha: float | None = typer.Option(None, help="LARRY's alpha (tokens/s)."),
     sal_beta: float | None = typer.Option(None, help="Fix SAL's beta (default: learned)."),
@@ -155,7 +159,8 @@ def simulate(
     first = rows[0]
     cap = first.get("capacity_requests_per_s")
     where = f"load {load:g} x capacity {cap:.1f} req/s" if cap else f"rate x{rate_scale:g}"
-    console.print(_table(rows, f"{tr.name}: {len(tr)} requests, {replicas} x {first['preset']}, router {router}, {where}"))
+    console.print(_table(rows, f"{tr.name}: {len(tr)} requests, {replicas} x {first['preset']}, "
+                               f"router {router}, {where}"))
     console.print(f"[dim]simulated in {sum(r['wall_time_s'] for r in rows):.2f} s wall; "
                   f"SLO: TTFT <= {first['slo_ttft']} s, TPOT <= {first['slo_tpot']} s; "
                   f"predictor: {predictor}[/dim]")

@@ -37,7 +37,23 @@ _EXPORTS = {
     "cli_main": ".cli",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "Engine",
+    "LlamaModel",
+    "ModelConfig",
+    "PRESETS",
+    "PagedKVCache",
+    "RequestResult",
+    "SCHEDULERS",
+    "STEP_FIELDS",
+    "ServeReport",
+    "cli_main",
+    "fit_linear_cost_model",
+    "fit_quality",
+    "predict_step_time",
+    "resolve_device",
+    "serve_trace",
+]
 
 if TYPE_CHECKING:
     from .calibrate import fit_linear_cost_model, fit_quality, predict_step_time

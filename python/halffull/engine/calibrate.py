@@ -24,9 +24,9 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import combinations
+from itertools import combinations, pairwise
 from types import SimpleNamespace
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +36,7 @@ from ..errors import InvalidArgumentError
 FEATURES = ("prefill_tokens", "decode_seqs", "kv_tokens")
 COEFFICIENTS = ("c0", "c1", "c2", "c3")
 
-Records = Union[Mapping[str, Any], Sequence[Mapping[str, Any]], Any]
+Records = Mapping[str, Any] | Sequence[Mapping[str, Any]] | Any
 
 
 def _columns(step_records: Records, target: str) -> tuple[np.ndarray, np.ndarray]:
@@ -89,7 +89,7 @@ def fit_linear_cost_model(step_records: Records, target: str = "step_s") -> dict
     """
     x, y = _columns(step_records, target)
     coef = nnls(x, y)
-    return {name: float(v) for name, v in zip(COEFFICIENTS, coef)}
+    return {name: float(v) for name, v in zip(COEFFICIENTS, coef, strict=True)}
 
 
 def predict_step_time(coefficients: Mapping[str, float], step_records: Records) -> np.ndarray:
@@ -214,7 +214,7 @@ def default_traces(num_requests: int = DEFAULT_REQUESTS, *, fit_rates: Sequence[
                                    f"for {num_requests} requests", field="fit_rates", value=None)
     sizes = np.diff(np.linspace(0, num_requests, len(rates) + 1).round().astype(int))
     parts, t0 = [], 0.0
-    for k, (rate, n) in enumerate(zip(rates, sizes)):
+    for k, (rate, n) in enumerate(zip(rates, sizes, strict=True)):
         seg = traces.synthetic(int(n), rate, arrival="poisson", seed=seed + 101 * k, **common)
         a = np.asarray(seg.arrival_time) + t0
         parts.append((a, seg.prompt_tokens, seg.output_tokens))
@@ -346,8 +346,9 @@ class CalibrationReport:
 
         def trace_line(label: str, t: Mapping[str, Any]) -> str:
             return (f"{label}{t.get('name')}: {t.get('requests')} requests, {t.get('rate_rps', math.nan):.2f} req/s "
-                    f"(inter-arrival CV {t.get('interarrival_cv', math.nan):.2f}), prompt {t.get('prompt_mean', math.nan):.0f}"
-                    f" / output {t.get('output_mean', math.nan):.0f} tokens on average")
+                    f"(inter-arrival CV {t.get('interarrival_cv', math.nan):.2f}), "
+                    f"prompt {t.get('prompt_mean', math.nan):.0f} / output {t.get('output_mean', math.nan):.0f} "
+                    "tokens on average")
         lines = [
             f"calibration: {cfg.get('model')} on {cfg.get('device')}, {cfg.get('scheduler')} scheduler, "
             f"{cfg.get('threads')} torch thread(s); {sc.get('policy')}, {sc.get('num_gpu_blocks')} blocks x "
@@ -430,7 +431,7 @@ def _pieces(trace: Any, rounds: int, max_requests: int | None) -> list[SimpleNam
     cuts = np.linspace(0, n, rounds + 1).round().astype(int)
     name = getattr(trace, "name", "trace")
     return [SimpleNamespace(arrival_time=arrival[i:j], prompt_tokens=prompt[i:j], output_tokens=output[i:j],
-                            name=f"{name}[{i}:{j}]") for i, j in zip(cuts[:-1], cuts[1:])]
+                            name=f"{name}[{i}:{j}]") for i, j in pairwise(cuts)]
 
 
 def _concat_steps(reports: Sequence[Any]) -> dict[str, np.ndarray]:
@@ -604,7 +605,7 @@ def calibrate(
     sched = scheduler_config.to_dict()
     policy = sched.pop("policy")
     sims, eng_cols, sim_cols = [], [], []
-    for piece, rep in zip(hold_pieces, hold_reps):
+    for piece, rep in zip(hold_pieces, hold_reps, strict=True):
         ok = ~rep.rejected
         intended = np.maximum(np.asarray(piece.output_tokens, dtype=np.int64)[rep.trace_index], 1)
         if max_output_tokens is not None:

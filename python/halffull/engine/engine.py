@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import count
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from .kv_cache import PagedKVCache
 from .model import LlamaModel, ModelConfig
 from .serve import ServeReport, serve_trace
 
-RequestId = Union[str, int]
+RequestId = str | int
 
 SCHEDULERS = ("rust", "reference")
 
@@ -229,9 +229,9 @@ class Engine:
         """One entry per non-empty step since ``reset_timings``, as numpy columns
         (``STEP_FIELDS``): prefill tokens, decode seqs, KV tokens in the batch (sum of c + n), phase times and
         ``step_s`` (the whole step). Input of ``fit_linear_cost_model``."""
-        cols = list(zip(*self._steps)) if self._steps else [()] * len(STEP_FIELDS)
+        cols = list(zip(*self._steps, strict=True)) if self._steps else [()] * len(STEP_FIELDS)
         out: dict[str, np.ndarray] = {}
-        for name, col in zip(STEP_FIELDS, cols):
+        for name, col in zip(STEP_FIELDS, cols, strict=True):
             dtype = np.float64 if name.endswith("_s") else np.int64
             out[name] = np.asarray(col, dtype=dtype)
         return out
@@ -389,7 +389,7 @@ class Engine:
                 sampled = []
             t_first = t_fwd - self._t0
             eos = self.eos_token_id
-            for (rid, _), tok in zip(batch.sample_index, sampled):
+            for (rid, _), tok in zip(batch.sample_index, sampled, strict=True):
                 seq = seqs[rid]
                 seq.tokens.append(tok)
                 res = seq.result

@@ -4,9 +4,8 @@ order it, and its state (status, tokens computed and generated, blocks held)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
-RequestId = Union[str, int]
+RequestId = str | int
 
 WAITING, RUNNING, SWAPPED, FINISHED, ABORTED = "waiting", "running", "swapped", "finished", "aborted"
 

@@ -41,7 +41,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -54,7 +54,7 @@ from ..errors import (
 )
 from ..limits import MAX_COUNT, MAX_REPLICAS
 
-RequestId = Union[str, int]
+RequestId = str | int
 
 _MASK64 = 2**64 - 1
 
@@ -381,7 +381,7 @@ class Router:
         self.beta_override = beta
         self.seed = seed
         self._policy = POLICIES[policy](seed)
-        self.replicas = [ReplicaLoad(b, s, m) for b, s, m in zip(blocks, sizes, budgets)]
+        self.replicas = [ReplicaLoad(b, s, m) for b, s, m in zip(blocks, sizes, budgets, strict=True)]
         self.requests: dict[RequestId, LiveRequest] = {}
         self.num_finished = 0
         self.sum_input_tokens = 0
@@ -499,7 +499,7 @@ class Router:
         predictions = column("predicted_output_tokens", predicted_output_tokens, 0)
         keys = [_check_id(i) for i in ids]
         seen: set[RequestId] = set()
-        for key, original in zip(keys, ids):
+        for key, original in zip(keys, ids, strict=True):
             if key in self.requests or key in seen:
                 raise DuplicateRequestError(f"request {key!r} is already live", request_id=original)
             seen.add(key)
@@ -626,7 +626,7 @@ class Router:
                 s[0] += 1
                 s[2] += req.prompt_tokens
             s[3] += req.remaining_decode
-        for i, (load, s) in enumerate(zip(self.replicas, sums)):
+        for i, (load, s) in enumerate(zip(self.replicas, sums, strict=True)):
             got = [load.waiting, load.running, load.queued_prefill_tokens, load.remaining_decode_tokens,
                    load.used_blocks]
             if not load.snapshotted and got != s:

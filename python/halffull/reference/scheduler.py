@@ -437,7 +437,8 @@ class Scheduler:
             if not self._fits(total):
                 break
             gpu_blocks = self.gpu.allocate(total)
-            mapping = np.array(list(zip(req.cpu_blocks, gpu_blocks)), dtype=np.int64).reshape(-1, 2)
+            # the CPU blocks' contents go to the first GPU blocks; any further ones are for the new tokens
+            mapping = np.array(list(zip(req.cpu_blocks, gpu_blocks, strict=False)), dtype=np.int64).reshape(-1, 2)
             self.cpu.release(req.cpu_blocks)
             req.cpu_blocks, req.block_table = [], gpu_blocks
             self.swapped.remove(req)
@@ -605,7 +606,7 @@ class Scheduler:
         self.num_preemptions += 1
         if self.config.preemption_mode == "swap" and len(req.block_table) <= self.cpu.num_free:
             cpu_blocks = self.cpu.allocate(len(req.block_table))
-            swapped_out.append((req.request_id, np.array(list(zip(req.block_table, cpu_blocks)),
+            swapped_out.append((req.request_id, np.array(list(zip(req.block_table, cpu_blocks, strict=True)),
                                                          dtype=np.int64).reshape(-1, 2)))
             self.gpu.release(req.block_table)
             req.block_table, req.cpu_blocks = [], cpu_blocks
