@@ -10,9 +10,12 @@
 //! that `x` has left; an insertion or deletion recomputes one root path. Per decision that is
 //! O(log n) plus O(log n) per certificate that fails; as `L` moves by one, few fail.
 //!
-//! Exactness: values are computed exactly as the Python reference does,
-//! `fl(fl(alpha*arrival) + fl(x*slope))`, and ties break on (arrival, seq). For values below
-//! 2^50 the comparison "a beats b" is a threshold function of the integer `x`, so the
+//! Exactness: values are compared exactly, as the Python reference does with `Fraction`:
+//! `alpha*arrival + x*slope` as a real number, ties broken on (arrival, seq). No rounding
+//! happens anywhere, so the result holds over the whole validated range (arrivals up to
+//! `MAX_TIME` = 1e12 s, `alpha` up to `MAX_RATE` = 1e9, slopes and `x` up to 2^40 and
+//! more); see [`Intercept`] for the argument. The comparison "a beats b" is then a threshold
+//! function of the integer `x` (the difference of two lines is linear in `x`), so the
 //! certificates are exact integer intervals (found by evaluating the same predicate).
 //!
 //! ```text
@@ -26,10 +29,124 @@
 pub(crate) const X_MAX: i64 = 1 << 40;
 const NONE: u32 = u32::MAX;
 
+use std::cmp::Ordering;
+
+/// The exact value of `alpha * arrival` (both finite and >= 0), split as an integer part and
+/// a fraction in `[0, 1)`: `int + frac_m * 2^frac_e`.
+///
+/// Why this is exact over the whole validated range: a finite f64 `v >= 0` is `m * 2^e` with
+/// an integer `m < 2^53` and `e >= -1074`. So `alpha * arrival = ma*mr * 2^(ea + er)` with
+/// `ma*mr < 2^106`, which a `u128` holds exactly. Its integer part is at most
+/// `MAX_RATE * MAX_TIME = 1e21 < 2^70`; adding `x * slope <= 2^40 * 2^64 = 2^104` keeps it
+/// below `2^105`, well inside an `i128`. The fraction keeps all its bits (mantissa and
+/// exponent) and two fractions compare exactly by their leading bit, then aligned bits. Since
+/// `x * slope` is an integer, `a + x*sa < b + x*sb` holds exactly when the integer parts
+/// compare that way, or they are equal and the fractions do: no value is ever rounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Intercept {
+    int: i128,
+    frac_m: u128,
+    frac_e: i32,
+}
+
+/// `v = m * 2^e` exactly (`v` finite; the sign is ignored: callers pass `v >= 0`).
+fn decompose(v: f64) -> (u64, i32) {
+    let bits = v.to_bits();
+    let exp = ((bits >> 52) & 0x7ff) as i32;
+    let mant = bits & ((1 << 52) - 1);
+    if exp == 0 {
+        (mant, -1074)
+    } else {
+        (mant | (1 << 52), exp - 1075)
+    }
+}
+
+impl Intercept {
+    pub(crate) const ZERO: Intercept = Intercept {
+        int: 0,
+        frac_m: 0,
+        frac_e: 0,
+    };
+
+    /// `alpha * arrival`, exactly (inputs validated finite, >= 0 and within the limits;
+    /// anything larger saturates rather than wrapping).
+    pub(crate) fn product(alpha: f64, arrival: f64) -> Intercept {
+        let ((ma, ea), (mr, er)) = (decompose(alpha), decompose(arrival));
+        let p = u128::from(ma) * u128::from(mr);
+        let e = ea + er;
+        if p == 0 {
+            return Intercept::ZERO;
+        }
+        if e >= 0 {
+            // An integer; below 2^70 in the validated range.
+            let int = if e < 127 && p.leading_zeros() > e as u32 + 1 {
+                (p << e) as i128
+            } else {
+                i128::MAX >> 2
+            };
+            return Intercept { int, ..Intercept::ZERO };
+        }
+        let sh = e.unsigned_abs();
+        if sh >= 128 {
+            return Intercept {
+                int: 0,
+                frac_m: p,
+                frac_e: e,
+            };
+        }
+        let frac_m = p & ((1u128 << sh) - 1);
+        Intercept {
+            int: (p >> sh) as i128,
+            frac_m,
+            frac_e: if frac_m == 0 { 0 } else { e },
+        }
+    }
+
+    /// Compare the fractional parts exactly.
+    fn cmp_frac(&self, other: &Intercept) -> Ordering {
+        let (a, b) = (self, other);
+        match (a.frac_m == 0, b.frac_m == 0) {
+            (true, true) => return Ordering::Equal,
+            (true, false) => return Ordering::Less,
+            (false, true) => return Ordering::Greater,
+            (false, false) => {}
+        }
+        // Position of the leading bit: the larger one is the larger fraction.
+        let lead = |m: u128, e: i32| e + (128 - m.leading_zeros() as i32);
+        match lead(a.frac_m, a.frac_e).cmp(&lead(b.frac_m, b.frac_e)) {
+            Ordering::Equal => {}
+            other => return other,
+        }
+        // Same leading bit, both mantissas below 2^106: the exponents differ by < 106.
+        // Shift the one with the lower exponent right and compare; its dropped bits break
+        // a tie upwards.
+        let (lo, hi, flip) = if a.frac_e <= b.frac_e {
+            (a, b, false)
+        } else {
+            (b, a, true)
+        };
+        let d = (hi.frac_e - lo.frac_e) as u32;
+        let shifted = lo.frac_m >> d;
+        let dropped = d > 0 && lo.frac_m & ((1u128 << d) - 1) != 0;
+        let ord = match shifted.cmp(&hi.frac_m) {
+            Ordering::Equal if dropped => Ordering::Greater,
+            o => o,
+        };
+        if flip {
+            ord.reverse()
+        } else {
+            ord
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Line {
     pub(crate) slope: u64,
-    pub(crate) intercept: f64,
+    /// `alpha * arrival`, exact.
+    pub(crate) intercept: Intercept,
+    /// `alpha * arrival` rounded, only to guess where two lines cross.
+    pub(crate) approx: f64,
     pub(crate) arrival: f64,
     pub(crate) seq: u64,
     /// The caller's handle (the request's slot).
@@ -37,30 +154,25 @@ pub(crate) struct Line {
 }
 
 impl Line {
+    /// The integer part of the value at `x` (the fraction does not depend on `x`).
     #[inline]
-    fn value(&self, x: i64) -> f64 {
-        // x * slope exactly, then rounded once to f64, as Python's float(L * mem) does.
-        let product = match (x as u64).checked_mul(self.slope) {
-            Some(p) => p as f64,
-            None => ((x as u128) * (self.slope as u128)) as f64,
-        };
-        self.intercept + product
+    fn int_at(&self, x: i64) -> i128 {
+        self.intercept
+            .int
+            .saturating_add((x as i128).saturating_mul(i128::from(self.slope)))
     }
 }
 
-/// Does `a` come before `b` at `x`? (smaller value, then earlier arrival, then seq)
+/// Does `a` come before `b` at `x`? (smaller exact value, then earlier arrival, then seq)
 #[inline]
 fn beats(a: &Line, b: &Line, x: i64) -> bool {
-    let (va, vb) = (a.value(x), b.value(x));
-    match va.total_cmp(&vb) {
-        std::cmp::Ordering::Less => true,
-        std::cmp::Ordering::Greater => false,
-        std::cmp::Ordering::Equal => match a.arrival.total_cmp(&b.arrival) {
-            std::cmp::Ordering::Less => true,
-            std::cmp::Ordering::Greater => false,
-            std::cmp::Ordering::Equal => a.seq < b.seq,
-        },
-    }
+    let ord = a
+        .int_at(x)
+        .cmp(&b.int_at(x))
+        .then_with(|| a.intercept.cmp_frac(&b.intercept))
+        .then_with(|| a.arrival.total_cmp(&b.arrival))
+        .then_with(|| a.seq.cmp(&b.seq));
+    ord == Ordering::Less
 }
 
 /// One tree node: the winning line of its subtree (inlined, so a recomputation reads two
@@ -75,7 +187,8 @@ struct Node {
 
 const EMPTY_LINE: Line = Line {
     slope: 0,
-    intercept: 0.0,
+    intercept: Intercept::ZERO,
+    approx: 0.0,
     arrival: 0.0,
     seq: 0,
     slot: NONE,
@@ -228,7 +341,7 @@ fn certificate(w: &Line, l: &Line, x: i64) -> (i64, i64) {
         return (i64::MIN, i64::MAX);
     }
     // Estimated crossing of the two lines, refined below by the exact predicate.
-    let est = (w.intercept - l.intercept) / (l.slope as f64 - w.slope as f64);
+    let est = (w.approx - l.approx) / (l.slope as f64 - w.slope as f64);
     let beats_at = |t: i64| beats(w, l, t);
     if w.slope < l.slope {
         // w wins from some threshold t <= x upwards: find the smallest t in [0, x].
@@ -314,10 +427,12 @@ mod tests {
             for _ in 0..600 {
                 match rng.next() % 4 {
                     0 | 1 => {
+                        let arrival = (rng.next() % 100) as f64 * 0.37;
                         let line = Line {
                             slope: 1 + rng.next() % 50,
-                            intercept: (rng.next() % 1000) as f64 * 0.37,
-                            arrival: (rng.next() % 100) as f64,
+                            intercept: Intercept::product(2.7, arrival),
+                            approx: 2.7 * arrival,
+                            arrival,
                             seq,
                             slot: seq as u32,
                         };
@@ -343,6 +458,42 @@ mod tests {
                 assert_eq!(t.len(), live.len());
             }
         }
+    }
+
+    /// `alpha * arrival` against the same product done in exact integers, where the inputs
+    /// are small multiples of powers of two (so the integer product is easy to form).
+    #[test]
+    fn intercepts_compare_exactly_at_any_scale() {
+        let line = |alpha: f64, arrival: f64, slope: u64, seq: u64| Line {
+            slope,
+            intercept: Intercept::product(alpha, arrival),
+            approx: alpha * arrival,
+            arrival,
+            seq,
+            slot: seq as u32,
+        };
+        // The issue's scale: alpha*arrival ~ 1.7e18, where f64 steps are 256 apart.
+        let (a, b) = (1_699_999_999.999_684_f64, 1_699_999_999.999_128_f64);
+        let (la, lb) = (line(1e9, a, 25, 0), line(1e9, b, 40, 1));
+        // Exact: 1e9*a + 25x < 1e9*b + 40x  <=>  x > 1e9*(a - b)/15 (a - b is exact here).
+        let cross = 1e9 * (a - b) / 15.0;
+        let x0 = cross.floor() as i64;
+        assert!(!beats(&la, &lb, x0 - 1) && beats(&la, &lb, x0 + 2));
+        // Tiny values: only the fractions tell them apart.
+        let tiny = line(1e-300, 3e-300, 1, 0);
+        let tinier = line(1e-300, 2e-300, 1, 1);
+        assert!(beats(&tinier, &tiny, 7) && !beats(&tiny, &tinier, 7));
+        assert_eq!(
+            Intercept::product(1e-300, 0.0).cmp_frac(&Intercept::ZERO),
+            Ordering::Equal
+        );
+        // An integer part plus a fraction: 3 * 0.5 = 1.5 against 1 + 0.75 = 1.75.
+        let (h, q) = (Intercept::product(3.0, 0.5), Intercept::product(7.0, 0.25));
+        assert_eq!((h.int, q.int), (1, 1));
+        assert_eq!(h.cmp_frac(&q), Ordering::Less);
+        // The largest validated values saturate nothing.
+        let big = Intercept::product(1e9, 1e12);
+        assert_eq!(big.int, 1_000_000_000_000_000_000_000);
     }
 
     #[test]

@@ -8,7 +8,7 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap};
 
-use super::kinetic::{KineticTournament, Line};
+use super::kinetic::{Intercept, KineticTournament, Line};
 use super::request::Request;
 use crate::config::{Named, PolicyKind, SchedulerConfig};
 
@@ -239,7 +239,8 @@ impl<F: Fn(&Request) -> WaitKey + Send + Sync> Policy for Ordered<F> {
 // ------------------------------------------------------------------ LARRY
 
 /// LARRY: admit the smallest `alpha*arrival + L*mem` (= the highest `alpha*wait - L*mem`),
-/// `mem` = tokens to (re)compute.
+/// `mem` = tokens to (re)compute. The key is compared exactly (no rounding; see
+/// `kinetic::Intercept`), as the reference does with `Fraction`.
 ///
 /// Requests with equal `mem` keep their (arrival, seq) order at every `L` (the intercept
 /// `alpha*arrival` is monotone in arrival), so only the head of each equal-`mem` group is a
@@ -272,7 +273,8 @@ impl Larry {
         let &(arrival, seq, slot) = head;
         Line {
             slope: mem,
-            intercept: self.alpha * arrival.0,
+            intercept: Intercept::product(self.alpha, arrival.0),
+            approx: self.alpha * arrival.0,
             arrival: arrival.0,
             seq,
             slot,
