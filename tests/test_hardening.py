@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+import numpy as np
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 import halffull
-from halffull import reference
+from halffull import reference, sim, traces
+from halffull.errors import InvalidArgumentError
+from halffull.limits import MAX_COUNT
 
 # ------------------------------------------------------------------ 1. LARRY exact at any scale
 
@@ -78,3 +82,39 @@ def test_larry_order_is_the_exact_order(reqs, alpha):
     reqs = sorted(reqs, key=lambda r: r[1])
     rust = larry_admissions(halffull.Scheduler, reqs, alpha=alpha, now=1.8e9, steps=len(reqs))
     assert [a for step in rust for a in step] == exact_larry_order(reqs, alpha)
+
+
+# ------------------------------------------------------------------ 5. predictor edge cases
+
+@pytest.fixture(scope="module")
+def small() -> traces.Trace:
+    return traces.builtin("default").head(40)
+
+
+@pytest.mark.parametrize("predictor", [30.0, "noisy:50", 100, "noisy:100", np.float64(50.0)])
+def test_large_documented_noise_levels_are_clipped_not_raised(small, predictor):
+    pred = sim.predict_output_tokens(small.output_tokens, predictor, seed=1)
+    assert pred.dtype == np.int64 and pred.min() >= 1 and pred.max() <= MAX_COUNT
+    assert pred.max() == MAX_COUNT                      # some predictions were clipped
+    res = sim.simulate(small, replicas=2, policy="sjf", predictor=predictor, record_steps=False)
+    assert res.summary()["num_requests"] == len(small)
+
+
+@pytest.mark.parametrize("predictor", [-0.0, 0, 0.0, "noisy:0", "noisy:-0.0", np.int64(0)])
+def test_zero_noise_including_negative_zero_is_the_oracle(small, predictor):
+    pred = sim.predict_output_tokens(small.output_tokens, predictor, seed=5)
+    assert np.array_equal(pred, small.output_tokens)
+
+
+@pytest.mark.parametrize("predictor", [
+    "noisy:1e308", 1e308, "noisy:100.5", 101, "noisy:inf", "noisy:-inf", "noisy:nan", float("nan"),
+    float("inf"), -1.0, "noisy:-1", "noisy:", "noisy:abc", "noisy", "0.5", "psychic", "", True, False,
+    np.bool_(True), b"noisy:1", [0.5], object(), complex(1, 0), "Oracle",
+])
+def test_bad_predictors_raise_invalid_argument_naming_the_field(small, predictor):
+    with pytest.raises(InvalidArgumentError) as info:
+        sim.predict_output_tokens(small.output_tokens, predictor)
+    assert info.value.field == "predictor"
+    with pytest.raises(InvalidArgumentError) as info:
+        sim.simulate(small, replicas=1, policy="sjf", predictor=predictor, record_steps=False)
+    assert info.value.field == "predictor"
