@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from fractions import Fraction
 
 import numpy as np
@@ -11,7 +15,7 @@ from hypothesis import strategies as st
 
 import halffull
 from halffull import reference, sim, traces
-from halffull.errors import InvalidArgumentError
+from halffull.errors import ConfigError, InvalidArgumentError
 from halffull.limits import MAX_COUNT
 
 # ------------------------------------------------------------------ 1. LARRY exact at any scale
@@ -118,3 +122,78 @@ def test_bad_predictors_raise_invalid_argument_naming_the_field(small, predictor
     with pytest.raises(InvalidArgumentError) as info:
         sim.simulate(small, replicas=1, policy="sjf", predictor=predictor, record_steps=False)
     assert info.value.field == "predictor"
+
+
+# ------------------------------------------------------------------ 2. simulations that never return
+
+@pytest.mark.parametrize("interval", [1e-300, 1e-9, 5e-324])
+def test_snapshot_interval_that_would_never_finish_is_refused_with_the_count(small, interval):
+    with pytest.raises(ConfigError) as info:
+        sim.simulate(small, replicas=1, snapshot_interval=interval)
+    assert info.value.field == "snapshot_interval"
+    assert "snapshots over the trace's" in str(info.value) and "at most 10000000" in str(info.value)
+
+
+def test_one_hour_trace_with_a_nanosecond_interval_is_refused():
+    n = 10
+    hour = traces.Trace(arrival_time=np.linspace(0.0, 3600.0, n), prompt_tokens=np.full(n, 10),
+                        output_tokens=np.full(n, 2))
+    with pytest.raises(ConfigError, match=r"gives 3\.600e12 snapshots"):
+        sim.simulate(hour, replicas=1, snapshot_interval=1e-9)
+    assert sim.simulate(hour, replicas=1, snapshot_interval=1.0).summary()["num_finished"] == n
+
+
+SIGINT_SCRIPT = """
+import numpy as np
+from halffull import sim, traces
+n = 100_000
+tr = traces.Trace(arrival_time=np.zeros(n), prompt_tokens=np.full(n, 100), output_tokens=np.full(n, 2000))
+print("start", flush=True)
+sim.simulate(tr, replicas=1, max_output_tokens=2048, record_steps=False)
+print("finished", flush=True)
+"""
+
+
+def test_ctrl_c_interrupts_a_long_simulation():
+    proc = subprocess.Popen([sys.executable, "-c", SIGINT_SCRIPT], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "start\n"
+        time.sleep(0.5)                                 # well inside simulate (minutes of work)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)        # a hang guard, not a timing assertion
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert "finished" not in out
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err, err[-2000:]
+
+
+# ------------------------------------------------------------------ 4. late failures
+
+def test_a_cost_model_whose_steps_pass_max_time_names_the_cost_model_not_now(small):
+    with pytest.raises(InvalidArgumentError) as info:
+        sim.simulate(small, replicas=1, cost_model={"c0": 1e9, "c1": 0.0, "c2": 0.0, "c3": 0.0})
+    assert info.value.field == "trace"
+    assert "c0=1000000000 s" in str(info.value) and "now" not in str(info.value)
+
+
+def test_arrivals_near_max_time_are_refused_before_the_run_naming_the_row():
+    n = 5
+    near = traces.Trace(arrival_time=np.full(n, 1e12 - 10.0), prompt_tokens=np.full(n, 100),
+                        output_tokens=np.full(n, 5000))
+    with pytest.raises(InvalidArgumentError) as info:
+        sim.simulate(near, replicas=1)
+    assert (info.value.field, info.value.index) == ("trace", 0)
+    assert "arrives at 999999999990 s" in str(info.value) and "roofline" in str(info.value)
+
+
+def test_queueing_past_max_time_ends_the_run_naming_the_step():
+    n = 8                                               # alone each fits; one seat for all does not
+    near = traces.Trace(arrival_time=np.full(n, 1e12 - 2.0), prompt_tokens=np.full(n, 10),
+                        output_tokens=np.full(n, 2))
+    with pytest.raises(InvalidArgumentError) as info:
+        sim.simulate(near, replicas=1, max_num_seqs=1, cost_model={"c0": 0.4, "c1": 0.0, "c2": 0.0, "c3": 0.0})
+    assert info.value.field == "trace" and info.value.index is None
+    assert "step end time" in str(info.value) and "c0=0.4 s" in str(info.value)

@@ -310,10 +310,20 @@ def simulate(
     - ``sal_beta`` fixes SAL's β (KV tokens freed per running request per iteration);
       ``None`` learns it from finished requests.
     - ``snapshot_interval``: also push replica snapshots to the router every so many
-      seconds (its own bookkeeping of dispatches and finishes is always on).
+      seconds (its own bookkeeping of dispatches and finishes is always on). An interval
+      giving more than ``MAX_SNAPSHOTS`` (10 million) snapshots over the trace's span of
+      arrivals, or too small to move the clock, raises ``ConfigError`` before the run.
     - ``**engine_config``: ``SchedulerConfig`` fields (``num_gpu_blocks``,
       ``max_num_seqs``, ``max_num_batched_tokens``, ``preemption_mode``, ``watermark``,
       ``larry_alpha`` ...); ``num_gpu_blocks`` defaults to the preset's.
+
+    Simulated time must stay within ``MAX_TIME`` (1e12 s). A row that could not finish by
+    then even alone (its arrival plus one step per output token, each at least the cost
+    model's empty-step time) raises ``InvalidArgumentError`` (``field="trace"``, ``index``:
+    the row) before the run; if queueing pushes a step's end past 1e12 s, the run ends with
+    the same error naming that step's start and duration, the cost model and the trace's
+    last arrival (no partial result). Long runs check for Ctrl-C about every 50 ms and raise
+    ``KeyboardInterrupt``.
     """
     tr = _as_trace(trace)
     if len(tr) == 0:
