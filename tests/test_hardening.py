@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from hypothesis import strategies as st
 
 import halffull
 from halffull import reference, sim, traces
-from halffull.errors import ConfigError, InvalidArgumentError
+from halffull.errors import ConfigError, InvalidArgumentError, TraceError
 from halffull.limits import MAX_COUNT
 
 # ------------------------------------------------------------------ 1. LARRY exact at any scale
@@ -197,3 +198,99 @@ def test_queueing_past_max_time_ends_the_run_naming_the_step():
         sim.simulate(near, replicas=1, max_num_seqs=1, cost_model={"c0": 0.4, "c1": 0.0, "c2": 0.0, "c3": 0.0})
     assert info.value.field == "trace" and info.value.index is None
     assert "step end time" in str(info.value) and "c0=0.4 s" in str(info.value)
+
+
+# ------------------------------------------------------------------ 6. trace errors with file and line
+
+BURSTGPT_HEADER = "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+
+
+def mooncake(rows: list[str]) -> str:
+    return "".join(r + "\n" for r in rows)
+
+
+def row(ts: str, prompt: str = "10", output: str = "5") -> str:
+    return f'{{"timestamp": {ts}, "input_length": {prompt}, "output_length": {output}}}'
+
+
+def assert_trace_error(path, line: int, match: str) -> TraceError:
+    with pytest.raises(TraceError) as info:
+        traces.load(path)
+    assert (info.value.path, info.value.line) == (str(path), line), str(info.value)
+    assert f"{path}:{line}: " in str(info.value) and match in str(info.value), str(info.value)
+    return info.value
+
+
+@pytest.mark.parametrize("times, bad_line", [
+    (["0", "1e308"], 2), (["-1e308", "0", "1", "2"], 1), (["5", "6", "1e308", "7"], 3),
+    (["1e308", "-1e308", "0"], 1), (["0", "1", "1e16"], 3), (["1e16", "1e16", "0"], 3),
+])
+def test_mooncake_timestamps_spanning_more_than_max_time_name_the_line(tmp_path, times, bad_line):
+    path = tmp_path / "t.jsonl"
+    path.write_text(mooncake([row(t) for t in times]))
+    assert_trace_error(path, bad_line, "a trace may span at most 1e12 s")
+
+
+@pytest.mark.parametrize("stamp", ["1e308", "-1e308"])
+def test_burstgpt_extreme_timestamps_name_the_line(tmp_path, stamp):
+    path = tmp_path / "burst.csv"
+    lines = [f"{t},ChatGPT,10,5,15,Conversation log\n" for t in ("1", "2", stamp, "3", "4")]
+    path.write_text(BURSTGPT_HEADER + "".join(lines))
+    assert_trace_error(path, 4, "a trace may span at most 1e12 s")
+
+
+def test_halffull_arrival_beyond_max_time_names_the_line(tmp_path):
+    path = tmp_path / "own.csv"
+    path.write_text("arrival_time,prompt_tokens,output_tokens\n0,1,1\n1e308,1,1\n")
+    assert_trace_error(path, 3, "not finite and in [0, 1e12] s")
+
+
+@pytest.mark.parametrize("field", ["timestamp", "input_length", "output_length"])
+def test_a_json_number_of_5000_digits_names_the_line(tmp_path, field):
+    huge = "1" * 5000
+    cells = {"timestamp": "1", "input_length": "10", "output_length": "5", field: huge}
+    path = tmp_path / "t.jsonl"
+    path.write_text(mooncake([row("0"), row(cells["timestamp"], cells["input_length"], cells["output_length"])]))
+    error = assert_trace_error(path, 2, "not valid JSON")
+    assert len(str(error)) < 500                        # the number is not echoed back
+
+
+def test_a_huge_but_parsable_json_integer_timestamp_names_the_line(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text(mooncake([row("0"), row("1" * 400)]))  # below 4300 digits, above float range
+    error = assert_trace_error(path, 2, "is not a finite number")
+    assert len(str(error)) < 500
+
+
+def test_deeply_nested_json_names_the_line(tmp_path):
+    path = tmp_path / "t.jsonl"
+    nested = "[" * 100_000 + "]" * 100_000
+    path.write_text(mooncake([row("0"), row("1"), f'{{"timestamp": {nested}}}']))
+    assert_trace_error(path, 3, "nested too deeply")
+
+
+@pytest.mark.parametrize("fmt", ["burstgpt", "halffull"])
+def test_a_csv_field_over_128_kb_names_the_line(tmp_path, fmt):
+    path = tmp_path / "t.csv"
+    big = "x" * (200 * 1024)
+    if fmt == "burstgpt":
+        path.write_text(BURSTGPT_HEADER + "1,ChatGPT,10,5,15,Conversation log\n" + f'2,"{big}",10,5,15,Conversation log\n')
+    else:
+        path.write_text(f'arrival_time,prompt_tokens,output_tokens\n0,1,1\n1,1,1\n2,"{big}",1\n')
+    assert_trace_error(path, 3 if fmt == "burstgpt" else 4, "field larger than field limit")
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("kind", ["jsonl", "csv"])
+def test_a_bad_utf8_byte_mid_file_names_its_line(tmp_path, kind, gz):
+    if kind == "jsonl":
+        lines = [row(str(i)).encode() for i in range(5000)]
+        lines[3999] = row("3999").encode().replace(b'"timestamp"', b'"time\xffstamp"')
+    else:
+        lines = [BURSTGPT_HEADER.strip().encode()] + [f"{i},ChatGPT,10,5,15,Conversation log".encode()
+                                                      for i in range(5000)]
+        lines[3999] = lines[3999].replace(b"ChatGPT", b"Chat\xc3GPT")
+    data = b"\n".join(lines) + b"\n"
+    path = tmp_path / f"t.{kind}{'.gz' if gz else ''}"
+    path.write_bytes(gzip.compress(data) if gz else data)
+    assert_trace_error(path, 4000, "not UTF-8")

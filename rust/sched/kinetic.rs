@@ -84,7 +84,10 @@ impl Intercept {
             } else {
                 i128::MAX >> 2
             };
-            return Intercept { int, ..Intercept::ZERO };
+            return Intercept {
+                int,
+                ..Intercept::ZERO
+            };
         }
         let sh = e.unsigned_abs();
         if sh >= 128 {
