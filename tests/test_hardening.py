@@ -274,7 +274,8 @@ def test_a_csv_field_over_128_kb_names_the_line(tmp_path, fmt):
     path = tmp_path / "t.csv"
     big = "x" * (200 * 1024)
     if fmt == "burstgpt":
-        path.write_text(BURSTGPT_HEADER + "1,ChatGPT,10,5,15,Conversation log\n" + f'2,"{big}",10,5,15,Conversation log\n')
+        rows = ["1,ChatGPT,10,5,15,Conversation log\n", f'2,"{big}",10,5,15,Conversation log\n']
+        path.write_text(BURSTGPT_HEADER + "".join(rows))
     else:
         path.write_text(f'arrival_time,prompt_tokens,output_tokens\n0,1,1\n1,1,1\n2,"{big}",1\n')
     assert_trace_error(path, 3 if fmt == "burstgpt" else 4, "field larger than field limit")

@@ -53,7 +53,8 @@ def load(path: str | Path, format: str | None = None) -> Trace:
             rows = fmt.read(path, _chain(head, f))
     except UnicodeDecodeError as exc:
         line = _bad_utf8_line(path)
-        raise trace_error(path, line, f"not UTF-8 text: {exc.reason} (byte {exc.object[exc.start:exc.end]!r})") from None
+        bad = exc.object[exc.start:exc.end]
+        raise trace_error(path, line, f"not UTF-8 text: {exc.reason} (byte {bad!r})") from None
     except (OSError, EOFError, csv.Error) as exc:
         raise trace_error(path, None, f"cannot read trace: {exc}") from exc
     if not rows.times:
