@@ -146,10 +146,9 @@ impl Intercept {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Line {
     pub(crate) slope: u64,
-    /// `alpha * arrival`, exact.
-    pub(crate) intercept: Intercept,
-    /// `alpha * arrival` rounded, only to guess where two lines cross.
-    pub(crate) approx: f64,
+    /// `alpha * arrival` rounded to f64 (exactly this product: the fast path's error bound
+    /// in [`beats`] relies on it).
+    pub(crate) intercept: f64,
     pub(crate) arrival: f64,
     pub(crate) seq: u64,
     /// The caller's handle (the request's slot).
@@ -157,22 +156,50 @@ pub(crate) struct Line {
 }
 
 impl Line {
-    /// The integer part of the value at `x` (the fraction does not depend on `x`).
+    /// `fl(fl(alpha*arrival) + fl(x*slope))`: the value rounded, for the fast path.
     #[inline]
-    fn int_at(&self, x: i64) -> i128 {
-        self.intercept
+    fn value(&self, x: i64) -> f64 {
+        let product = match (x as u64).checked_mul(self.slope) {
+            Some(p) => p as f64,
+            None => ((x as u128) * (self.slope as u128)) as f64,
+        };
+        self.intercept + product
+    }
+
+    /// The integer part of the exact value at `x` (the fraction does not depend on `x`).
+    #[inline]
+    fn int_at(&self, exact: &Intercept, x: i64) -> i128 {
+        exact
             .int
             .saturating_add((x as i128).saturating_mul(i128::from(self.slope)))
     }
 }
 
+/// `2^-50`: four times the bound below on the relative error of a rounded value.
+const ROUNDING_MARGIN: f64 = 1.0 / (1u64 << 50) as f64;
+
 /// Does `a` come before `b` at `x`? (smaller exact value, then earlier arrival, then seq)
+///
+/// Fast path: a rounded value `v = fl(fl(A) + fl(B))` of an exact `A + B` (`A` =
+/// `alpha*arrival`, `B` = `x*slope`, both >= 0) is within `2u(A + B) + 2^-1074` of it
+/// (`u = 2^-53`: one rounding in each term, one in the sum; an underflowing `A` loses at
+/// most `2^-1075`). So when the rounded values differ by more than `2^-50 (va + vb)` plus
+/// the smallest normal f64, their order is the exact order. Otherwise (close values, ties)
+/// compare exactly with [`Intercept`].
 #[inline]
-fn beats(a: &Line, b: &Line, x: i64) -> bool {
+fn beats(a: &Line, b: &Line, x: i64, alpha: f64) -> bool {
+    let (va, vb) = (a.value(x), b.value(x));
+    if (va - vb).abs() > (va + vb) * ROUNDING_MARGIN + f64::MIN_POSITIVE {
+        return va < vb;
+    }
+    let (ea, eb) = (
+        Intercept::product(alpha, a.arrival),
+        Intercept::product(alpha, b.arrival),
+    );
     let ord = a
-        .int_at(x)
-        .cmp(&b.int_at(x))
-        .then_with(|| a.intercept.cmp_frac(&b.intercept))
+        .int_at(&ea, x)
+        .cmp(&b.int_at(&eb, x))
+        .then_with(|| ea.cmp_frac(&eb))
         .then_with(|| a.arrival.total_cmp(&b.arrival))
         .then_with(|| a.seq.cmp(&b.seq));
     ord == Ordering::Less
@@ -190,8 +217,7 @@ struct Node {
 
 const EMPTY_LINE: Line = Line {
     slope: 0,
-    intercept: Intercept::ZERO,
-    approx: 0.0,
+    intercept: 0.0,
     arrival: 0.0,
     seq: 0,
     slot: NONE,
@@ -209,6 +235,8 @@ const EMPTY_LEAF: Node = Node {
 
 #[derive(Debug, Default)]
 pub(crate) struct KineticTournament {
+    /// LARRY's `alpha`: every line's intercept is `alpha * arrival`.
+    alpha: f64,
     cap: usize,
     /// 1-based heap layout: node `i` has children `2i` and `2i + 1`; leaves at `cap + leaf`.
     nodes: Vec<Node>,
@@ -216,8 +244,11 @@ pub(crate) struct KineticTournament {
 }
 
 impl KineticTournament {
-    pub(crate) fn new() -> Self {
-        let mut t = KineticTournament::default();
+    pub(crate) fn new(alpha: f64) -> Self {
+        let mut t = KineticTournament {
+            alpha,
+            ..KineticTournament::default()
+        };
         t.resize(16);
         t
     }
@@ -319,12 +350,12 @@ impl KineticTournament {
             (true, false) => (a.line, i64::MIN, i64::MAX),
             (false, true) => (b.line, i64::MIN, i64::MAX),
             (true, true) => {
-                let (w, l) = if beats(&a.line, &b.line, x) {
+                let (w, l) = if beats(&a.line, &b.line, x, self.alpha) {
                     (a.line, b.line)
                 } else {
                     (b.line, a.line)
                 };
-                let (lo, hi) = certificate(&w, &l, x);
+                let (lo, hi) = certificate(&w, &l, x, self.alpha);
                 (w, lo, hi)
             }
         };
@@ -337,15 +368,15 @@ impl KineticTournament {
 }
 
 /// The integer interval around `x` over which `w` (which beats `l` at `x`) keeps beating `l`.
-fn certificate(w: &Line, l: &Line, x: i64) -> (i64, i64) {
+fn certificate(w: &Line, l: &Line, x: i64, alpha: f64) -> (i64, i64) {
     if w.slope == l.slope {
         // Same slope: the intercept order is the arrival order (alpha >= 0), which is also
         // the tie-break order, so the winner never changes.
         return (i64::MIN, i64::MAX);
     }
     // Estimated crossing of the two lines, refined below by the exact predicate.
-    let est = (w.approx - l.approx) / (l.slope as f64 - w.slope as f64);
-    let beats_at = |t: i64| beats(w, l, t);
+    let est = (w.intercept - l.intercept) / (l.slope as f64 - w.slope as f64);
+    let beats_at = |t: i64| beats(w, l, t, alpha);
     if w.slope < l.slope {
         // w wins from some threshold t <= x upwards: find the smallest t in [0, x].
         let guess = if est.is_finite() {
@@ -361,7 +392,7 @@ fn certificate(w: &Line, l: &Line, x: i64) -> (i64, i64) {
         } else {
             X_MAX
         };
-        let not_beats = |t: i64| !beats(w, l, t);
+        let not_beats = |t: i64| !beats(w, l, t, alpha);
         let first_loss = first_true(not_beats, x + 1, X_MAX + 1, guess.saturating_add(1));
         (i64::MIN, first_loss - 1)
     }
@@ -397,10 +428,12 @@ fn first_true(pred: impl Fn(i64) -> bool, lo: i64, hi: i64, guess: i64) -> i64 {
 mod tests {
     use super::*;
 
+    const ALPHA: f64 = 2.7;
+
     fn brute(lines: &[Line], x: i64) -> Option<u32> {
         let mut best: Option<&Line> = None;
         for l in lines {
-            if best.is_none_or(|b| beats(l, b, x)) {
+            if best.is_none_or(|b| beats(l, b, x, ALPHA)) {
                 best = Some(l);
             }
         }
@@ -423,7 +456,7 @@ mod tests {
     fn matches_brute_force_under_random_operations() {
         for seed in 0..30 {
             let mut rng = SplitMix(seed);
-            let mut t = KineticTournament::new();
+            let mut t = KineticTournament::new(ALPHA);
             let mut live: Vec<(u32, Line)> = Vec::new();
             let mut seq = 0;
             let mut x: i64 = 0;
@@ -433,8 +466,7 @@ mod tests {
                         let arrival = (rng.next() % 100) as f64 * 0.37;
                         let line = Line {
                             slope: 1 + rng.next() % 50,
-                            intercept: Intercept::product(2.7, arrival),
-                            approx: 2.7 * arrival,
+                            intercept: ALPHA * arrival,
                             arrival,
                             seq,
                             slot: seq as u32,
@@ -469,8 +501,7 @@ mod tests {
     fn intercepts_compare_exactly_at_any_scale() {
         let line = |alpha: f64, arrival: f64, slope: u64, seq: u64| Line {
             slope,
-            intercept: Intercept::product(alpha, arrival),
-            approx: alpha * arrival,
+            intercept: alpha * arrival,
             arrival,
             seq,
             slot: seq as u32,
@@ -481,11 +512,11 @@ mod tests {
         // Exact: 1e9*a + 25x < 1e9*b + 40x  <=>  x > 1e9*(a - b)/15 (a - b is exact here).
         let cross = 1e9 * (a - b) / 15.0;
         let x0 = cross.floor() as i64;
-        assert!(!beats(&la, &lb, x0 - 1) && beats(&la, &lb, x0 + 2));
+        assert!(!beats(&la, &lb, x0 - 1, 1e9) && beats(&la, &lb, x0 + 2, 1e9));
         // Tiny values: only the fractions tell them apart.
         let tiny = line(1e-300, 3e-300, 1, 0);
         let tinier = line(1e-300, 2e-300, 1, 1);
-        assert!(beats(&tinier, &tiny, 7) && !beats(&tiny, &tinier, 7));
+        assert!(beats(&tinier, &tiny, 7, 1e-300) && !beats(&tiny, &tinier, 7, 1e-300));
         assert_eq!(
             Intercept::product(1e-300, 0.0).cmp_frac(&Intercept::ZERO),
             Ordering::Equal
@@ -499,9 +530,48 @@ mod tests {
         assert_eq!(big.int, 1_000_000_000_000_000_000_000);
     }
 
+    /// The fast path and the exact path together against plain integer arithmetic: arrivals
+    /// in [2^30, 2^31) are multiples of 2^-22, so with an integer alpha every value times
+    /// 2^22 is an integer a u128 holds.
+    #[test]
+    fn beats_is_exact_at_unix_time_scale() {
+        let mut rng = SplitMix(7);
+        let alpha = 1e9;
+        let scaled = |l: &Line, x: i64| {
+            let arr = (l.arrival * (1u64 << 22) as f64) as u128; // exact: a multiple of 2^-22
+            1_000_000_000u128 * arr + ((x as u128 * l.slope as u128) << 22)
+        };
+        let mut line = |seq: u64| {
+            let arrival = 1.7e9 - (rng.next() % 400) as f64 * 2.0f64.powi(-22);
+            Line {
+                slope: 1 + rng.next() % 60,
+                intercept: alpha * arrival,
+                arrival,
+                seq,
+                slot: seq as u32,
+            }
+        };
+        let lines: Vec<Line> = (0..200).map(&mut line).collect();
+        let mut exact_path = 0;
+        for (i, a) in lines.iter().enumerate() {
+            for b in &lines[i + 1..] {
+                for x in [0, 1, 5, 11, 40] {
+                    let (va, vb) = (scaled(a, x), scaled(b, x));
+                    let want = (va, a.arrival.to_bits(), a.seq) < (vb, b.arrival.to_bits(), b.seq);
+                    assert_eq!(beats(a, b, x, alpha), want, "{a:?} {b:?} x={x}");
+                    let (fa, fb) = (a.value(x), b.value(x));
+                    if (fa - fb).abs() <= (fa + fb) * ROUNDING_MARGIN + f64::MIN_POSITIVE {
+                        exact_path += 1;
+                    }
+                }
+            }
+        }
+        assert!(exact_path > 1000, "the exact path ran {exact_path} times");
+    }
+
     #[test]
     fn empty_tree_has_no_minimum() {
-        let mut t = KineticTournament::new();
+        let mut t = KineticTournament::new(1.0);
         assert!(t.min_at(5).is_none());
         assert!(t.is_empty());
     }

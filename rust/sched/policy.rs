@@ -8,7 +8,7 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap};
 
-use super::kinetic::{Intercept, KineticTournament, Line};
+use super::kinetic::{KineticTournament, Line};
 use super::request::Request;
 use crate::config::{Named, PolicyKind, SchedulerConfig};
 
@@ -263,7 +263,7 @@ impl Larry {
     fn new(alpha: f64) -> Self {
         Larry {
             alpha,
-            tree: KineticTournament::new(),
+            tree: KineticTournament::new(alpha),
             groups: HashMap::new(),
             len: 0,
         }
@@ -273,8 +273,7 @@ impl Larry {
         let &(arrival, seq, slot) = head;
         Line {
             slope: mem,
-            intercept: Intercept::product(self.alpha, arrival.0),
-            approx: self.alpha * arrival.0,
+            intercept: self.alpha * arrival.0,
             arrival: arrival.0,
             seq,
             slot,
