@@ -197,6 +197,10 @@ pub fn check_time(field: &'static str, t: f64) -> Result<f64> {
     time(field, &Value::Float(t))
 }
 
+/// Largest number of replica snapshots one simulation may push (`snapshot_interval` over
+/// the trace's span of arrivals): beyond it a run would take hours, or never end.
+pub const MAX_SNAPSHOTS: u64 = 10_000_000;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -37,6 +37,7 @@ import numpy as np
 from . import _core
 from . import traces as _traces
 from .errors import ConfigError, InvalidArgumentError
+from .limits import MAX_COUNT
 
 CostModel = _core.CostModel
 
@@ -309,10 +310,20 @@ def simulate(
     - ``sal_beta`` fixes SAL's β (KV tokens freed per running request per iteration);
       ``None`` learns it from finished requests.
     - ``snapshot_interval``: also push replica snapshots to the router every so many
-      seconds (its own bookkeeping of dispatches and finishes is always on).
+      seconds (its own bookkeeping of dispatches and finishes is always on). An interval
+      giving more than ``MAX_SNAPSHOTS`` (10 million) snapshots over the trace's span of
+      arrivals, or too small to move the clock, raises ``ConfigError`` before the run.
     - ``**engine_config``: ``SchedulerConfig`` fields (``num_gpu_blocks``,
       ``max_num_seqs``, ``max_num_batched_tokens``, ``preemption_mode``, ``watermark``,
       ``larry_alpha`` ...); ``num_gpu_blocks`` defaults to the preset's.
+
+    Simulated time must stay within ``MAX_TIME`` (1e12 s). A row that could not finish by
+    then even alone (its arrival plus one step per output token, each at least the cost
+    model's empty-step time) raises ``InvalidArgumentError`` (``field="trace"``, ``index``:
+    the row) before the run; if queueing pushes a step's end past 1e12 s, the run ends with
+    the same error naming that step's start and duration, the cost model and the trace's
+    last arrival (no partial result). Long runs check for Ctrl-C about every 50 ms and raise
+    ``KeyboardInterrupt``.
     """
     tr = _as_trace(trace)
     if len(tr) == 0:
@@ -374,27 +385,48 @@ def simulate(
     return _result(raw, config, wall)
 
 
+#: Largest noise level ``sigma`` of the ``noisy`` predictor: at 100 a prediction is already
+#: off by a factor e**100 at one standard deviation (clipped to ``[1, MAX_COUNT]``).
+MAX_PREDICTOR_SIGMA = 100.0
+
+
+def _predictor_sigma(predictor: Any) -> float:
+    """The noise level of ``predictor`` (a number, or ``"noisy:X"``), or InvalidArgumentError."""
+    text = predictor
+    if isinstance(predictor, str):
+        text = predictor[len("noisy:"):] if predictor.startswith("noisy:") else None
+    sigma = math.nan
+    if isinstance(text, str):
+        try:
+            sigma = float(text)
+        except ValueError:
+            pass
+    elif isinstance(text, (int, float, np.integer, np.floating)) and not isinstance(text, (bool, np.bool_)):
+        sigma = float(text)
+    if not (math.isfinite(sigma) and 0.0 <= sigma <= MAX_PREDICTOR_SIGMA):
+        raise InvalidArgumentError(
+            "predictor must be None, 'oracle', or a noise level sigma in [0, "
+            f"{MAX_PREDICTOR_SIGMA:g}] (a number or 'noisy:0.5'), got {predictor!r}",
+            field="predictor", value=predictor)
+    return sigma + 0.0                                  # -0.0 is 0.0
+
+
 def predict_output_tokens(true_output: np.ndarray, predictor: Any, seed: int = 0) -> np.ndarray | None:
     """Predicted output lengths for a trace: ``None``, ``"oracle"``, or a noise level
-    ``sigma`` (float, or ``"noisy:SIGMA"``): ``round(true * exp(N(0, sigma)))``, at least 1."""
-    if predictor is None or predictor == "none":
+    ``sigma`` in ``[0, MAX_PREDICTOR_SIGMA]`` (a number, or ``"noisy:SIGMA"``):
+    ``round(true * exp(N(0, sigma)))``, clipped to ``[1, MAX_COUNT]`` (the range the core
+    accepts). Anything else raises ``InvalidArgumentError`` with ``field="predictor"``."""
+    if predictor is None or (isinstance(predictor, str) and predictor == "none"):
         return None
     true = np.asarray(true_output, dtype=np.int64)
-    if predictor == "oracle":
+    if isinstance(predictor, str) and predictor == "oracle":
         return true.copy()
-    sigma = predictor
-    if isinstance(predictor, str) and predictor.startswith("noisy:"):
-        sigma = predictor[len("noisy:"):]
-    try:
-        sigma = float(sigma)
-    except (TypeError, ValueError):
-        sigma = math.nan
-    if not math.isfinite(sigma) or sigma < 0:
-        raise InvalidArgumentError(
-            f"predictor must be None, 'oracle', or a noise level sigma >= 0 ('noisy:0.5'), got {predictor!r}",
-            field="predictor", value=predictor)
+    sigma = _predictor_sigma(predictor)
     noise = np.random.default_rng(seed).normal(0.0, sigma, size=len(true))
-    return np.maximum(np.rint(true * np.exp(noise)), 1).astype(np.int64)
+    # |noise| > 60 gives a factor below 1e-26 or above 1e26, clipped to 1 or MAX_COUNT (2**40
+    # ~ 1.1e12) anyway: clipping the noise first changes no prediction and keeps exp finite.
+    factor = np.exp(np.clip(noise, -60.0, 60.0))
+    return np.clip(np.rint(true * factor), 1, MAX_COUNT).astype(np.int64)
 
 
 def _result(raw: dict[str, Any], config: dict[str, Any], wall: float) -> SimResult:

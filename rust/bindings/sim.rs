@@ -2,7 +2,10 @@
 //! `sim_preset_names`, `sim_preset`. The trace goes in as numpy columns, the results come
 //! back as a dict of numpy columns; the GIL is released while the simulation runs.
 
+use std::time::{Duration, Instant};
+
 use numpy::{PyArray1, PyReadonlyArray1};
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
@@ -249,6 +252,9 @@ fn sim_setup(
     Ok((PySchedulerConfig { inner: engine }, cost))
 }
 
+/// How often a running simulation checks for Ctrl-C (wall time).
+const SIGNAL_CHECK_INTERVAL: Duration = Duration::from_millis(50);
+
 struct Columns {
     arrival: Vec<f64>,
     prompt: Vec<i64>,
@@ -376,8 +382,16 @@ fn simulate<'py>(
     cfg.sal_beta = sal_beta;
     let mut cols = Columns::new(arrival_time, prompt_tokens, output_tokens);
     cols.predicted = predicted_output_tokens.map(|p| p.as_array().iter().copied().collect());
-    let res = py.detach(|| sim::simulate(cols.view(), &cfg));
-    output_dict(py, res.py(py)?)
+    let mut interrupted = None;
+    let res = py.detach(|| {
+        let mut stop = signal_check(&mut interrupted);
+        sim::simulate_until(cols.view(), &cfg, &mut stop)
+    });
+    match (res.py(py)?, interrupted) {
+        (_, Some(e)) => Err(e),
+        (Some(out), None) => output_dict(py, out),
+        (None, None) => Err(PyRuntimeError::new_err("the simulation stopped unasked")),
+    }
 }
 
 /// One replica's capacity in requests/s at saturation on (a sample of) the trace's mix.
@@ -407,6 +421,35 @@ fn measure_capacity<'py>(
         false,
     )?;
     let cols = Columns::new(arrival_time, prompt_tokens, output_tokens);
-    let res = py.detach(|| sim::measure_capacity(cols.view(), &cfg, max_requests));
-    res.py(py)
+    let mut interrupted = None;
+    let res = py.detach(|| {
+        let mut stop = signal_check(&mut interrupted);
+        sim::measure_capacity_until(cols.view(), &cfg, max_requests, &mut stop)
+    });
+    match (res.py(py)?, interrupted) {
+        (_, Some(e)) => Err(e),
+        (Some(rate), None) => Ok(rate),
+        (None, None) => Err(PyRuntimeError::new_err("the simulation stopped unasked")),
+    }
+}
+
+/// A run's `stop` hook: at most every `SIGNAL_CHECK_INTERVAL` of wall time it takes the GIL
+/// and runs the interpreter's signal handlers (Ctrl-C raises `KeyboardInterrupt` there); a
+/// raised error is kept in `interrupted` and stops the run. Between checks it only reads the
+/// clock, every `sim::STOP_CHECK_EVENTS` events.
+fn signal_check(interrupted: &mut Option<PyErr>) -> impl FnMut() -> bool + '_ {
+    let mut last = Instant::now();
+    move || {
+        if last.elapsed() < SIGNAL_CHECK_INTERVAL {
+            return false;
+        }
+        last = Instant::now();
+        match Python::attach(|py| py.check_signals()) {
+            Ok(()) => false,
+            Err(e) => {
+                *interrupted = Some(e);
+                true
+            }
+        }
+    }
 }

@@ -10,9 +10,12 @@
 //! that `x` has left; an insertion or deletion recomputes one root path. Per decision that is
 //! O(log n) plus O(log n) per certificate that fails; as `L` moves by one, few fail.
 //!
-//! Exactness: values are computed exactly as the Python reference does,
-//! `fl(fl(alpha*arrival) + fl(x*slope))`, and ties break on (arrival, seq). For values below
-//! 2^50 the comparison "a beats b" is a threshold function of the integer `x`, so the
+//! Exactness: values are compared exactly, as the Python reference does with `Fraction`:
+//! `alpha*arrival + x*slope` as a real number, ties broken on (arrival, seq). No rounding
+//! happens anywhere, so the result holds over the whole validated range (arrivals up to
+//! `MAX_TIME` = 1e12 s, `alpha` up to `MAX_RATE` = 1e9, slopes and `x` up to 2^40 and
+//! more); see [`Intercept`] for the argument. The comparison "a beats b" is then a threshold
+//! function of the integer `x` (the difference of two lines is linear in `x`), so the
 //! certificates are exact integer intervals (found by evaluating the same predicate).
 //!
 //! ```text
@@ -26,9 +29,125 @@
 pub(crate) const X_MAX: i64 = 1 << 40;
 const NONE: u32 = u32::MAX;
 
+use std::cmp::Ordering;
+
+/// The exact value of `alpha * arrival` (both finite and >= 0), split as an integer part and
+/// a fraction in `[0, 1)`: `int + frac_m * 2^frac_e`.
+///
+/// Why this is exact over the whole validated range: a finite f64 `v >= 0` is `m * 2^e` with
+/// an integer `m < 2^53` and `e >= -1074`. So `alpha * arrival = ma*mr * 2^(ea + er)` with
+/// `ma*mr < 2^106`, which a `u128` holds exactly. Its integer part is at most
+/// `MAX_RATE * MAX_TIME = 1e21 < 2^70`; adding `x * slope <= 2^40 * 2^64 = 2^104` keeps it
+/// below `2^105`, well inside an `i128`. The fraction keeps all its bits (mantissa and
+/// exponent) and two fractions compare exactly by their leading bit, then aligned bits. Since
+/// `x * slope` is an integer, `a + x*sa < b + x*sb` holds exactly when the integer parts
+/// compare that way, or they are equal and the fractions do: no value is ever rounded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Intercept {
+    int: i128,
+    frac_m: u128,
+    frac_e: i32,
+}
+
+/// `v = m * 2^e` exactly (`v` finite; the sign is ignored: callers pass `v >= 0`).
+fn decompose(v: f64) -> (u64, i32) {
+    let bits = v.to_bits();
+    let exp = ((bits >> 52) & 0x7ff) as i32;
+    let mant = bits & ((1 << 52) - 1);
+    if exp == 0 {
+        (mant, -1074)
+    } else {
+        (mant | (1 << 52), exp - 1075)
+    }
+}
+
+impl Intercept {
+    pub(crate) const ZERO: Intercept = Intercept {
+        int: 0,
+        frac_m: 0,
+        frac_e: 0,
+    };
+
+    /// `alpha * arrival`, exactly (inputs validated finite, >= 0 and within the limits;
+    /// anything larger saturates rather than wrapping).
+    pub(crate) fn product(alpha: f64, arrival: f64) -> Intercept {
+        let ((ma, ea), (mr, er)) = (decompose(alpha), decompose(arrival));
+        let p = u128::from(ma) * u128::from(mr);
+        let e = ea + er;
+        if p == 0 {
+            return Intercept::ZERO;
+        }
+        if e >= 0 {
+            // An integer; below 2^70 in the validated range.
+            let int = if e < 127 && p.leading_zeros() > e as u32 + 1 {
+                (p << e) as i128
+            } else {
+                i128::MAX >> 2
+            };
+            return Intercept {
+                int,
+                ..Intercept::ZERO
+            };
+        }
+        let sh = e.unsigned_abs();
+        if sh >= 128 {
+            return Intercept {
+                int: 0,
+                frac_m: p,
+                frac_e: e,
+            };
+        }
+        let frac_m = p & ((1u128 << sh) - 1);
+        Intercept {
+            int: (p >> sh) as i128,
+            frac_m,
+            frac_e: if frac_m == 0 { 0 } else { e },
+        }
+    }
+
+    /// Compare the fractional parts exactly.
+    fn cmp_frac(&self, other: &Intercept) -> Ordering {
+        let (a, b) = (self, other);
+        match (a.frac_m == 0, b.frac_m == 0) {
+            (true, true) => return Ordering::Equal,
+            (true, false) => return Ordering::Less,
+            (false, true) => return Ordering::Greater,
+            (false, false) => {}
+        }
+        // Position of the leading bit: the larger one is the larger fraction.
+        let lead = |m: u128, e: i32| e + (128 - m.leading_zeros() as i32);
+        match lead(a.frac_m, a.frac_e).cmp(&lead(b.frac_m, b.frac_e)) {
+            Ordering::Equal => {}
+            other => return other,
+        }
+        // Same leading bit, both mantissas below 2^106: the exponents differ by < 106.
+        // Shift the one with the lower exponent right and compare; its dropped bits break
+        // a tie upwards.
+        let (lo, hi, flip) = if a.frac_e <= b.frac_e {
+            (a, b, false)
+        } else {
+            (b, a, true)
+        };
+        let d = (hi.frac_e - lo.frac_e) as u32;
+        let shifted = lo.frac_m >> d;
+        let dropped = d > 0 && lo.frac_m & ((1u128 << d) - 1) != 0;
+        let ord = match shifted.cmp(&hi.frac_m) {
+            Ordering::Equal if dropped => Ordering::Greater,
+            o => o,
+        };
+        if flip {
+            ord.reverse()
+        } else {
+            ord
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Line {
     pub(crate) slope: u64,
+    /// `alpha * arrival` rounded to f64 (exactly this product: the fast path's error bound
+    /// in [`beats`] relies on it).
     pub(crate) intercept: f64,
     pub(crate) arrival: f64,
     pub(crate) seq: u64,
@@ -37,30 +156,53 @@ pub(crate) struct Line {
 }
 
 impl Line {
+    /// `fl(fl(alpha*arrival) + fl(x*slope))`: the value rounded, for the fast path.
     #[inline]
     fn value(&self, x: i64) -> f64 {
-        // x * slope exactly, then rounded once to f64, as Python's float(L * mem) does.
         let product = match (x as u64).checked_mul(self.slope) {
             Some(p) => p as f64,
             None => ((x as u128) * (self.slope as u128)) as f64,
         };
         self.intercept + product
     }
+
+    /// The integer part of the exact value at `x` (the fraction does not depend on `x`).
+    #[inline]
+    fn int_at(&self, exact: &Intercept, x: i64) -> i128 {
+        exact
+            .int
+            .saturating_add((x as i128).saturating_mul(i128::from(self.slope)))
+    }
 }
 
-/// Does `a` come before `b` at `x`? (smaller value, then earlier arrival, then seq)
+/// `2^-50`: four times the bound below on the relative error of a rounded value.
+const ROUNDING_MARGIN: f64 = 1.0 / (1u64 << 50) as f64;
+
+/// Does `a` come before `b` at `x`? (smaller exact value, then earlier arrival, then seq)
+///
+/// Fast path: a rounded value `v = fl(fl(A) + fl(B))` of an exact `A + B` (`A` =
+/// `alpha*arrival`, `B` = `x*slope`, both >= 0) is within `2u(A + B) + 2^-1074` of it
+/// (`u = 2^-53`: one rounding in each term, one in the sum; an underflowing `A` loses at
+/// most `2^-1075`). So when the rounded values differ by more than `2^-50 (va + vb)` plus
+/// the smallest normal f64, their order is the exact order. Otherwise (close values, ties)
+/// compare exactly with [`Intercept`].
 #[inline]
-fn beats(a: &Line, b: &Line, x: i64) -> bool {
+fn beats(a: &Line, b: &Line, x: i64, alpha: f64) -> bool {
     let (va, vb) = (a.value(x), b.value(x));
-    match va.total_cmp(&vb) {
-        std::cmp::Ordering::Less => true,
-        std::cmp::Ordering::Greater => false,
-        std::cmp::Ordering::Equal => match a.arrival.total_cmp(&b.arrival) {
-            std::cmp::Ordering::Less => true,
-            std::cmp::Ordering::Greater => false,
-            std::cmp::Ordering::Equal => a.seq < b.seq,
-        },
+    if (va - vb).abs() > (va + vb) * ROUNDING_MARGIN + f64::MIN_POSITIVE {
+        return va < vb;
     }
+    let (ea, eb) = (
+        Intercept::product(alpha, a.arrival),
+        Intercept::product(alpha, b.arrival),
+    );
+    let ord = a
+        .int_at(&ea, x)
+        .cmp(&b.int_at(&eb, x))
+        .then_with(|| ea.cmp_frac(&eb))
+        .then_with(|| a.arrival.total_cmp(&b.arrival))
+        .then_with(|| a.seq.cmp(&b.seq));
+    ord == Ordering::Less
 }
 
 /// One tree node: the winning line of its subtree (inlined, so a recomputation reads two
@@ -93,6 +235,8 @@ const EMPTY_LEAF: Node = Node {
 
 #[derive(Debug, Default)]
 pub(crate) struct KineticTournament {
+    /// LARRY's `alpha`: every line's intercept is `alpha * arrival`.
+    alpha: f64,
     cap: usize,
     /// 1-based heap layout: node `i` has children `2i` and `2i + 1`; leaves at `cap + leaf`.
     nodes: Vec<Node>,
@@ -100,8 +244,11 @@ pub(crate) struct KineticTournament {
 }
 
 impl KineticTournament {
-    pub(crate) fn new() -> Self {
-        let mut t = KineticTournament::default();
+    pub(crate) fn new(alpha: f64) -> Self {
+        let mut t = KineticTournament {
+            alpha,
+            ..KineticTournament::default()
+        };
         t.resize(16);
         t
     }
@@ -203,12 +350,12 @@ impl KineticTournament {
             (true, false) => (a.line, i64::MIN, i64::MAX),
             (false, true) => (b.line, i64::MIN, i64::MAX),
             (true, true) => {
-                let (w, l) = if beats(&a.line, &b.line, x) {
+                let (w, l) = if beats(&a.line, &b.line, x, self.alpha) {
                     (a.line, b.line)
                 } else {
                     (b.line, a.line)
                 };
-                let (lo, hi) = certificate(&w, &l, x);
+                let (lo, hi) = certificate(&w, &l, x, self.alpha);
                 (w, lo, hi)
             }
         };
@@ -221,7 +368,7 @@ impl KineticTournament {
 }
 
 /// The integer interval around `x` over which `w` (which beats `l` at `x`) keeps beating `l`.
-fn certificate(w: &Line, l: &Line, x: i64) -> (i64, i64) {
+fn certificate(w: &Line, l: &Line, x: i64, alpha: f64) -> (i64, i64) {
     if w.slope == l.slope {
         // Same slope: the intercept order is the arrival order (alpha >= 0), which is also
         // the tie-break order, so the winner never changes.
@@ -229,7 +376,7 @@ fn certificate(w: &Line, l: &Line, x: i64) -> (i64, i64) {
     }
     // Estimated crossing of the two lines, refined below by the exact predicate.
     let est = (w.intercept - l.intercept) / (l.slope as f64 - w.slope as f64);
-    let beats_at = |t: i64| beats(w, l, t);
+    let beats_at = |t: i64| beats(w, l, t, alpha);
     if w.slope < l.slope {
         // w wins from some threshold t <= x upwards: find the smallest t in [0, x].
         let guess = if est.is_finite() {
@@ -245,7 +392,7 @@ fn certificate(w: &Line, l: &Line, x: i64) -> (i64, i64) {
         } else {
             X_MAX
         };
-        let not_beats = |t: i64| !beats(w, l, t);
+        let not_beats = |t: i64| !beats(w, l, t, alpha);
         let first_loss = first_true(not_beats, x + 1, X_MAX + 1, guess.saturating_add(1));
         (i64::MIN, first_loss - 1)
     }
@@ -281,10 +428,12 @@ fn first_true(pred: impl Fn(i64) -> bool, lo: i64, hi: i64, guess: i64) -> i64 {
 mod tests {
     use super::*;
 
+    const ALPHA: f64 = 2.7;
+
     fn brute(lines: &[Line], x: i64) -> Option<u32> {
         let mut best: Option<&Line> = None;
         for l in lines {
-            if best.is_none_or(|b| beats(l, b, x)) {
+            if best.is_none_or(|b| beats(l, b, x, ALPHA)) {
                 best = Some(l);
             }
         }
@@ -307,17 +456,18 @@ mod tests {
     fn matches_brute_force_under_random_operations() {
         for seed in 0..30 {
             let mut rng = SplitMix(seed);
-            let mut t = KineticTournament::new();
+            let mut t = KineticTournament::new(ALPHA);
             let mut live: Vec<(u32, Line)> = Vec::new();
             let mut seq = 0;
             let mut x: i64 = 0;
             for _ in 0..600 {
                 match rng.next() % 4 {
                     0 | 1 => {
+                        let arrival = (rng.next() % 100) as f64 * 0.37;
                         let line = Line {
                             slope: 1 + rng.next() % 50,
-                            intercept: (rng.next() % 1000) as f64 * 0.37,
-                            arrival: (rng.next() % 100) as f64,
+                            intercept: ALPHA * arrival,
+                            arrival,
                             seq,
                             slot: seq as u32,
                         };
@@ -345,9 +495,83 @@ mod tests {
         }
     }
 
+    /// `alpha * arrival` against the same product done in exact integers, where the inputs
+    /// are small multiples of powers of two (so the integer product is easy to form).
+    #[test]
+    fn intercepts_compare_exactly_at_any_scale() {
+        let line = |alpha: f64, arrival: f64, slope: u64, seq: u64| Line {
+            slope,
+            intercept: alpha * arrival,
+            arrival,
+            seq,
+            slot: seq as u32,
+        };
+        // The issue's scale: alpha*arrival ~ 1.7e18, where f64 steps are 256 apart.
+        let (a, b) = (1_699_999_999.999_684_f64, 1_699_999_999.999_128_f64);
+        let (la, lb) = (line(1e9, a, 25, 0), line(1e9, b, 40, 1));
+        // Exact: 1e9*a + 25x < 1e9*b + 40x  <=>  x > 1e9*(a - b)/15 (a - b is exact here).
+        let cross = 1e9 * (a - b) / 15.0;
+        let x0 = cross.floor() as i64;
+        assert!(!beats(&la, &lb, x0 - 1, 1e9) && beats(&la, &lb, x0 + 2, 1e9));
+        // Tiny values: only the fractions tell them apart.
+        let tiny = line(1e-300, 3e-300, 1, 0);
+        let tinier = line(1e-300, 2e-300, 1, 1);
+        assert!(beats(&tinier, &tiny, 7, 1e-300) && !beats(&tiny, &tinier, 7, 1e-300));
+        assert_eq!(
+            Intercept::product(1e-300, 0.0).cmp_frac(&Intercept::ZERO),
+            Ordering::Equal
+        );
+        // An integer part plus a fraction: 3 * 0.5 = 1.5 against 1 + 0.75 = 1.75.
+        let (h, q) = (Intercept::product(3.0, 0.5), Intercept::product(7.0, 0.25));
+        assert_eq!((h.int, q.int), (1, 1));
+        assert_eq!(h.cmp_frac(&q), Ordering::Less);
+        // The largest validated values saturate nothing.
+        let big = Intercept::product(1e9, 1e12);
+        assert_eq!(big.int, 1_000_000_000_000_000_000_000);
+    }
+
+    /// The fast path and the exact path together against plain integer arithmetic: arrivals
+    /// in [2^30, 2^31) are multiples of 2^-22, so with an integer alpha every value times
+    /// 2^22 is an integer a u128 holds.
+    #[test]
+    fn beats_is_exact_at_unix_time_scale() {
+        let mut rng = SplitMix(7);
+        let alpha = 1e9;
+        let scaled = |l: &Line, x: i64| {
+            let arr = (l.arrival * (1u64 << 22) as f64) as u128; // exact: a multiple of 2^-22
+            1_000_000_000u128 * arr + ((x as u128 * l.slope as u128) << 22)
+        };
+        let mut line = |seq: u64| {
+            let arrival = 1.7e9 - (rng.next() % 400) as f64 * 2.0f64.powi(-22);
+            Line {
+                slope: 1 + rng.next() % 60,
+                intercept: alpha * arrival,
+                arrival,
+                seq,
+                slot: seq as u32,
+            }
+        };
+        let lines: Vec<Line> = (0..200).map(&mut line).collect();
+        let mut exact_path = 0;
+        for (i, a) in lines.iter().enumerate() {
+            for b in &lines[i + 1..] {
+                for x in [0, 1, 5, 11, 40] {
+                    let (va, vb) = (scaled(a, x), scaled(b, x));
+                    let want = (va, a.arrival.to_bits(), a.seq) < (vb, b.arrival.to_bits(), b.seq);
+                    assert_eq!(beats(a, b, x, alpha), want, "{a:?} {b:?} x={x}");
+                    let (fa, fb) = (a.value(x), b.value(x));
+                    if (fa - fb).abs() <= (fa + fb) * ROUNDING_MARGIN + f64::MIN_POSITIVE {
+                        exact_path += 1;
+                    }
+                }
+            }
+        }
+        assert!(exact_path > 1000, "the exact path ran {exact_path} times");
+    }
+
     #[test]
     fn empty_tree_has_no_minimum() {
-        let mut t = KineticTournament::new();
+        let mut t = KineticTournament::new(1.0);
         assert!(t.min_at(5).is_none());
         assert!(t.is_empty());
     }

@@ -239,7 +239,8 @@ impl<F: Fn(&Request) -> WaitKey + Send + Sync> Policy for Ordered<F> {
 // ------------------------------------------------------------------ LARRY
 
 /// LARRY: admit the smallest `alpha*arrival + L*mem` (= the highest `alpha*wait - L*mem`),
-/// `mem` = tokens to (re)compute.
+/// `mem` = tokens to (re)compute. The key is compared exactly (no rounding; see
+/// `kinetic::Intercept`), as the reference does with `Fraction`.
 ///
 /// Requests with equal `mem` keep their (arrival, seq) order at every `L` (the intercept
 /// `alpha*arrival` is monotone in arrival), so only the head of each equal-`mem` group is a
@@ -262,7 +263,7 @@ impl Larry {
     fn new(alpha: f64) -> Self {
         Larry {
             alpha,
-            tree: KineticTournament::new(),
+            tree: KineticTournament::new(alpha),
             groups: HashMap::new(),
             len: 0,
         }

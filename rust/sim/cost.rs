@@ -366,6 +366,20 @@ impl CostModel {
         Ok(())
     }
 
+    /// The model and the coefficients that set a step's minimum time, for error messages.
+    pub fn describe(&self) -> String {
+        match self {
+            CostModel::Roofline(r) => format!(
+                "roofline (overhead_s={} s, weight_bytes={}, mem_bw={} B/s, eff_memory={})",
+                r.overhead_s, r.weight_bytes, r.mem_bw, r.eff_memory
+            ),
+            CostModel::Linear(l) => format!(
+                "linear (c0={} s, c1={}, c2={}, c3={}, swap_s_per_block={})",
+                l.c0, l.c1, l.c2, l.c3, l.swap_s_per_block
+            ),
+        }
+    }
+
     /// Seconds one step of this shape takes.
     #[inline]
     pub fn step_time(&self, s: &StepShape) -> f64 {

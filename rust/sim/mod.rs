@@ -34,7 +34,7 @@ use std::collections::BinaryHeap;
 pub use cost::{preset_names, CostModel, Linear, Preset, Roofline, StepShape};
 
 use crate::error::{Error, Result, Value};
-use crate::limits::{self, Blame, MAX_COUNT, MAX_REPLICAS};
+use crate::limits::{self, Blame, MAX_COUNT, MAX_REPLICAS, MAX_SNAPSHOTS, MAX_TIME};
 use crate::router::{ReplicaSnapshot, ReplicaSpec, RouteRequest, Router, RouterConfig};
 use crate::sched::{blocks_for, NewRequest, RequestId, Scheduler, SchedulerConfig, StepPlan, F64};
 
@@ -425,9 +425,16 @@ impl<'a> Sim<'a> {
         })
     }
 
-    fn run(mut self) -> Result<SimOutput> {
+    /// Run to the end; `None` if `stop` asked to stop (it is called every
+    /// [`STOP_CHECK_EVENTS`] events).
+    fn run(mut self, stop: &mut dyn FnMut() -> bool) -> Result<Option<SimOutput>> {
         let mut now = 0.0;
+        let mut events: u64 = 0;
         while let Some((t, event)) = self.queue.pop() {
+            events += 1;
+            if events % STOP_CHECK_EVENTS == 0 && stop() {
+                return Ok(None);
+            }
             now = t;
             match event {
                 Event::StepEnd { replica } => self.on_step_end(replica, t)?,
@@ -446,7 +453,7 @@ impl<'a> Sim<'a> {
                 ),
             });
         }
-        Ok(self.out)
+        Ok(Some(self.out))
     }
 
     /// Row `i` arrives: queue the next row, then reject it if it fits no replica, else route it
@@ -557,6 +564,23 @@ impl<'a> Sim<'a> {
                 message: format!("cost model gave a step time of {dur} s"),
             });
         }
+        let end = now + dur;
+        if end > MAX_TIME || !end.is_finite() {
+            let last = self.trace.arrival_time.last().copied().unwrap_or(0.0);
+            return Err(Error::InvalidArgument {
+                field: "trace",
+                value: None,
+                index: None,
+                message: format!(
+                    "step end time {end} s exceeds the simulated-time limit of 1e12 s (MAX_TIME): \
+                     replica {r}'s step {} started at {now} s and takes {dur} s under the cost \
+                     model {}; the trace's arrivals reach {last} s. Shift the arrivals toward 0 \
+                     or make the cost model's steps shorter",
+                    self.out.num_steps,
+                    self.config.cost.describe()
+                ),
+            });
+        }
         if self.config.record_steps {
             let out = &mut self.out;
             let s = &rep.sched;
@@ -575,7 +599,7 @@ impl<'a> Sim<'a> {
         self.out.num_steps += 1;
         rep.plan = plan;
         rep.scheduled = true;
-        self.queue.push(now + dur, Event::StepEnd { replica: r });
+        self.queue.push(end, Event::StepEnd { replica: r });
         Ok(())
     }
 
@@ -632,11 +656,100 @@ impl<'a> Sim<'a> {
     }
 }
 
+/// How often (in events) a run calls its `stop` hook.
+pub const STOP_CHECK_EVENTS: u64 = 1024;
+
 /// Run the whole trace through the cluster.
+///
+/// Simulated time must stay within `MAX_TIME` (1e12 s), since every step's end is the
+/// engines' `now`. What can be checked before the run is: a row that cannot finish in time
+/// even if it ran alone (its arrival plus one step per output token, each step at least the
+/// cost model's time for an empty step) is refused up front with `InvalidArgument`
+/// (`field = "trace"`, `index` = the row), naming its arrival and the cost model. Otherwise,
+/// if queueing pushes a step's end past 1e12 s, the run ends with the same error naming the
+/// step's start, its duration, the cost model and the trace's last arrival; no partial
+/// result is returned. A `snapshot_interval` giving more than `MAX_SNAPSHOTS` snapshots over
+/// the trace's span, or too small to advance the clock, is refused up front (`Config`).
 pub fn simulate(trace: TraceView<'_>, config: &SimConfig) -> Result<SimOutput> {
+    simulate_until(trace, config, &mut || false)?.ok_or_else(never_stopped)
+}
+
+/// [`simulate`], calling `stop` every [`STOP_CHECK_EVENTS`] events: `Ok(None)` if it
+/// returned true (the run was abandoned). The bindings check for Ctrl-C here.
+pub fn simulate_until(
+    trace: TraceView<'_>,
+    config: &SimConfig,
+    stop: &mut dyn FnMut() -> bool,
+) -> Result<Option<SimOutput>> {
     config.validate()?;
     trace.validate()?;
-    Sim::new(trace, config)?.run()
+    check_snapshots(trace, config)?;
+    check_time_budget(trace, config)?;
+    Sim::new(trace, config)?.run(stop)
+}
+
+fn never_stopped() -> Error {
+    Error::Invariant {
+        message: "a simulation stopped that no hook asked to stop".into(),
+    }
+}
+
+/// Snapshots come every `snapshot_interval` s while rows remain to arrive: refuse an
+/// interval giving more than `MAX_SNAPSHOTS` of them over the trace's span, or one too small
+/// to move the clock at the trace's last arrival (`t + dt == t`: it would never advance).
+fn check_snapshots(trace: TraceView<'_>, config: &SimConfig) -> Result<()> {
+    let (Some(dt), Some(&first), Some(&last)) = (
+        config.snapshot_interval,
+        trace.arrival_time.first(),
+        trace.arrival_time.last(),
+    ) else {
+        return Ok(());
+    };
+    let count = (last - first) / dt;
+    if count > MAX_SNAPSHOTS as f64 || last + dt <= last {
+        return Err(Error::Config {
+            field: "snapshot_interval",
+            value: Some(Value::Float(dt)),
+            message: format!(
+                "snapshot_interval {dt} s gives {count:.3e} snapshots over the trace's {} s of \
+                 arrivals (at most {MAX_SNAPSHOTS}); use an interval of at least {:e} s",
+                last - first,
+                ((last - first) / MAX_SNAPSHOTS as f64).max(last * f64::EPSILON)
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Refuse a trace row that could not finish by `MAX_TIME` even alone on a replica: it needs
+/// at least one step per output token, each at least the cost model's empty-step time (every
+/// cost term is non-negative, so no step is shorter).
+fn check_time_budget(trace: TraceView<'_>, config: &SimConfig) -> Result<()> {
+    let min_step = config.cost.step_time(&StepShape::default());
+    for (i, (&a, &out)) in trace
+        .arrival_time
+        .iter()
+        .zip(trace.output_tokens)
+        .enumerate()
+    {
+        let steps = (out.max(1) as u64).min(config.max_output_tokens) as f64;
+        let earliest = a + steps * min_step;
+        if earliest > MAX_TIME || !earliest.is_finite() {
+            return Err(Error::InvalidArgument {
+                field: "trace",
+                value: None,
+                index: Some(i as u64),
+                message: format!(
+                    "trace row {i} cannot finish within the simulated-time limit of 1e12 s \
+                     (MAX_TIME): it arrives at {a} s and needs {steps} steps of at least \
+                     {min_step} s each under the cost model {}, so it ends no earlier than \
+                     {earliest} s",
+                    config.cost.describe()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// One replica's capacity in finished requests per second, measured by running (a sample of)
@@ -650,6 +763,16 @@ pub fn measure_capacity(
     config: &SimConfig,
     max_requests: usize,
 ) -> Result<f64> {
+    measure_capacity_until(trace, config, max_requests, &mut || false)?.ok_or_else(never_stopped)
+}
+
+/// [`measure_capacity`] with a `stop` hook, as [`simulate_until`].
+pub fn measure_capacity_until(
+    trace: TraceView<'_>,
+    config: &SimConfig,
+    max_requests: usize,
+    stop: &mut dyn FnMut() -> bool,
+) -> Result<Option<f64>> {
     trace.validate()?;
     let n = trace.arrival_time.len();
     if n == 0 {
@@ -671,7 +794,7 @@ pub fn measure_capacity(
     cfg.engine.policy = crate::sched::PolicyKind::Fcfs;
     cfg.snapshot_interval = None;
     cfg.record_steps = false;
-    let res = simulate(
+    let Some(res) = simulate_until(
         TraceView {
             arrival_time: &arrival,
             prompt_tokens: &prompt,
@@ -679,7 +802,11 @@ pub fn measure_capacity(
             predicted_output_tokens: None,
         },
         &cfg,
-    )?;
+        stop,
+    )?
+    else {
+        return Ok(None);
+    };
     let mut done: Vec<f64> = res
         .finish_time
         .iter()
@@ -700,10 +827,10 @@ pub fn measure_capacity(
     if k >= 20 && hi > lo {
         let span = done[hi - 1] - done[lo];
         if span > 0.0 {
-            return Ok((hi - 1 - lo) as f64 / span);
+            return Ok(Some((hi - 1 - lo) as f64 / span));
         }
     }
-    Ok(k as f64 / done[k - 1].max(f64::MIN_POSITIVE))
+    Ok(Some(k as f64 / done[k - 1].max(f64::MIN_POSITIVE)))
 }
 
 #[cfg(test)]

@@ -302,3 +302,134 @@ fn seeded_runs_match_recorded_fingerprints() {
         assert_eq!(fp, case.fingerprint, "{}: {fp:#018x}", case.name);
     }
 }
+
+/// Issue 11 item 2: a snapshot interval that cannot progress, or would push more than
+/// `MAX_SNAPSHOTS` snapshots, is refused before the run, naming the field and the count.
+#[test]
+fn snapshot_intervals_that_cannot_finish_are_refused_up_front() {
+    let tr = trace(50, 1.0);
+    let span = tr.arrival.last().unwrap() - tr.arrival[0];
+    for dt in [1e-300, 1e-9, span / (MAX_SNAPSHOTS as f64 * 2.0)] {
+        let mut cfg = config(1, "round_robin", "fcfs", 300);
+        cfg.snapshot_interval = Some(dt);
+        match simulate(tr.view(), &cfg) {
+            Err(Error::Config { field, message, .. }) => {
+                assert_eq!(field, "snapshot_interval");
+                assert!(message.contains("snapshots"), "{message}");
+            }
+            other => panic!("dt {dt}: {other:?}"),
+        }
+    }
+    // Few snapshots (100), but below the clock's resolution at 1e11 s (steps of 1.5e-5 s):
+    // `now + dt == now`, so the clock would never reach the second arrival.
+    let late = Trace {
+        arrival: vec![1e11, 1e11 + 1e-4],
+        prompt: vec![10, 10],
+        output: vec![2, 2],
+    };
+    let mut cfg = config(1, "round_robin", "fcfs", 300);
+    cfg.snapshot_interval = Some(1e-6);
+    assert!(matches!(
+        simulate(late.view(), &cfg),
+        Err(Error::Config {
+            field: "snapshot_interval",
+            ..
+        })
+    ));
+    cfg.snapshot_interval = Some(span / 1000.0);
+    assert!(simulate(tr.view(), &cfg).is_ok());
+}
+
+/// Issue 11 item 2: the stop hook is called while the run goes, and stops it.
+#[test]
+fn a_stop_hook_abandons_the_run() {
+    let tr = trace(300, 50.0);
+    let cfg = config(1, "round_robin", "fcfs", 300);
+    let mut calls = 0;
+    let res = simulate_until(tr.view(), &cfg, &mut || {
+        calls += 1;
+        calls == 3
+    });
+    assert_eq!(res, Ok(None));
+    assert_eq!(calls, 3);
+    let mut never = || false;
+    let full = simulate_until(tr.view(), &cfg, &mut never)
+        .unwrap()
+        .unwrap();
+    assert_eq!(full, simulate(tr.view(), &cfg).unwrap());
+}
+
+fn linear(c0: f64) -> CostModel {
+    CostModel::Linear(Linear {
+        c0,
+        c1: 0.0,
+        c2: 0.0,
+        c3: 0.0,
+        swap_s_per_block: 0.0,
+    })
+}
+
+/// Issue 11 item 4: a row that cannot finish by MAX_TIME is refused before the run, naming
+/// the row, its arrival and the cost model (not `now`).
+#[test]
+fn rows_that_cannot_finish_by_max_time_are_refused_up_front() {
+    let mut tr = trace(20, 1.0);
+    tr.output[3] = 5000; // 2048 steps (the declared maximum) of 1e9 s each
+    let mut cfg = config(1, "round_robin", "fcfs", 300);
+    cfg.cost = linear(1e9);
+    match simulate(tr.view(), &cfg) {
+        Err(Error::InvalidArgument {
+            field: "trace",
+            index: Some(i),
+            message,
+            ..
+        }) => {
+            assert_eq!(i, 3);
+            assert!(message.contains("c0=1000000000 s"), "{message}");
+            assert!(!message.contains("now"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let near = Trace {
+        arrival: vec![1e12 - 1.0, 1e12 - 0.5],
+        prompt: vec![10, 10],
+        output: vec![1000, 1000],
+    };
+    cfg.cost = linear(0.01);
+    assert!(matches!(
+        simulate(near.view(), &cfg),
+        Err(Error::InvalidArgument {
+            field: "trace",
+            index: Some(0),
+            ..
+        })
+    ));
+}
+
+/// Issue 11 item 4: when queueing (not one row alone) pushes a step end past MAX_TIME, the
+/// run ends with an error naming the step's start, duration and the cost model.
+#[test]
+fn a_step_ending_after_max_time_names_the_step_and_the_cost_model() {
+    // Each row alone needs 2 steps of 0.4 s (fits); all 8 at once on one sequence slot
+    // need 16 steps, which pass 1e12.
+    let near = Trace {
+        arrival: vec![1e12 - 2.0; 8],
+        prompt: vec![10; 8],
+        output: vec![2; 8],
+    };
+    let mut cfg = config(1, "round_robin", "fcfs", 300);
+    cfg.engine.max_num_seqs = 1;
+    cfg.cost = linear(0.4);
+    match simulate(near.view(), &cfg) {
+        Err(Error::InvalidArgument {
+            field: "trace",
+            index: None,
+            message,
+            ..
+        }) => {
+            assert!(message.contains("step end time"), "{message}");
+            assert!(message.contains("c0=0.4 s"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+}

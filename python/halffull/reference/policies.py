@@ -18,6 +18,7 @@ exact. The Rust core keeps the same orders in O(log n) structures.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from fractions import Fraction
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -106,13 +107,17 @@ class Larry(Policy):
     preemption), ``L`` the load signal (``config.larry_load``), ``alpha`` in tokens/s. As
     ``alpha*(now - arrival) - L*mem = alpha*now - (alpha*arrival + L*mem)``, the best request
     has the smallest ``alpha*arrival + L*mem``. Victims as FCFS.
+
+    The key is the exact real number (a ``Fraction``; every float is one), not its float
+    rounding: with unix-time arrivals and a large ``alpha`` the sum is near 1e18, where
+    floats are 128 apart and rounding would reorder requests.
     """
 
     name = "larry"
 
     def waiting_key(self, req: Request, load: int) -> tuple:
-        return (self.config.larry_alpha * req.arrival_time + float(load * req.num_tokens),
-                req.arrival_time, req.seq)
+        alpha, arrival = Fraction(self.config.larry_alpha), Fraction(req.arrival_time)
+        return (alpha * arrival + load * req.num_tokens, req.arrival_time, req.seq)
 
 
 POLICIES: dict[str, Callable[[SchedulerConfig], Policy]] = {

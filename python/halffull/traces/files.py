@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TraceError
+from ..limits import MAX_TIME
 from .formats import FORMATS, TRACE_FORMATS, Rows, TraceFormat, detect, trace_error
 from .trace import Trace
 
@@ -50,7 +51,11 @@ def load(path: str | Path, format: str | None = None) -> Trace:
                 raise trace_error(path, None, "empty file, no requests")
             fmt = TRACE_FORMATS[format] if format is not None else detect(path, head[-1], len(head))
             rows = fmt.read(path, _chain(head, f))
-    except (OSError, UnicodeDecodeError, EOFError, csv.Error) as exc:
+    except UnicodeDecodeError as exc:
+        line = _bad_utf8_line(path)
+        bad = exc.object[exc.start:exc.end]
+        raise trace_error(path, line, f"not UTF-8 text: {exc.reason} (byte {bad!r})") from None
+    except (OSError, EOFError, csv.Error) as exc:
         raise trace_error(path, None, f"cannot read trace: {exc}") from exc
     if not rows.times:
         detail = f" ({rows.skipped} failed requests skipped)" if rows.skipped else ""
@@ -65,6 +70,46 @@ def _open_text(path: Path) -> io.TextIOBase:
     return open(path, encoding="utf-8-sig", newline="")
 
 
+def _bad_utf8_line(path: Path) -> int | None:
+    """The number of the first line that is not UTF-8 (text files decode in chunks, so the
+    error itself does not say)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                try:
+                    raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                except UnicodeDecodeError:
+                    return number
+    except (OSError, EOFError):
+        return None
+    return None
+
+
+def _check_times(path: Path, fmt: TraceFormat, rows: Rows, arrival: np.ndarray) -> None:
+    """Every arrival finite and in ``[0, MAX_TIME]`` s, or a ``TraceError`` naming the line.
+
+    External formats start at 0.0 at the earliest request, so an arrival out of range means
+    the timestamps span more than ``MAX_TIME``: of the earliest and the latest timestamp, the
+    one farther from the median is named (a stray ``1e308`` or ``-1e308``)."""
+    ok = np.isfinite(arrival) & (arrival >= 0) & (arrival <= MAX_TIME)
+    if ok.all():
+        return
+    if fmt.name == "halffull":  # times as written
+        i = int(np.argmin(ok))
+        raise trace_error(path, rows.lines[i], f"arrival_time {rows.times[i]!r} is not finite and in [0, 1e12] s")
+    with np.errstate(over="ignore", invalid="ignore"):
+        raw = np.array(rows.times, dtype=np.float64)
+        lo, hi, median = int(np.argmin(raw)), int(np.argmax(raw)), float(np.median(raw))
+    culprit, other = (lo, hi) if median - float(raw[lo]) > float(raw[hi]) - median else (hi, lo)
+    raise trace_error(
+        path,
+        rows.lines[culprit],
+        f"timestamp {rows.times[culprit]!r} is more than 1e12 s (MAX_TIME) from the timestamp "
+        f"{rows.times[other]!r} on line {rows.lines[other]}: a trace may span at most 1e12 s",
+    )
+
+
 def _chain(head: list[str], rest: Iterable[str]) -> Iterator[str]:
     yield from head
     yield from rest
@@ -77,6 +122,7 @@ def _trace_name(path: Path) -> str:
 
 def _finish(path: Path, fmt: TraceFormat, rows: Rows) -> Trace:
     arrival = fmt.seconds(rows.times)
+    _check_times(path, fmt, rows, arrival)
     order = np.argsort(arrival, kind="stable")
     hash_ids = None if rows.hash_ids is None else [rows.hash_ids[i] for i in order]
     return Trace(

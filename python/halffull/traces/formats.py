@@ -51,6 +51,7 @@ class Rows:
         self.prompts: list[int] = []
         self.outputs: list[int] = []
         self.hash_ids: list[list[int]] | None = None
+        self.lines: list[int] = []  # the file line of each row, for errors found later
         self.skipped = 0
         self.clamped = 0
         self.lines_read = 0
@@ -74,7 +75,7 @@ def _parse_count(text: Any, column: str, path: Path, line: int) -> int:
         if math.isfinite(number) and number.is_integer():
             value = int(number)
     if value is None:
-        raise trace_error(path, line, f"{column}: expected a whole token count, got {text!r}")
+        raise trace_error(path, line, f"{column}: expected a whole token count, got {_short(text)}")
     if value < 0:
         raise trace_error(path, line, f"{column}: token count {value} is negative")
     if value >= MAX_COUNT:  # beyond any context window; keeps counts far inside int64
@@ -87,11 +88,21 @@ def _parse_seconds(text: Any, column: str, path: Path, line: int) -> float:
         raise trace_error(path, line, f"{column}: expected a number, got {text!r}")
     try:
         value = float(text)
+    except OverflowError:  # a JSON integer too large for a float
+        raise trace_error(path, line, f"{column}: {_short(text)} is not a finite number") from None
     except (TypeError, ValueError):
-        raise trace_error(path, line, f"{column}: expected a number, got {text!r}") from None
+        raise trace_error(path, line, f"{column}: expected a number, got {_short(text)}") from None
     if not math.isfinite(value):
-        raise trace_error(path, line, f"{column}: {text!r} is not a finite number")
+        raise trace_error(path, line, f"{column}: {_short(text)} is not a finite number")
     return value
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a cell may hold megabytes)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 # 2023-11-16 18:15:46.6805900 (Azure writes 7 fractional digits; datetime takes only 6),
@@ -152,7 +163,8 @@ class TraceFormat:
     def seconds(self, times: list[Any]) -> np.ndarray:
         """The raw times as float64 seconds; external formats start at 0.0."""
         values = np.array(times, dtype=np.float64)
-        return values - values.min()
+        with np.errstate(over="ignore", invalid="ignore"):  # a span past 1.8e308: inf, refused later
+            return values - values.min()
 
     def counts(
         self, prompt: int, output: int, rows: Rows, path: Path, line: int, names: tuple[str, str]
@@ -192,6 +204,12 @@ class CsvFormat(TraceFormat):
 
     def read(self, path: Path, lines: Iterable[str]) -> Rows:
         reader = csv.reader(lines)
+        try:
+            return self._read(path, reader)
+        except csv.Error as exc:  # a field over csv.field_size_limit(), a NUL byte ...
+            raise trace_error(path, reader.line_num, f"malformed CSV: {exc}") from None
+
+    def _read(self, path: Path, reader: Any) -> Rows:
         header: list[str] | None = None
         rows = Rows()
         for cells in reader:
@@ -236,6 +254,7 @@ class CsvFormat(TraceFormat):
                     ) from None
                 rows.hash_ids.append(blocks)  # type: ignore[union-attr]
             rows.times.append(time)
+            rows.lines.append(line)
             rows.prompts.append(counts[0])
             rows.outputs.append(counts[1])
         rows.lines_read = reader.line_num
@@ -273,7 +292,8 @@ class JsonLinesFormat(TraceFormat):
         return True
 
     def seconds(self, times: list[Any]) -> np.ndarray:
-        return super().seconds(times) / 1000.0
+        with np.errstate(over="ignore", invalid="ignore"):
+            return super().seconds(times) / 1000.0
 
     def read(self, path: Path, lines: Iterable[str]) -> Rows:
         rows = Rows()
@@ -286,6 +306,10 @@ class JsonLinesFormat(TraceFormat):
                 record = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise trace_error(path, line, f"not valid JSON: {exc.msg} (column {exc.colno})") from None
+            except ValueError as exc:  # an integer of more than sys.get_int_max_str_digits()
+                raise trace_error(path, line, f"not valid JSON: {exc}") from None
+            except RecursionError:
+                raise trace_error(path, line, "not valid JSON: nested too deeply") from None
             if not isinstance(record, dict):
                 raise trace_error(path, line, f"expected a JSON object, got {type(record).__name__}")
             for key in ("timestamp", "input_length", "output_length"):
@@ -307,9 +331,10 @@ class JsonLinesFormat(TraceFormat):
             if has_hashes:
                 blocks = record["hash_ids"]
                 if not isinstance(blocks, list) or any(isinstance(b, bool) or not isinstance(b, int) for b in blocks):
-                    raise trace_error(path, line, f"hash_ids: expected a list of ints, got {blocks!r}"[:200])
+                    raise trace_error(path, line, f"hash_ids: expected a list of ints, got {_short(blocks)}")
                 rows.hash_ids.append(blocks)  # type: ignore[union-attr]
             rows.times.append(time)
+            rows.lines.append(line)
             rows.prompts.append(counts[0])
             rows.outputs.append(counts[1])
         rows.lines_read = line

@@ -1,0 +1,297 @@
+"""Issue 11 regressions: each test is built from the issue's reproducer (items 1, 2, 4, 5, 6)."""
+
+from __future__ import annotations
+
+import gzip
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import halffull
+from halffull import reference, sim, traces
+from halffull.errors import ConfigError, InvalidArgumentError, TraceError
+from halffull.limits import MAX_COUNT
+
+# ------------------------------------------------------------------ 1. LARRY exact at any scale
+
+LARRY_REQS = [(25, 1699999999.999684), (24, 1699999999.9999957), (56, 1699999999.9995205),
+              (54, 1699999999.9992778), (5, 1699999999.9992704), (9, 1699999999.9996097),
+              (30, 1699999999.9996333), (32, 1699999999.9994397), (57, 1699999999.9992685),
+              (36, 1699999999.9992685), (40, 1699999999.999128)]
+
+
+def larry_admissions(impl, reqs, *, alpha: float, now: float, steps: int, max_num_seqs: int = 1,
+                     load: str = "waiting") -> list[list]:
+    cfg = halffull.SchedulerConfig(num_gpu_blocks=64, block_size=16, max_num_seqs=max_num_seqs,
+                                   max_num_batched_tokens=8192, policy="larry", larry_alpha=alpha,
+                                   larry_load=load, watermark=0.0)
+    s = impl(cfg)
+    for i, (prompt, arrival) in enumerate(reqs):
+        s.add_request(i, prompt_tokens=prompt, max_output_tokens=1, arrival_time=arrival)
+    admitted = []
+    for _ in range(steps):
+        plan = s.schedule(now=now)
+        admitted.append(list(plan.admitted))
+        s.update(plan, now=now)
+    return admitted
+
+
+def exact_larry_order(reqs, alpha: float) -> list[int]:
+    """Admission order with max_num_seqs=1 and one output token each: at each decision the
+    smallest exact alpha*arrival + L*mem, L = number waiting."""
+    left = list(range(len(reqs)))
+    order = []
+    while left:
+        load = len(left)
+        best = min(left, key=lambda i: (Fraction(alpha) * Fraction(reqs[i][1]) + load * reqs[i][0],
+                                        reqs[i][1], i))
+        order.append(best)
+        left.remove(best)
+    return order
+
+
+def test_larry_issue_reproducer_admits_the_same_request_in_rust_and_reference():
+    rust = larry_admissions(halffull.Scheduler, LARRY_REQS, alpha=1e9, now=1.7e9, steps=4)
+    ref = larry_admissions(reference.Scheduler, LARRY_REQS, alpha=1e9, now=1.7e9, steps=4)
+    assert rust == ref
+    # ... and both are the exact order (request 8 was Rust's wrong pick at the second step).
+    assert [a for step in rust for a in step] == exact_larry_order(LARRY_REQS, 1e9)[:4]
+
+
+unix_time = st.floats(min_value=1.6e9, max_value=1.8e9, allow_nan=False)
+any_time = st.one_of(unix_time, st.floats(min_value=0.0, max_value=1e12), st.floats(min_value=0.0, max_value=1e-300))
+
+
+@given(
+    reqs=st.lists(st.tuples(st.integers(1, 60), any_time), min_size=1, max_size=12),
+    alpha=st.one_of(st.just(1e9), st.floats(min_value=1e6, max_value=1e9), st.floats(min_value=0.0, max_value=1e9)),
+    max_num_seqs=st.integers(1, 3),
+    load=st.sampled_from(["waiting", "outstanding"]),
+)
+def test_larry_rust_matches_reference_with_unix_time_arrivals_and_large_alpha(reqs, alpha, max_num_seqs, load):
+    reqs = sorted(reqs, key=lambda r: r[1])
+    kw = dict(alpha=alpha, now=1e12, steps=len(reqs) + 1, max_num_seqs=max_num_seqs, load=load)
+    assert larry_admissions(halffull.Scheduler, reqs, **kw) == larry_admissions(reference.Scheduler, reqs, **kw)
+
+
+@given(reqs=st.lists(st.tuples(st.integers(1, 60), unix_time), min_size=1, max_size=10),
+       alpha=st.floats(min_value=1e6, max_value=1e9))
+def test_larry_order_is_the_exact_order(reqs, alpha):
+    reqs = sorted(reqs, key=lambda r: r[1])
+    rust = larry_admissions(halffull.Scheduler, reqs, alpha=alpha, now=1.8e9, steps=len(reqs))
+    assert [a for step in rust for a in step] == exact_larry_order(reqs, alpha)
+
+
+# ------------------------------------------------------------------ 5. predictor edge cases
+
+@pytest.fixture(scope="module")
+def small() -> traces.Trace:
+    return traces.builtin("default").head(40)
+
+
+@pytest.mark.parametrize("predictor", [30.0, "noisy:50", 100, "noisy:100", np.float64(50.0)])
+def test_large_documented_noise_levels_are_clipped_not_raised(small, predictor):
+    pred = sim.predict_output_tokens(small.output_tokens, predictor, seed=1)
+    assert pred.dtype == np.int64 and pred.min() >= 1 and pred.max() <= MAX_COUNT
+    assert pred.max() == MAX_COUNT                      # some predictions were clipped
+    res = sim.simulate(small, replicas=2, policy="sjf", predictor=predictor, record_steps=False)
+    assert res.summary()["num_requests"] == len(small)
+
+
+@pytest.mark.parametrize("predictor", [-0.0, 0, 0.0, "noisy:0", "noisy:-0.0", np.int64(0)])
+def test_zero_noise_including_negative_zero_is_the_oracle(small, predictor):
+    pred = sim.predict_output_tokens(small.output_tokens, predictor, seed=5)
+    assert np.array_equal(pred, small.output_tokens)
+
+
+@pytest.mark.parametrize("predictor", [
+    "noisy:1e308", 1e308, "noisy:100.5", 101, "noisy:inf", "noisy:-inf", "noisy:nan", float("nan"),
+    float("inf"), -1.0, "noisy:-1", "noisy:", "noisy:abc", "noisy", "0.5", "psychic", "", True, False,
+    np.bool_(True), b"noisy:1", [0.5], object(), complex(1, 0), "Oracle",
+])
+def test_bad_predictors_raise_invalid_argument_naming_the_field(small, predictor):
+    with pytest.raises(InvalidArgumentError) as info:
+        sim.predict_output_tokens(small.output_tokens, predictor)
+    assert info.value.field == "predictor"
+    with pytest.raises(InvalidArgumentError) as info:
+        sim.simulate(small, replicas=1, policy="sjf", predictor=predictor, record_steps=False)
+    assert info.value.field == "predictor"
+
+
+# ------------------------------------------------------------------ 2. simulations that never return
+
+@pytest.mark.parametrize("interval", [1e-300, 1e-9, 5e-324])
+def test_snapshot_interval_that_would_never_finish_is_refused_with_the_count(small, interval):
+    with pytest.raises(ConfigError) as info:
+        sim.simulate(small, replicas=1, snapshot_interval=interval)
+    assert info.value.field == "snapshot_interval"
+    assert "snapshots over the trace's" in str(info.value) and "at most 10000000" in str(info.value)
+
+
+def test_one_hour_trace_with_a_nanosecond_interval_is_refused():
+    n = 10
+    hour = traces.Trace(arrival_time=np.linspace(0.0, 3600.0, n), prompt_tokens=np.full(n, 10),
+                        output_tokens=np.full(n, 2))
+    with pytest.raises(ConfigError, match=r"gives 3\.600e12 snapshots"):
+        sim.simulate(hour, replicas=1, snapshot_interval=1e-9)
+    assert sim.simulate(hour, replicas=1, snapshot_interval=1.0).summary()["num_finished"] == n
+
+
+SIGINT_SCRIPT = """
+import numpy as np
+from halffull import sim, traces
+n = 100_000
+tr = traces.Trace(arrival_time=np.zeros(n), prompt_tokens=np.full(n, 100), output_tokens=np.full(n, 2000))
+print("start", flush=True)
+sim.simulate(tr, replicas=1, max_output_tokens=2048, record_steps=False)
+print("finished", flush=True)
+"""
+
+
+def test_ctrl_c_interrupts_a_long_simulation():
+    proc = subprocess.Popen([sys.executable, "-c", SIGINT_SCRIPT], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "start\n"
+        time.sleep(0.5)                                 # well inside simulate (minutes of work)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)        # a hang guard, not a timing assertion
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert "finished" not in out
+    assert proc.returncode != 0 and "KeyboardInterrupt" in err, err[-2000:]
+
+
+# ------------------------------------------------------------------ 4. late failures
+
+def test_a_cost_model_whose_steps_pass_max_time_names_the_cost_model_not_now(small):
+    with pytest.raises(InvalidArgumentError) as info:
+        sim.simulate(small, replicas=1, cost_model={"c0": 1e9, "c1": 0.0, "c2": 0.0, "c3": 0.0})
+    assert info.value.field == "trace"
+    assert "c0=1000000000 s" in str(info.value) and "now" not in str(info.value)
+
+
+def test_arrivals_near_max_time_are_refused_before_the_run_naming_the_row():
+    n = 5
+    near = traces.Trace(arrival_time=np.full(n, 1e12 - 10.0), prompt_tokens=np.full(n, 100),
+                        output_tokens=np.full(n, 5000))
+    with pytest.raises(InvalidArgumentError) as info:
+        sim.simulate(near, replicas=1)
+    assert (info.value.field, info.value.index) == ("trace", 0)
+    assert "arrives at 999999999990 s" in str(info.value) and "roofline" in str(info.value)
+
+
+def test_queueing_past_max_time_ends_the_run_naming_the_step():
+    n = 8                                               # alone each fits; one seat for all does not
+    near = traces.Trace(arrival_time=np.full(n, 1e12 - 2.0), prompt_tokens=np.full(n, 10),
+                        output_tokens=np.full(n, 2))
+    with pytest.raises(InvalidArgumentError) as info:
+        sim.simulate(near, replicas=1, max_num_seqs=1, cost_model={"c0": 0.4, "c1": 0.0, "c2": 0.0, "c3": 0.0})
+    assert info.value.field == "trace" and info.value.index is None
+    assert "step end time" in str(info.value) and "c0=0.4 s" in str(info.value)
+
+
+# ------------------------------------------------------------------ 6. trace errors with file and line
+
+BURSTGPT_HEADER = "Timestamp,Model,Request tokens,Response tokens,Total tokens,Log Type\n"
+
+
+def mooncake(rows: list[str]) -> str:
+    return "".join(r + "\n" for r in rows)
+
+
+def row(ts: str, prompt: str = "10", output: str = "5") -> str:
+    return f'{{"timestamp": {ts}, "input_length": {prompt}, "output_length": {output}}}'
+
+
+def assert_trace_error(path, line: int, match: str) -> TraceError:
+    with pytest.raises(TraceError) as info:
+        traces.load(path)
+    assert (info.value.path, info.value.line) == (str(path), line), str(info.value)
+    assert f"{path}:{line}: " in str(info.value) and match in str(info.value), str(info.value)
+    return info.value
+
+
+@pytest.mark.parametrize("times, bad_line", [
+    (["0", "1e308"], 2), (["-1e308", "0", "1", "2"], 1), (["5", "6", "1e308", "7"], 3),
+    (["1e308", "-1e308", "0"], 1), (["0", "1", "1e16"], 3), (["1e16", "1e16", "0"], 3),
+])
+def test_mooncake_timestamps_spanning_more_than_max_time_name_the_line(tmp_path, times, bad_line):
+    path = tmp_path / "t.jsonl"
+    path.write_text(mooncake([row(t) for t in times]))
+    assert_trace_error(path, bad_line, "a trace may span at most 1e12 s")
+
+
+@pytest.mark.parametrize("stamp", ["1e308", "-1e308"])
+def test_burstgpt_extreme_timestamps_name_the_line(tmp_path, stamp):
+    path = tmp_path / "burst.csv"
+    lines = [f"{t},ChatGPT,10,5,15,Conversation log\n" for t in ("1", "2", stamp, "3", "4")]
+    path.write_text(BURSTGPT_HEADER + "".join(lines))
+    assert_trace_error(path, 4, "a trace may span at most 1e12 s")
+
+
+def test_halffull_arrival_beyond_max_time_names_the_line(tmp_path):
+    path = tmp_path / "own.csv"
+    path.write_text("arrival_time,prompt_tokens,output_tokens\n0,1,1\n1e308,1,1\n")
+    assert_trace_error(path, 3, "not finite and in [0, 1e12] s")
+
+
+@pytest.mark.parametrize("field", ["timestamp", "input_length", "output_length"])
+def test_a_json_number_of_5000_digits_names_the_line(tmp_path, field):
+    huge = "1" * 5000
+    cells = {"timestamp": "1", "input_length": "10", "output_length": "5", field: huge}
+    path = tmp_path / "t.jsonl"
+    path.write_text(mooncake([row("0"), row(cells["timestamp"], cells["input_length"], cells["output_length"])]))
+    error = assert_trace_error(path, 2, "not valid JSON")
+    assert len(str(error)) < 500                        # the number is not echoed back
+
+
+def test_a_huge_but_parsable_json_integer_timestamp_names_the_line(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text(mooncake([row("0"), row("1" * 400)]))  # below 4300 digits, above float range
+    error = assert_trace_error(path, 2, "is not a finite number")
+    assert len(str(error)) < 500
+
+
+def test_deeply_nested_json_names_the_line(tmp_path):
+    path = tmp_path / "t.jsonl"
+    nested = "[" * 100_000 + "]" * 100_000
+    path.write_text(mooncake([row("0"), row("1"), f'{{"timestamp": {nested}}}']))
+    assert_trace_error(path, 3, "nested too deeply")
+
+
+@pytest.mark.parametrize("fmt", ["burstgpt", "halffull"])
+def test_a_csv_field_over_128_kb_names_the_line(tmp_path, fmt):
+    path = tmp_path / "t.csv"
+    big = "x" * (200 * 1024)
+    if fmt == "burstgpt":
+        rows = ["1,ChatGPT,10,5,15,Conversation log\n", f'2,"{big}",10,5,15,Conversation log\n']
+        path.write_text(BURSTGPT_HEADER + "".join(rows))
+    else:
+        path.write_text(f'arrival_time,prompt_tokens,output_tokens\n0,1,1\n1,1,1\n2,"{big}",1\n')
+    assert_trace_error(path, 3 if fmt == "burstgpt" else 4, "field larger than field limit")
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("kind", ["jsonl", "csv"])
+def test_a_bad_utf8_byte_mid_file_names_its_line(tmp_path, kind, gz):
+    if kind == "jsonl":
+        lines = [row(str(i)).encode() for i in range(5000)]
+        lines[3999] = row("3999").encode().replace(b'"timestamp"', b'"time\xffstamp"')
+    else:
+        lines = [BURSTGPT_HEADER.strip().encode()] + [f"{i},ChatGPT,10,5,15,Conversation log".encode()
+                                                      for i in range(5000)]
+        lines[3999] = lines[3999].replace(b"ChatGPT", b"Chat\xc3GPT")
+    data = b"\n".join(lines) + b"\n"
+    path = tmp_path / f"t.{kind}{'.gz' if gz else ''}"
+    path.write_bytes(gzip.compress(data) if gz else data)
+    assert_trace_error(path, 4000, "not UTF-8")
