@@ -16,5 +16,7 @@ MAX_RATE: float = float(_LIMITS["MAX_RATE"])
 MAX_BLOCKS: int = int(_LIMITS["MAX_BLOCKS"])
 #: Largest number of replicas behind one router (``2**16``).
 MAX_REPLICAS: int = int(_LIMITS["MAX_REPLICAS"])
+#: Largest number of replica snapshots one simulation may take (``snapshot_interval`` bound).
+MAX_SNAPSHOTS: int = int(_LIMITS["MAX_SNAPSHOTS"])
 
-__all__ = ["MAX_BLOCKS", "MAX_COUNT", "MAX_RATE", "MAX_REPLICAS", "MAX_TIME"]
+__all__ = ["MAX_BLOCKS", "MAX_COUNT", "MAX_RATE", "MAX_REPLICAS", "MAX_SNAPSHOTS", "MAX_TIME"]

@@ -28,6 +28,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     limits.set_item("MAX_RATE", crate::limits::MAX_RATE)?;
     limits.set_item("MAX_BLOCKS", crate::limits::MAX_BLOCKS)?;
     limits.set_item("MAX_REPLICAS", crate::limits::MAX_REPLICAS)?;
+    limits.set_item("MAX_SNAPSHOTS", crate::limits::MAX_SNAPSHOTS)?;
     m.add("LIMITS", limits)?;
     m.add("PREEMPTION_MODES", PyTuple::new(py, PreemptMode::names())?)?;
     m.add("LARRY_LOADS", PyTuple::new(py, LarryLoad::names())?)?;
