@@ -21,7 +21,7 @@ const NIL: u32 = u32::MAX;
 
 /// An intrusive doubly linked list over the ids `0..n` (each id at most once). Also the
 /// deque of `vllm_v1`'s FCFS waiting queue (over request slots).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub(crate) struct LinkedIds {
     prev: Vec<u32>,
     next: Vec<u32>,
@@ -31,12 +31,21 @@ pub(crate) struct LinkedIds {
     len: usize,
 }
 
+impl Default for LinkedIds {
+    fn default() -> Self {
+        LinkedIds::new()
+    }
+}
+
 impl LinkedIds {
     pub(crate) fn new() -> Self {
         LinkedIds {
+            prev: Vec::new(),
+            next: Vec::new(),
+            linked: Vec::new(),
             head: NIL,
             tail: NIL,
-            ..LinkedIds::default()
+            len: 0,
         }
     }
 
@@ -300,8 +309,8 @@ mod tests {
         l.remove(0);
         assert_eq!(l.iter().collect::<Vec<_>>(), vec![2, 1, 3, 4]);
         assert_eq!((l.len(), l.pop_front(), l.front()), (4, Some(2), Some(1)));
-        let mut e = LinkedIds::new();
-        assert_eq!(e.pop_front(), None);
+        let mut e = LinkedIds::default();
+        assert_eq!((e.pop_front(), e.front()), (None, None));
         e.push_back(7);
         assert_eq!(e.iter().collect::<Vec<_>>(), vec![7]);
     }

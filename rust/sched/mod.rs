@@ -312,6 +312,10 @@ impl Scheduler {
     pub fn num_free_cpu_blocks(&self) -> usize {
         self.cpu.num_free()
     }
+    /// The GPU free queue, head (allocated next) to tail.
+    pub fn free_gpu_block_ids(&self) -> Vec<BlockId> {
+        self.gpu.free_blocks().collect()
+    }
     pub fn request(&self, slot: u32) -> Option<&Request> {
         self.slab.get(slot as usize)?.as_ref()
     }
@@ -1092,3 +1096,5 @@ fn scheduled_entry(slot: u32, r: &Request, n: u64) -> Scheduled {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod v1_tests;
