@@ -12,12 +12,13 @@ _RequestId = str | int
 __all__ = [
     "SchedulerConfig", "Scheduler", "StepPlan", "policy_names", "Router", "router_names",
     "CostModel", "sim_preset_names", "sim_preset", "sim_setup", "simulate", "measure_capacity",
-    "LIMITS", "PREEMPTION_MODES", "LARRY_LOADS",
+    "LIMITS", "PREEMPTION_MODES", "LARRY_LOADS", "SEMANTICS",
 ]
 
 LIMITS: dict[str, float]
 PREEMPTION_MODES: tuple[str, ...]
 LARRY_LOADS: tuple[str, ...]
+SEMANTICS: tuple[str, ...]
 
 def policy_names() -> list[str]: ...
 
@@ -36,10 +37,14 @@ class SchedulerConfig:
         max_num_batched_tokens: int = 8192,
         policy: str = "fcfs",
         preemption_mode: str = "recompute",
-        watermark: float = 0.01,
+        watermark: float | None = None,
         larry_alpha: float = 1000.0,
         larry_load: str = "waiting",
         sjf_aging: float = 10.0,
+        semantics: str = "halffull",
+        max_model_len: int | None = None,
+        long_prefill_token_threshold: int = 0,
+        reserve_full_prompt: bool = True,
     ) -> Self: ...
     def replace(self, **changes: Any) -> SchedulerConfig: ...
     def to_dict(self) -> dict[str, Any]: ...
@@ -69,6 +74,16 @@ class SchedulerConfig:
     def larry_load(self) -> str: ...
     @property
     def sjf_aging(self) -> float: ...
+    @property
+    def semantics(self) -> str: ...
+    @property
+    def max_model_len(self) -> int | None: ...
+    @property
+    def long_prefill_token_threshold(self) -> int: ...
+    @property
+    def reserve_full_prompt(self) -> bool: ...
+    @property
+    def usable_gpu_blocks(self) -> int: ...
     def __eq__(self, value: object, /) -> bool: ...
     def __hash__(self) -> int: ...
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]: ...
