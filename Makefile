@@ -17,6 +17,12 @@ test: ## The whole test suite (fast Hypothesis profile)
 test-ci: ## As CI: thorough Hypothesis profile (>= 1,000 examples per policy)
 	HYPOTHESIS_PROFILE=ci $(PY) -m pytest
 
+VLLM_PY ?= .venv-vllm/bin/python
+
+.PHONY: test-vllm
+test-vllm: ## Parity with vLLM 0.33's own scheduler (needs the vLLM venv; see README, vLLM-exact mode)
+	$(VLLM_PY) -m pytest tests/test_vllm_parity.py -q
+
 .PHONY: test-rust
 test-rust: ## Rust unit tests in a debug build (debug_asserts on; no Python needed)
 	cargo test --lib

@@ -49,7 +49,7 @@ macro_rules! display_by_name {
         }
     )*};
 }
-display_by_name!(PreemptMode, LarryLoad, PolicyKind);
+display_by_name!(PreemptMode, LarryLoad, PolicyKind, Semantics);
 
 /// Every engine policy. To add one: implement `sched::policy::Policy`, add a variant here,
 /// its name to the registry below, and an arm to `sched::policy::make_policy`.
@@ -115,6 +115,35 @@ impl Named for LarryLoad {
     ];
 }
 
+/// Which scheduler's decisions the step reproduces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Semantics {
+    /// halffull's own model (DESIGN §4): the whole prompt's blocks at admission, a FIFO free
+    /// queue, swap or recompute.
+    Halffull,
+    /// vLLM 0.33's V1 scheduler (`/work/wt/vllm/SPEC.md`): block 0 is the null block, blocks
+    /// per chunk, a LIFO free queue, recompute only.
+    VllmV1,
+}
+
+impl Named for Semantics {
+    const FIELD: &'static str = "semantics";
+    const REGISTRY: &'static [(Self, &'static str)] = &[
+        (Semantics::Halffull, "halffull"),
+        (Semantics::VllmV1, "vllm_v1"),
+    ];
+}
+
+impl Semantics {
+    /// The watermark when none is configured: halffull keeps 1% free, vLLM 0.33 none.
+    pub fn default_watermark(self) -> f64 {
+        match self {
+            Semantics::Halffull => 0.01,
+            Semantics::VllmV1 => 0.0,
+        }
+    }
+}
+
 /// Block size when none is given.
 pub const DEFAULT_BLOCK_SIZE: u64 = 16;
 
@@ -125,10 +154,22 @@ pub const DEFAULT_BLOCK_SIZE: u64 = 16;
 /// - `max_num_seqs` seats (running requests), `max_num_batched_tokens` tokens per step.
 /// - `watermark`: fraction of GPU blocks kept free when admitting new work, so running
 ///   requests can grow (ignored when nothing runs, so a lone request is always admissible).
+///   `None`: the semantics' default ([`Semantics::default_watermark`]); read it with
+///   [`SchedulerConfig::watermark`].
 /// - `larry_alpha` (tokens/s) trades waiting time against memory demand in LARRY;
 ///   `larry_load` is LARRY's load signal.
 /// - `sjf_aging` (tokens/s): SJF's priority of a request improves by this much per second
 ///   waited, so long requests are eventually served.
+/// - `semantics`: whose decisions the step makes ([`Semantics`]); `vllm_v1` does not swap
+///   (`preemption_mode = "recompute"`, `num_cpu_blocks = 0`), and there `num_gpu_blocks` is
+///   vLLM's `num_blocks` (block 0 is the null block: N - 1 usable).
+/// - `max_model_len`: a request finishes when prompt + outputs reaches it, and a prompt with
+///   no room for one output token under it is refused (`None`: no cap). Both semantics.
+/// - `long_prefill_token_threshold`: if > 0, no request runs more than this many tokens in a
+///   step (ignored in a step that starts with at most one live request). Both semantics.
+/// - `reserve_full_prompt`: vLLM's `scheduler_reserve_full_isl`: admission needs blocks for
+///   the whole sequence, not just the first chunk. `vllm_v1` only (halffull allocates the
+///   whole sequence at admission anyway, so it is ignored there).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SchedulerConfig {
     pub num_gpu_blocks: u64,
@@ -138,10 +179,14 @@ pub struct SchedulerConfig {
     pub max_num_batched_tokens: u64,
     pub policy: PolicyKind,
     pub preemption_mode: PreemptMode,
-    pub watermark: f64,
+    pub watermark: Option<f64>,
     pub larry_alpha: f64,
     pub larry_load: LarryLoad,
     pub sjf_aging: f64,
+    pub semantics: Semantics,
+    pub max_model_len: Option<u64>,
+    pub long_prefill_token_threshold: u64,
+    pub reserve_full_prompt: bool,
 }
 
 /// The field names, in declaration order (also the positional order in Python).
@@ -157,6 +202,10 @@ pub const FIELDS: &[&str] = &[
     "larry_alpha",
     "larry_load",
     "sjf_aging",
+    "semantics",
+    "max_model_len",
+    "long_prefill_token_threshold",
+    "reserve_full_prompt",
 ];
 
 /// A field's value, typed (for `to_dict`, getters and `repr`).
@@ -165,6 +214,9 @@ pub enum FieldValue {
     Int(u64),
     Float(f64),
     Name(&'static str),
+    Bool(bool),
+    /// An optional field left unset.
+    None,
 }
 
 impl SchedulerConfig {
@@ -178,10 +230,14 @@ impl SchedulerConfig {
             max_num_batched_tokens: 8192,
             policy: PolicyKind::Fcfs,
             preemption_mode: PreemptMode::Recompute,
-            watermark: 0.01,
+            watermark: None,
             larry_alpha: 1000.0,
             larry_load: LarryLoad::Waiting,
             sjf_aging: 10.0,
+            semantics: Semantics::Halffull,
+            max_model_len: None,
+            long_prefill_token_threshold: 0,
+            reserve_full_prompt: true,
         }
     }
 
@@ -236,7 +292,31 @@ impl SchedulerConfig {
             "preemption_mode" => self.preemption_mode = parse_name(v)?,
             "larry_load" => self.larry_load = parse_name(v)?,
             "watermark" => {
-                self.watermark = limits::float_in(Blame::Config, "watermark", v, 0.0, 1.0, true)?
+                self.watermark = match v {
+                    Value::None => None,
+                    v => Some(limits::float_in(
+                        Blame::Config,
+                        "watermark",
+                        v,
+                        0.0,
+                        1.0,
+                        true,
+                    )?),
+                }
+            }
+            "semantics" => self.semantics = parse_name(v)?,
+            "max_model_len" => {
+                self.max_model_len = match v {
+                    Value::None => None,
+                    v => Some(limits::config_count("max_model_len", v)?),
+                }
+            }
+            "long_prefill_token_threshold" => {
+                self.long_prefill_token_threshold =
+                    count("long_prefill_token_threshold", 0, MAX_COUNT)?
+            }
+            "reserve_full_prompt" => {
+                self.reserve_full_prompt = limits::flag(Blame::Config, "reserve_full_prompt", v)?
             }
             "larry_alpha" => self.larry_alpha = rate("larry_alpha")?,
             "sjf_aging" => self.sjf_aging = rate("sjf_aging")?,
@@ -260,9 +340,32 @@ impl SchedulerConfig {
                 Some(FieldValue::Int(n)) => Value::from(n),
                 Some(FieldValue::Float(x)) => Value::Float(x),
                 Some(FieldValue::Name(s)) => Value::Str(s.to_string()),
+                Some(FieldValue::Bool(b)) => Value::Bool(b),
+                Some(FieldValue::None) => Value::None,
                 None => continue,
             };
             self.clone().set(field, &value)?;
+        }
+        if self.semantics == Semantics::VllmV1 {
+            if self.preemption_mode == PreemptMode::Swap {
+                return Err(Error::Config {
+                    field: "preemption_mode",
+                    value: Some(Value::Str("swap".into())),
+                    message: "semantics=\"vllm_v1\" does not swap (vLLM V1 recomputes): use \
+                              preemption_mode=\"recompute\""
+                        .into(),
+                });
+            }
+            if self.num_cpu_blocks > 0 {
+                return Err(Error::Config {
+                    field: "num_cpu_blocks",
+                    value: Some(Value::from(self.num_cpu_blocks)),
+                    message: format!(
+                        "semantics=\"vllm_v1\" does not swap, so num_cpu_blocks must be 0, got {}",
+                        self.num_cpu_blocks
+                    ),
+                });
+            }
         }
         if self.num_gpu_blocks.saturating_mul(self.block_size) >= MAX_COUNT {
             return Err(Error::Config {
@@ -284,21 +387,41 @@ impl SchedulerConfig {
             "max_num_batched_tokens" => FieldValue::Int(self.max_num_batched_tokens),
             "policy" => FieldValue::Name(self.policy.name()),
             "preemption_mode" => FieldValue::Name(self.preemption_mode.name()),
-            "watermark" => FieldValue::Float(self.watermark),
+            "watermark" => self.watermark.map_or(FieldValue::None, FieldValue::Float),
             "larry_alpha" => FieldValue::Float(self.larry_alpha),
             "larry_load" => FieldValue::Name(self.larry_load.name()),
             "sjf_aging" => FieldValue::Float(self.sjf_aging),
+            "semantics" => FieldValue::Name(self.semantics.name()),
+            "max_model_len" => self.max_model_len.map_or(FieldValue::None, FieldValue::Int),
+            "long_prefill_token_threshold" => FieldValue::Int(self.long_prefill_token_threshold),
+            "reserve_full_prompt" => FieldValue::Bool(self.reserve_full_prompt),
             _ => return None,
         })
     }
 
-    /// GPU blocks kept free when admitting: `floor(watermark * num_gpu_blocks)`.
-    pub fn watermark_blocks(&self) -> u64 {
-        (self.watermark * self.num_gpu_blocks as f64) as u64
+    /// The effective watermark: the configured one, or the semantics' default.
+    pub fn watermark(&self) -> f64 {
+        self.watermark
+            .unwrap_or_else(|| self.semantics.default_watermark())
     }
 
+    /// GPU blocks kept free when admitting: `floor(watermark * num_gpu_blocks)` (in
+    /// `vllm_v1`, as vLLM counts it, over all blocks, the null block included).
+    pub fn watermark_blocks(&self) -> u64 {
+        (self.watermark() * self.num_gpu_blocks as f64) as u64
+    }
+
+    /// Blocks a request can hold: all of them, or in `vllm_v1` all but the null block.
+    pub fn usable_gpu_blocks(&self) -> u64 {
+        match self.semantics {
+            Semantics::Halffull => self.num_gpu_blocks,
+            Semantics::VllmV1 => self.num_gpu_blocks.saturating_sub(1),
+        }
+    }
+
+    /// Tokens the GPU cache holds: `usable_gpu_blocks * block_size`.
     pub fn capacity_tokens(&self) -> u64 {
-        self.num_gpu_blocks * self.block_size
+        self.usable_gpu_blocks() * self.block_size
     }
 }
 
@@ -336,7 +459,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.policy, PolicyKind::Larry);
         assert_eq!(c.block_size, DEFAULT_BLOCK_SIZE);
-        assert_eq!(c.watermark, 0.0);
+        assert_eq!(c.watermark(), 0.0);
         assert_eq!(
             c.with_values(pairs(&[("block_size", Value::Int(4))]))
                 .unwrap()
@@ -410,5 +533,67 @@ mod tests {
         for (v, n) in PolicyKind::REGISTRY {
             assert_eq!(PolicyKind::parse(n), Ok(*v));
         }
+        for (v, n) in Semantics::REGISTRY {
+            assert_eq!(Semantics::parse(n), Ok(*v));
+        }
+    }
+
+    #[test]
+    fn vllm_v1_fields_and_defaults() {
+        let base = [("num_gpu_blocks", Value::Int(8))];
+        let c = SchedulerConfig::from_values(pairs(&base)).unwrap();
+        assert_eq!((c.watermark, c.watermark()), (None, 0.01));
+        let v1 = c
+            .with_values(pairs(&[("semantics", Value::Str("vllm_v1".into()))]))
+            .unwrap();
+        assert_eq!((v1.watermark(), v1.usable_gpu_blocks()), (0.0, 7));
+        assert_eq!(v1.capacity_tokens(), 7 * 16);
+        let set = v1
+            .with_values(pairs(&[
+                ("watermark", Value::Float(0.25)),
+                ("max_model_len", Value::Int(100)),
+                ("long_prefill_token_threshold", Value::Int(4)),
+                ("reserve_full_prompt", Value::Bool(false)),
+            ]))
+            .unwrap();
+        assert_eq!(set.watermark_blocks(), 2);
+        assert_eq!(set.max_model_len, Some(100));
+        assert!(!set.reserve_full_prompt);
+        let back = set
+            .with_values(pairs(&[
+                ("watermark", Value::None),
+                ("max_model_len", Value::None),
+            ]))
+            .unwrap();
+        assert_eq!((back.watermark, back.max_model_len), (None, None));
+        let bad = |kv: &[(&'static str, Value)]| v1.with_values(pairs(kv)).unwrap_err();
+        for (kv, field) in [
+            (
+                vec![("preemption_mode", Value::Str("swap".into()))],
+                "preemption_mode",
+            ),
+            (vec![("num_cpu_blocks", Value::Int(4))], "num_cpu_blocks"),
+            (
+                vec![("reserve_full_prompt", Value::Int(1))],
+                "reserve_full_prompt",
+            ),
+            (vec![("max_model_len", Value::Int(0))], "max_model_len"),
+            (
+                vec![("long_prefill_token_threshold", Value::Int(-1))],
+                "long_prefill_token_threshold",
+            ),
+        ] {
+            assert!(
+                matches!(bad(&kv), Error::Config { field: f, .. } if f == field),
+                "{field}"
+            );
+        }
+        assert!(matches!(
+            bad(&[("semantics", Value::Str("vllm".into()))]),
+            Error::UnknownName {
+                field: "semantics",
+                ..
+            }
+        ));
     }
 }

@@ -16,6 +16,8 @@ pub enum Value {
     Int(i128),
     Float(f64),
     Str(String),
+    /// Python's `None` (an optional setting left unset).
+    None,
     /// Anything else (or an int too large for 128 bits), by its `repr`.
     Other(String),
 }
@@ -28,6 +30,7 @@ impl Value {
             Value::Int(_) => "int",
             Value::Float(_) => "float",
             Value::Str(_) => "str",
+            Value::None => "NoneType",
             Value::Other(_) => "object",
         }
     }
@@ -46,6 +49,7 @@ impl fmt::Display for Value {
             Value::Float(x) if x.fract() == 0.0 && x.abs() < 1e16 => write!(f, "{x:.1}"),
             Value::Float(x) => write!(f, "{x}"),
             Value::Str(s) => write!(f, "{s:?}"),
+            Value::None => write!(f, "None"),
             Value::Other(repr) => write!(f, "{repr}"),
         }
     }

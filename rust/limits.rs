@@ -150,6 +150,18 @@ pub fn float_in(
     Ok(x)
 }
 
+/// A flag: a bool (not an int).
+pub fn flag(blame: Blame, field: &'static str, v: &Value) -> Result<bool> {
+    match v {
+        Value::Bool(b) => Ok(*b),
+        _ => Err(blame.error(
+            field,
+            v,
+            format!("{field} must be a bool, got {} {v}", v.kind()),
+        )),
+    }
+}
+
 /// A number (an int or a float, not a bool), any value; the caller checks the range.
 pub fn number(blame: Blame, field: &'static str, v: &Value) -> Result<f64> {
     match v {

@@ -22,8 +22,11 @@ def test_is_the_core_class_with_its_defaults():
     assert cfg.to_dict() == {
         "num_gpu_blocks": 64, "block_size": 16, "num_cpu_blocks": 0, "max_num_seqs": 256,
         "max_num_batched_tokens": 8192, "policy": "fcfs", "preemption_mode": "recompute",
-        "watermark": 0.01, "larry_alpha": 1000.0, "larry_load": "waiting", "sjf_aging": 10.0,
+        "watermark": None, "larry_alpha": 1000.0, "larry_load": "waiting", "sjf_aging": 10.0,
+        "semantics": "halffull", "max_model_len": None, "long_prefill_token_threshold": 0,
+        "reserve_full_prompt": True,
     }
+    assert cfg.watermark == 0.01  # None in to_dict: the semantics' default, read as the effective value
     assert halffull.SchedulerConfig(64, 4) == cfg.replace(block_size=4)
     assert (cfg.watermark_blocks, cfg.capacity_tokens) == (0, 1024)
     assert repr(cfg).startswith("SchedulerConfig(num_gpu_blocks=64, block_size=16,")
@@ -70,6 +73,43 @@ def test_unknown_settings_list_the_valid_ones_everywhere():
         halffull.SchedulerConfig(8, num_gpu_blocks=8)
 
 
+def test_vllm_v1_fields_defaults_and_round_trips():
+    cfg = halffull.SchedulerConfig(num_gpu_blocks=20, semantics="vllm_v1")
+    assert (cfg.semantics, cfg.watermark, cfg.watermark_blocks, cfg.usable_gpu_blocks) == ("vllm_v1", 0.0, 0, 19)
+    assert cfg.capacity_tokens == 19 * 16 and cfg.reserve_full_prompt is True
+    assert (cfg.max_model_len, cfg.long_prefill_token_threshold) == (None, 0)
+    set_ = cfg.replace(watermark=0.1, max_model_len=64, long_prefill_token_threshold=8, reserve_full_prompt=False)
+    assert (set_.watermark, set_.watermark_blocks, set_.max_model_len) == (0.1, 2, 64)
+    assert (set_.long_prefill_token_threshold, set_.reserve_full_prompt) == (8, False)
+    assert halffull.SchedulerConfig(**set_.to_dict()) == set_
+    assert set_.replace(semantics="halffull", watermark=None).watermark == 0.01
+    assert cfg.replace(semantics="halffull").usable_gpu_blocks == 20
+    for c in (cfg, set_):
+        for twin in (pickle.loads(pickle.dumps(c)), copy.deepcopy(c), halffull.SchedulerConfig(**c.to_dict())):
+            assert twin == c and hash(twin) == hash(c)
+    # explicit 0.01 is not the same setting as "the default" (it survives a change of semantics)
+    assert halffull.SchedulerConfig(num_gpu_blocks=20, watermark=0.01) != halffull.SchedulerConfig(num_gpu_blocks=20)
+    assert config.SEMANTICS == _core.SEMANTICS == ("halffull", "vllm_v1")
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(semantics="vllm_v1", preemption_mode="swap"), "preemption_mode"),
+    (dict(semantics="vllm_v1", num_cpu_blocks=4), "num_cpu_blocks"),
+    (dict(semantics="vllm"), "semantics"),
+    (dict(max_model_len=0), "max_model_len"),
+    (dict(max_model_len=2.0), "max_model_len"),
+    (dict(long_prefill_token_threshold=-1), "long_prefill_token_threshold"),
+    (dict(reserve_full_prompt=1), "reserve_full_prompt"),
+    (dict(reserve_full_prompt=None), "reserve_full_prompt"),
+])
+def test_new_fields_bad_values_name_the_field(kwargs, field):
+    with pytest.raises(ConfigError) as info:
+        halffull.SchedulerConfig(num_gpu_blocks=8, **kwargs)
+    assert info.value.field == field
+    with pytest.raises(ConfigError):
+        halffull.SchedulerConfig(num_gpu_blocks=8).replace(**kwargs)
+
+
 def test_names_come_from_the_core():
     assert config.POLICIES == halffull.POLICIES == tuple(_core.policy_names())
     assert config.PREEMPTION_MODES == halffull.PREEMPTION_MODES == ("recompute", "swap")
@@ -109,3 +149,26 @@ def test_simulate_takes_a_config_or_its_fields():
     assert a["finish_time"].tolist() == b["finish_time"].tolist()
     with pytest.raises(ConfigError):
         _core.simulate(*cols, engine=[("num_gpu_blocks", 100)], **common)
+
+
+@pytest.mark.parametrize("semantics", ["halffull", "vllm_v1"])
+def test_max_model_len_refuses_and_caps_through_the_bindings(semantics):
+    from halffull.errors import RequestTooLargeError
+
+    cfg = halffull.SchedulerConfig(num_gpu_blocks=16, block_size=4, semantics=semantics, max_model_len=13)
+    s = halffull.Scheduler(cfg)
+    with pytest.raises(RequestTooLargeError) as info:
+        s.add_request("long", 13, 5)
+    assert (info.value.request_id, info.value.need_blocks, info.value.capacity_blocks) == ("long", 4, 4)
+    assert "max_model_len=13" in str(info.value) and len(s) == 0
+    s.add_request("a", 10, 100)
+    outputs = 0
+    while len(s):
+        plan = s.schedule()
+        outputs += int(plan.samples.sum())
+        s.update(plan)
+        s.check_invariants()
+    assert outputs == 3                                  # 10 + 3 = max_model_len
+    usable = 15 if semantics == "vllm_v1" else 16
+    assert s.num_free_gpu_blocks == usable == len(s.free_gpu_block_ids())
+    assert (0 in s.free_gpu_block_ids()) == (semantics == "halffull")  # vLLM's null block

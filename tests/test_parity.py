@@ -2,8 +2,10 @@
 
 A Hypothesis state machine adds requests (random sizes, priorities, predictions, str and int
 ids, reused ids), schedules, updates with random early finishes, and aborts, on tiny configs
-for every policy and both preemption modes, comparing plans, return values, errors and
-counters after every operation and checking both schedulers' invariants.
+for every policy, both semantics ("halffull" with both preemption modes; "vllm_v1" with
+reserve_full_prompt both ways) and sometimes a max_model_len and a long-prefill threshold,
+comparing plans (block ids included), return values, errors, counters and every live
+request's block table after every operation and checking both schedulers' invariants.
 """
 
 from __future__ import annotations
@@ -17,20 +19,25 @@ import halffull
 from halffull import reference
 
 
-def configs(policy: str):
+def configs(policy: str, semantics: str = "halffull"):
+    v1 = semantics == "vllm_v1"
     return st.builds(
         halffull.SchedulerConfig,
         num_gpu_blocks=st.integers(1, 12),
         block_size=st.sampled_from([1, 2, 3, 4]),
-        num_cpu_blocks=st.integers(0, 10),
+        num_cpu_blocks=st.just(0) if v1 else st.integers(0, 10),
         max_num_seqs=st.integers(1, 5),
         max_num_batched_tokens=st.integers(1, 24),
         policy=st.just(policy),
-        preemption_mode=st.sampled_from(["recompute", "swap"]),
-        watermark=st.sampled_from([0.0, 0.1, 0.25]),
+        preemption_mode=st.just("recompute") if v1 else st.sampled_from(["recompute", "swap"]),
+        watermark=st.sampled_from([None, 0.0, 0.1, 0.25]) if v1 else st.sampled_from([0.0, 0.1, 0.25]),
         larry_alpha=st.sampled_from([0.0, 1.0, 10.0, 1000.0]),
         larry_load=st.sampled_from(["waiting", "outstanding"]),
         sjf_aging=st.sampled_from([0.0, 1.0, 100.0]),
+        semantics=st.just(semantics),
+        max_model_len=st.none() | st.integers(1, 48),
+        long_prefill_token_threshold=st.sampled_from([0, 0, 1, 3, 8]),
+        reserve_full_prompt=st.booleans(),
     )
 
 
@@ -44,6 +51,7 @@ def outcome(fn, *args, **kwargs):
 
 class ParityMachine(RuleBasedStateMachine):
     policy = "fcfs"
+    semantics = "halffull"
 
     def __init__(self) -> None:
         super().__init__()
@@ -54,7 +62,7 @@ class ParityMachine(RuleBasedStateMachine):
 
     @initialize(data=st.data())
     def setup(self, data):
-        cfg = data.draw(configs(self.policy), label="config")
+        cfg = data.draw(configs(self.policy, self.semantics), label="config")
         self.rust = halffull.Scheduler(cfg)
         self.ref = reference.Scheduler(cfg)
 
@@ -121,16 +129,20 @@ class ParityMachine(RuleBasedStateMachine):
                      "num_free_cpu_blocks", "num_preemptions", "num_steps"):
             assert getattr(self.rust, name) == getattr(self.ref, name), name
         assert len(self.rust) == len(self.ref)
+        for rid in self.ref.requests:
+            assert self.rust.request_info(rid) == self.ref.request_info(rid), rid
 
 
-def _machine_for(policy: str):
-    machine = type(f"Parity_{policy}", (ParityMachine,), {"policy": policy})
+def _machine_for(policy: str, semantics: str = "halffull"):
+    machine = type(f"Parity_{policy}_{semantics}", (ParityMachine,),
+                   {"policy": policy, "semantics": semantics})
     return machine.TestCase
 
 
+@pytest.mark.parametrize("semantics", ["halffull", "vllm_v1"])
 @pytest.mark.parametrize("policy", halffull.POLICIES)
-def test_rust_matches_reference(policy):
-    case = _machine_for(policy)
+def test_rust_matches_reference(policy, semantics):
+    case = _machine_for(policy, semantics)
     case.settings = settings(case.settings, stateful_step_count=40)
     case("runTest").runTest()
 

@@ -8,9 +8,9 @@ fails where it is written (``ConfigError`` naming the field) rather than on the 
 
 from __future__ import annotations
 
-from ._core import LARRY_LOADS, PREEMPTION_MODES, SchedulerConfig, policy_names
+from ._core import LARRY_LOADS, PREEMPTION_MODES, SEMANTICS, SchedulerConfig, policy_names
 
 #: Valid ``policy`` names, in registry order.
 POLICIES: tuple[str, ...] = tuple(policy_names())
 
-__all__ = ["LARRY_LOADS", "POLICIES", "PREEMPTION_MODES", "SchedulerConfig"]
+__all__ = ["LARRY_LOADS", "POLICIES", "PREEMPTION_MODES", "SEMANTICS", "SchedulerConfig"]

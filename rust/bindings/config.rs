@@ -46,6 +46,8 @@ fn field_to_py(py: Python<'_>, v: FieldValue) -> PyResult<Py<PyAny>> {
         FieldValue::Int(n) => n.into_py_any(py),
         FieldValue::Float(x) => x.into_py_any(py),
         FieldValue::Name(s) => s.into_py_any(py),
+        FieldValue::Bool(b) => b.into_py_any(py),
+        FieldValue::None => Ok(py.None()),
     }
 }
 
@@ -58,11 +60,22 @@ fn field_to_py(py: Python<'_>, v: FieldValue) -> PyResult<Py<PyAny>> {
 /// - `policy`: one of `halffull.POLICIES`; `preemption_mode`: `recompute` or `swap`.
 /// - `watermark`: fraction of GPU blocks kept free when admitting new work, so running
 ///   requests can grow (ignored when nothing runs, so a lone request is always admissible).
+///   `None` (the default) means the semantics' default: 0.01 in `halffull`, vLLM's 0.0 in
+///   `vllm_v1`; the attribute reads the effective value, `to_dict()` the one given.
 /// - `larry_alpha` (tokens/s) trades waiting time against memory demand in LARRY;
 ///   `larry_load` is LARRY's load signal L: `waiting` (number of waiting requests) or
 ///   `outstanding` (waiting + running + swapped).
 /// - `sjf_aging` (tokens/s): SJF's priority of a request improves by this much per second
 ///   waited, so long requests are eventually served.
+/// - `semantics`: `halffull` (today's model) or `vllm_v1` (vLLM 0.33's V1 scheduler: block 0
+///   is the null block, so `num_gpu_blocks` - 1 are usable; blocks per chunk; no swap).
+/// - `max_model_len`: a request finishes when prompt + outputs reaches it; a prompt with no
+///   room for one output token under it is refused (`None`: no cap).
+/// - `long_prefill_token_threshold`: if > 0, no request runs more than this many tokens in a
+///   step (ignored in a step that starts with at most one live request).
+/// - `reserve_full_prompt`: vLLM's `scheduler_reserve_full_isl`: admitting needs free blocks
+///   for the whole sequence, not just its first chunk (`vllm_v1` only; ignored in
+///   `halffull`, which allocates the whole sequence at admission).
 ///
 /// Frozen: `replace(**changes)` makes a changed copy; equal configs hash equal.
 #[pyclass(module = "halffull._core", name = "SchedulerConfig", frozen, eq, hash)]
@@ -78,7 +91,8 @@ impl Hash for PySchedulerConfig {
                 Some(FieldValue::Int(n)) => n.hash(state),
                 Some(FieldValue::Float(x)) => (x + 0.0).to_bits().hash(state),
                 Some(FieldValue::Name(s)) => s.hash(state),
-                None => {}
+                Some(FieldValue::Bool(b)) => b.hash(state),
+                Some(FieldValue::None) | None => 0u8.hash(state),
             }
         }
     }
@@ -132,7 +146,8 @@ impl PySchedulerConfig {
         Ok(PySchedulerConfig { inner })
     }
 
-    /// Every field by name, in field order.
+    /// Every field by name, in field order, as given (`watermark` and `max_model_len` may be
+    /// `None`): `SchedulerConfig(**cfg.to_dict()) == cfg`.
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         for (k, v) in self.values() {
@@ -146,7 +161,7 @@ impl PySchedulerConfig {
     fn watermark_blocks(&self) -> u64 {
         self.inner.watermark_blocks()
     }
-    /// `num_gpu_blocks * block_size`.
+    /// `usable_gpu_blocks * block_size`.
     #[getter]
     fn capacity_tokens(&self) -> u64 {
         self.inner.capacity_tokens()
@@ -180,9 +195,10 @@ impl PySchedulerConfig {
     fn preemption_mode(&self) -> &'static str {
         crate::config::Named::name(self.inner.preemption_mode)
     }
+    /// The effective watermark (the semantics' default when none was given).
     #[getter]
     fn watermark(&self) -> f64 {
-        self.inner.watermark
+        self.inner.watermark()
     }
     #[getter]
     fn larry_alpha(&self) -> f64 {
@@ -195,6 +211,27 @@ impl PySchedulerConfig {
     #[getter]
     fn sjf_aging(&self) -> f64 {
         self.inner.sjf_aging
+    }
+    #[getter]
+    fn semantics(&self) -> &'static str {
+        crate::config::Named::name(self.inner.semantics)
+    }
+    #[getter]
+    fn max_model_len(&self) -> Option<u64> {
+        self.inner.max_model_len
+    }
+    #[getter]
+    fn long_prefill_token_threshold(&self) -> u64 {
+        self.inner.long_prefill_token_threshold
+    }
+    #[getter]
+    fn reserve_full_prompt(&self) -> bool {
+        self.inner.reserve_full_prompt
+    }
+    /// Blocks a request can hold: `num_gpu_blocks`, or in `vllm_v1` one fewer (the null block).
+    #[getter]
+    fn usable_gpu_blocks(&self) -> u64 {
+        self.inner.usable_gpu_blocks()
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {

@@ -20,6 +20,9 @@ fn repr(ob: &Bound<'_, PyAny>) -> String {
 /// A Python object as a core [`Value`]: bool, int (Python or numpy, by `__index__`), float
 /// (anything with `__float__`), str, or anything else by its repr.
 pub(crate) fn value(ob: &Bound<'_, PyAny>) -> Value {
+    if ob.is_none() {
+        return Value::None;
+    }
     if ob.is_exact_instance_of::<PyInt>() {
         if let Ok(n) = ob.extract::<i64>() {
             return Value::Int(n.into()); // the common case, first

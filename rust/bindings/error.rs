@@ -33,6 +33,7 @@ fn value_to_py(py: Python<'_>, v: &Value) -> PyResult<Py<PyAny>> {
         Value::Int(n) => n.into_py_any(py),
         Value::Float(x) => x.into_py_any(py),
         Value::Str(s) | Value::Other(s) => s.into_py_any(py),
+        Value::None => Ok(py.None()),
     }
 }
 

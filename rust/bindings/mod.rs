@@ -13,7 +13,7 @@ mod sim;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
-use crate::config::{LarryLoad, Named, PreemptMode};
+use crate::config::{LarryLoad, Named, PreemptMode, Semantics};
 
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -32,5 +32,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("LIMITS", limits)?;
     m.add("PREEMPTION_MODES", PyTuple::new(py, PreemptMode::names())?)?;
     m.add("LARRY_LOADS", PyTuple::new(py, LarryLoad::names())?)?;
+    m.add("SEMANTICS", PyTuple::new(py, Semantics::names())?)?;
     Ok(())
 }

@@ -288,6 +288,11 @@ impl PyScheduler {
         Ok(d)
     }
 
+    /// The GPU free queue, head (allocated next) to tail.
+    fn free_gpu_block_ids(&self) -> Vec<u32> {
+        self.core.free_gpu_block_ids()
+    }
+
     fn has_unfinished_requests(&self) -> bool {
         self.core.num_live() > 0
     }

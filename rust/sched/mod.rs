@@ -16,6 +16,22 @@
 //! The Python reference (`halffull/reference/scheduler.py`) is the specification, with the
 //! same three phase methods in the same order; this module must produce identical plans.
 //! Debug builds check every invariant after each successful mutation.
+//!
+//! `semantics = "vllm_v1"` (vLLM 0.33's V1 `Scheduler`, `/work/wt/vllm/SPEC.md`) keeps the
+//! same three phases; what differs is chosen once, at construction, as [`Rules`] plus the
+//! pool's release order and the policy's queue:
+//!
+//! | | `halffull` | `vllm_v1` |
+//! |---|---|---|
+//! | blocks | all `N` usable, FIFO reuse | block 0 null, `N - 1` usable, LIFO reuse (SPEC §5) |
+//! | admission ([`Admission`]) | whole sequence allocated | first chunk allocated; the whole sequence (or with `reserve_full_prompt = false` just the chunk) must fit above the watermark (§4.2) |
+//! | victims ([`VictimScope`]) | running not yet scheduled | all running; one already scheduled is un-scheduled (§3.1) |
+//! | preempted requests | back by the policy's key | fcfs: head of the deque (§3.3) |
+//! | swap | yes | no (config refuses it), so phase 2 never runs |
+//!
+//! Both: `max_model_len` caps a request's output (prompt + outputs reaches it: finished), and
+//! `long_prefill_token_threshold` caps every request's tokens per step unless the step starts
+//! with at most one live request.
 
 mod blocks;
 mod kinetic;
@@ -25,6 +41,7 @@ mod request;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::config::Semantics;
 use blocks::BlockPool;
 pub use blocks::{blocks_for, BlockId};
 use policy::Policy;
@@ -78,12 +95,38 @@ struct Pending {
 struct Step {
     /// Tokens still available this step.
     budget: u64,
+    /// `long_prefill_token_threshold` for this step (0: off).
+    threshold: u64,
     plan: StepPlan,
     /// Becomes [`Pending::scheduled`].
     pending: Vec<(u32, u64, u64)>,
 }
 
 impl Step {
+    /// Tokens a request with `remaining` uncomputed tokens runs this step: capped by the
+    /// threshold, then by the budget.
+    #[inline]
+    fn chunk(&self, remaining: u64) -> u64 {
+        let n = if self.threshold > 0 {
+            remaining.min(self.threshold)
+        } else {
+            remaining
+        };
+        n.min(self.budget)
+    }
+
+    /// Take back a request scheduled earlier this step (vLLM V1's priority preemption of an
+    /// already scheduled request): its tokens return to the budget and its entries leave the
+    /// plan. Its blocks are freed with the rest of its table by the caller.
+    fn unschedule(&mut self, slot: u32) {
+        if let Some(k) = self.pending.iter().position(|&(s, _, _)| s == slot) {
+            let (_, _, n) = self.pending.remove(k);
+            self.plan.scheduled.remove(k);
+            self.budget += n;
+        }
+        self.plan.new_blocks.retain(|(s, _)| *s != slot);
+    }
+
     /// Run `n` new tokens of the request in `slot` this step.
     #[inline]
     fn schedule(&mut self, slot: u32, r: &Request, n: u64) {
@@ -93,10 +136,91 @@ impl Step {
     }
 }
 
+/// How admission allocates, chosen once from the semantics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admission {
+    /// halffull: blocks for every known token at once.
+    WholeSequence,
+    /// vLLM V1 (`allocate_slots`): blocks for the first chunk only; `reserve_full` (vLLM's
+    /// `scheduler_reserve_full_isl`) also demands that the whole sequence would fit.
+    PerChunk { reserve_full: bool },
+}
+
+impl Admission {
+    /// For a request of `num_tokens` known tokens admitted with a first chunk of `n`:
+    /// (blocks that must be free above the watermark, blocks to allocate now).
+    ///
+    /// ```text
+    ///   tokens  [#### chunk n ####|........ rest of the sequence ........]
+    ///   WholeSequence:            check = alloc = ceil(num_tokens / bs)
+    ///   PerChunk, reserve_full:   check = ceil(num_tokens / bs), alloc = ceil(n / bs)
+    ///   PerChunk, !reserve_full:  check = alloc = ceil(n / bs)
+    /// ```
+    /// (vLLM caps both at `max_model_len`, which a waiting request never reaches.)
+    #[inline]
+    fn blocks(self, num_tokens: u64, n: u64, bs: u64) -> (u64, u64) {
+        match self {
+            Admission::WholeSequence => {
+                let b = blocks_for(num_tokens, bs);
+                (b, b)
+            }
+            Admission::PerChunk { reserve_full } => {
+                let chunk = blocks_for(n, bs);
+                let check = if reserve_full {
+                    blocks_for(num_tokens, bs)
+                } else {
+                    chunk
+                };
+                (check, chunk)
+            }
+        }
+    }
+
+    /// Does a reserving policy (`no_preempt`) also pay the block check? In V1 yes (its chunk
+    /// is allocated like any other); halffull's reservation already covers the allocation.
+    fn reserving_also_checks_blocks(self) -> bool {
+        matches!(self, Admission::PerChunk { .. })
+    }
+}
+
+/// Which running requests a policy may pick a victim from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VictimScope {
+    /// `running[i..]`: not yet scheduled this step, the asking one first (halffull).
+    Unscheduled,
+    /// All of `running` (vLLM V1); a victim already scheduled this step is un-scheduled.
+    AllRunning,
+}
+
+/// The rules that differ between the semantics, chosen once.
+#[derive(Debug, Clone, Copy)]
+struct Rules {
+    admission: Admission,
+    victims: VictimScope,
+}
+
+impl Rules {
+    fn new(cfg: &SchedulerConfig) -> Self {
+        match cfg.semantics {
+            Semantics::Halffull => Rules {
+                admission: Admission::WholeSequence,
+                victims: VictimScope::Unscheduled,
+            },
+            Semantics::VllmV1 => Rules {
+                admission: Admission::PerChunk {
+                    reserve_full: cfg.reserve_full_prompt,
+                },
+                victims: VictimScope::AllRunning,
+            },
+        }
+    }
+}
+
 static SCHEDULER_IDS: AtomicU64 = AtomicU64::new(1);
 
 pub struct Scheduler {
     cfg: SchedulerConfig,
+    rules: Rules,
     policy: Box<dyn Policy>,
     id: u64,
     gpu: BlockPool,
@@ -126,8 +250,13 @@ impl Scheduler {
     pub fn new(cfg: SchedulerConfig) -> Result<Self> {
         cfg.validate()?;
         let policy = policy::make_policy(&cfg);
+        let gpu = match cfg.semantics {
+            Semantics::Halffull => BlockPool::new(cfg.num_gpu_blocks as u32),
+            Semantics::VllmV1 => BlockPool::new_v1(cfg.num_gpu_blocks as u32),
+        };
         Ok(Scheduler {
-            gpu: BlockPool::new(cfg.num_gpu_blocks as u32),
+            rules: Rules::new(&cfg),
+            gpu,
             cpu: BlockPool::new(cfg.num_cpu_blocks as u32),
             policy,
             id: SCHEDULER_IDS.fetch_add(1, Ordering::Relaxed),
@@ -183,6 +312,10 @@ impl Scheduler {
     pub fn num_free_cpu_blocks(&self) -> usize {
         self.cpu.num_free()
     }
+    /// The GPU free queue, head (allocated next) to tail.
+    pub fn free_gpu_block_ids(&self) -> Vec<BlockId> {
+        self.gpu.free_blocks().collect()
+    }
     pub fn request(&self, slot: u32) -> Option<&Request> {
         self.slab.get(slot as usize)?.as_ref()
     }
@@ -219,13 +352,17 @@ impl Scheduler {
             return Err(Error::DuplicateRequest { id: new.id });
         }
         self.check_fits(&new.id, prompt, max_out)?;
-        let capacity = cfg.capacity_tokens();
+        // The effective maximum: prompt + outputs fit the cache and stop at max_model_len.
+        let mut max_out = max_out.min(cfg.capacity_tokens() - prompt);
+        if let Some(mml) = cfg.max_model_len {
+            max_out = max_out.min(mml - prompt);
+        }
         let req = Request {
             id: new.id.clone(),
             seq: self.next_seq,
             arrival_time: arrival,
             prompt_tokens: prompt,
-            max_output_tokens: max_out.min(capacity - prompt),
+            max_output_tokens: max_out,
             priority: new.priority,
             predicted_output_tokens: new.predicted_output_tokens,
             true_output_tokens: new.true_output_tokens,
@@ -254,38 +391,55 @@ impl Scheduler {
 
     /// Could a request of `prompt` tokens declaring `max_output_tokens` ever be admitted?
     /// `RequestTooLarge` (capacity and need in blocks) if its prompt plus one token exceeds
-    /// the GPU cache, or, under a policy reserving the full output (`no_preempt`), its prompt
-    /// plus `max_output_tokens` does. The rule `add_request` applies; a router or simulator can
-    /// ask it before dispatching.
+    /// the GPU cache (its usable blocks), or `max_model_len` (vLLM's input check: no room
+    /// for one output token; `capacity_blocks` is then `max_model_len` in blocks), or, under a
+    /// policy reserving the full output (`no_preempt`), its prompt plus the declared
+    /// `max_output_tokens` exceeds the cache. The rule `add_request` applies; a router or
+    /// simulator can ask it before dispatching.
     pub fn check_fits(&self, id: &RequestId, prompt: u64, max_output_tokens: u64) -> Result<()> {
         let cfg = &self.cfg;
-        let too_large = |need: u64, message: String| Error::RequestTooLarge {
+        let usable = cfg.usable_gpu_blocks();
+        let too_large = |need: u64, capacity: u64, message: String| Error::RequestTooLarge {
             id: id.clone(),
             need_blocks: need,
-            capacity_blocks: cfg.num_gpu_blocks,
+            capacity_blocks: capacity,
             message,
         };
+        let need = blocks_for(prompt + 1, cfg.block_size);
         if prompt + 1 > cfg.capacity_tokens() {
-            let need = blocks_for(prompt + 1, cfg.block_size);
             return Err(too_large(
                 need,
+                usable,
                 format!(
                     "request {id}: prompt of {prompt} tokens plus one output token needs {need} blocks of {} tokens; \
-                     the GPU cache has {}",
-                    cfg.block_size, cfg.num_gpu_blocks
+                     the GPU cache has {usable}",
+                    cfg.block_size
                 ),
             ));
         }
-        if self.policy.reserves_full_output() {
-            let need = blocks_for(prompt + max_output_tokens, cfg.block_size);
-            if need > cfg.num_gpu_blocks {
+        if let Some(mml) = cfg.max_model_len {
+            if prompt + 1 > mml {
                 return Err(too_large(
                     need,
+                    blocks_for(mml, cfg.block_size),
+                    format!(
+                        "request {id}: prompt of {prompt} tokens leaves no room for one output token under \
+                         max_model_len={mml}"
+                    ),
+                ));
+            }
+        }
+        if self.policy.reserves_full_output() {
+            let out = max_output_tokens;
+            let need = blocks_for(prompt + out, cfg.block_size);
+            if need > usable {
+                return Err(too_large(
+                    need,
+                    usable,
                     format!(
                         "request {id}: no_preempt reserves prompt + max_output_tokens = {} tokens = {need} blocks; \
-                         the GPU cache has {}",
-                        prompt + max_output_tokens,
-                        cfg.num_gpu_blocks
+                         the GPU cache has {usable}",
+                        prompt + out
                     ),
                 ));
             }
@@ -340,8 +494,15 @@ impl Scheduler {
         }
         let now = self.check_clock(now)?;
         self.now = now;
+        // vLLM ignores the threshold in a step that starts with at most one live request.
+        let threshold = if self.index.len() <= 1 {
+            0
+        } else {
+            self.cfg.long_prefill_token_threshold
+        };
         let mut step = Step {
             budget: self.cfg.max_num_batched_tokens,
+            threshold,
             plan: StepPlan {
                 scheduler_id: self.id,
                 ..StepPlan::default()
@@ -361,6 +522,7 @@ impl Scheduler {
             budget,
             mut plan,
             pending,
+            ..
         } = step;
         self.num_steps += 1;
         plan.step = self.num_steps;
@@ -377,22 +539,30 @@ impl Scheduler {
     }
 
     /// Phase 1, running requests: each, in admission order, gets its next prefill chunk or
-    /// one decode token within the budget. When the blocks for them are not free, the policy
-    /// preempts victims among the running requests not yet scheduled (`running[i..]`, the
-    /// asking one included) until they are; if it picks the asking one, that one is dropped
-    /// from this step and the next request moves up to index `i`.
+    /// one decode token within the budget (and the threshold). When the blocks for them are
+    /// not free, the policy preempts victims among the running requests not yet scheduled
+    /// (`running[i..]`, the asking one included; in `vllm_v1` among all running, a victim
+    /// already scheduled this step being un-scheduled) until they are; if it picks the asking
+    /// one, that one is dropped from this step and the next request moves up to index `i`.
+    /// (vLLM's FCFS `break` after self-preemption is the same: its victim is the last.)
     fn schedule_running(&mut self, step: &mut Step) -> Result<()> {
         let bs = self.cfg.block_size;
         let mut i = 0;
         while i < self.running.len() && step.budget > 0 {
             let slot = self.running[i];
             let r = self.req(slot)?;
-            let n = (r.num_tokens() - r.num_computed_tokens).min(step.budget);
+            let n = step.chunk(r.num_tokens() - r.num_computed_tokens);
             let held = r.block_table.len();
             let need = blocks_for(r.num_computed_tokens + n, bs).saturating_sub(held as u64);
             let mut preempted_self = false;
             while need as usize > self.gpu.num_free() {
                 let victim = self.choose_victim(i, slot)?;
+                if self.rules.victims == VictimScope::AllRunning
+                    && self.running[..i].contains(&victim)
+                {
+                    step.unschedule(victim);
+                    i -= 1;
+                }
                 let mode = self.preempt(victim, &mut step.plan)?;
                 step.plan.preempted.push((victim, mode));
                 if victim == slot {
@@ -426,7 +596,7 @@ impl Scheduler {
                 break;
             }
             let r = self.req(slot)?;
-            let n = (r.num_tokens() - r.num_computed_tokens).min(step.budget);
+            let n = step.chunk(r.num_tokens() - r.num_computed_tokens);
             let total = (r.cpu_blocks.len() as u64).max(blocks_for(r.num_computed_tokens + n, bs));
             if !self.fits(total) {
                 break;
@@ -454,8 +624,9 @@ impl Scheduler {
 
     /// Phase 3, admission (only if nothing was preempted and nothing is still swapped):
     /// waiting requests are admitted in policy order while seats, budget and blocks allow;
-    /// stop at the first that does not fit. Blocks are allocated for all its known tokens;
-    /// `no_preempt` checks its reservation of prompt + `max_output_tokens` instead.
+    /// stop at the first that does not fit. Blocks are allocated by the [`Admission`] rule
+    /// (halffull: all its known tokens; vllm_v1: the first chunk); `no_preempt` checks its
+    /// reservation of prompt + `max_output_tokens` instead (in vllm_v1: as well).
     fn schedule_waiting(&mut self, step: &mut Step) -> Result<()> {
         let bs = self.cfg.block_size;
         while !self.policy.is_empty()
@@ -470,15 +641,18 @@ impl Scheduler {
                 break;
             };
             let r = self.req(slot)?;
-            let need = blocks_for(r.num_tokens(), bs);
-            let n = (r.num_tokens() - r.num_computed_tokens).min(step.budget);
+            let n = step.chunk(r.num_tokens() - r.num_computed_tokens);
+            let (check, need) = self.rules.admission.blocks(r.num_tokens(), n, bs);
             if self.policy.reserves_full_output() {
                 let full = self.max_blocks(r);
-                if full > self.cfg.num_gpu_blocks - self.reserved_blocks {
+                let usable = u64::from(self.gpu.num_usable());
+                if full > usable - self.reserved_blocks
+                    || (self.rules.admission.reserving_also_checks_blocks() && !self.fits(check))
+                {
                     break;
                 }
                 self.reserved_blocks += full;
-            } else if !self.fits(need) {
+            } else if !self.fits(check) {
                 break;
             }
             let r = slot_mut(&mut self.slab, slot)?;
@@ -617,6 +791,12 @@ impl Scheduler {
         let live: Vec<&Request> = self.slab.iter().flatten().collect();
         for (name, pool, gpu) in [("GPU", &self.gpu, true), ("CPU", &self.cpu, false)] {
             let mut seen = vec![false; pool.num_blocks() as usize];
+            // vLLM's null block is neither held nor free: seen up front, so either is caught.
+            if let Some(null) = pool.null_block() {
+                if let Some(s) = seen.get_mut(null as usize) {
+                    *s = true;
+                }
+            }
             let mut count = 0usize;
             let held = live.iter().flat_map(|r| {
                 if gpu {
@@ -636,10 +816,10 @@ impl Scheduler {
                 }
                 count += 1;
             }
-            if count != pool.num_blocks() as usize {
+            if count != pool.num_usable() as usize {
                 return fail(format!(
-                    "{name} blocks: {count} held + free != {}",
-                    pool.num_blocks()
+                    "{name} blocks: {count} held + free != {} usable",
+                    pool.num_usable()
                 ));
             }
         }
@@ -672,6 +852,25 @@ impl Scheduler {
                     r.block_table.len(),
                     r.num_computed_tokens
                 ));
+            }
+            if self.rules.admission != Admission::WholeSequence {
+                // Per-chunk allocation: exactly the blocks of computed + scheduled tokens.
+                let scheduled = self.pending.as_ref().map_or(0, |p| {
+                    p.scheduled
+                        .iter()
+                        .find(|&&(s, seq, _)| s == slot && seq == r.seq)
+                        .map_or(0, |&(_, _, n)| n)
+                });
+                let want = blocks_for(r.num_computed_tokens + scheduled, self.cfg.block_size);
+                if r.block_table.len() as u64 != want {
+                    return fail(format!(
+                        "running request {} holds {} blocks for {} computed + {scheduled} scheduled tokens \
+                         (per-chunk allocation: {want})",
+                        r.id,
+                        r.block_table.len(),
+                        r.num_computed_tokens
+                    ));
+                }
             }
         }
         for &(_, _, slot) in &self.swapped {
@@ -733,10 +932,11 @@ impl Scheduler {
             for &slot in &self.running {
                 reserved += self.max_blocks(self.req(slot)?);
             }
-            if reserved != self.reserved_blocks || reserved > self.cfg.num_gpu_blocks {
+            let usable = u64::from(self.gpu.num_usable());
+            if reserved != self.reserved_blocks || reserved > usable {
                 return fail(format!(
-                    "no_preempt reservations {} (recounted {reserved}) exceed {} blocks or drifted",
-                    self.reserved_blocks, self.cfg.num_gpu_blocks
+                    "no_preempt reservations {} (recounted {reserved}) exceed {usable} blocks or drifted",
+                    self.reserved_blocks
                 ));
             }
             if self.num_preemptions != 0 {
@@ -805,6 +1005,10 @@ impl Scheduler {
                 ),
             });
         }
+        let from = match self.rules.victims {
+            VictimScope::Unscheduled => from,
+            VictimScope::AllRunning => 0,
+        };
         self.victims_scratch.clear();
         self.victims_scratch
             .extend_from_slice(&self.running[from..]);
@@ -843,7 +1047,7 @@ impl Scheduler {
         r.block_table.clear();
         r.num_computed_tokens = 0;
         r.status = Status::Waiting;
-        self.policy.push(slot, r);
+        self.policy.requeue(slot, r);
         Ok(PreemptMode::Recompute)
     }
 }
@@ -889,3 +1093,5 @@ fn scheduled_entry(slot: u32, r: &Request, n: u64) -> Scheduled {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod v1_tests;

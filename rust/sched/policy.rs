@@ -4,13 +4,29 @@
 //!
 //! To add a policy: implement [`Policy`] below, give it a [`PolicyKind`] variant and name
 //! (`rust/config.rs`) and an arm in [`make_policy`].
+//!
+//! Under `semantics = "vllm_v1"` the scheduler offers every policy *all* running requests as
+//! victim candidates (vLLM's rule; one already scheduled this step is un-scheduled), and:
+//! - `fcfs` is vLLM's deque: arrivals at the tail, preempted requests back at the head;
+//!   victim the last running (vLLM's `running[-1]`).
+//! - `priority` is vLLM's heap: `(priority, arrival_time, str(request_id))`, then add order;
+//!   victim the worst `(priority, arrival_time)`, exact ties to the first in running order
+//!   (Python's `max`).
+//! - `sjf`, `oracle_srpt`: their own waiting key (preempted requests re-enter by it) and
+//!   victim rule (the largest remaining, ties to later arrival, then later add), over all
+//!   running.
+//! - `larry`: its own order; victim the last running, as `fcfs`.
+//! - `no_preempt`: FCFS order by arrival; admission also needs its full reservation to fit in
+//!   the usable blocks; it never needs a victim.
 
 use std::cmp::Ordering;
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
+use super::blocks::LinkedIds;
 use super::kinetic::{KineticTournament, Line};
-use super::request::Request;
-use crate::config::{Named, PolicyKind, SchedulerConfig};
+use super::request::{Request, RequestId};
+use crate::config::{Named, PolicyKind, SchedulerConfig, Semantics};
 
 /// What a policy needs to see of the live requests: the slab, indexed by slot.
 pub type Slab = [Option<Request>];
@@ -27,6 +43,10 @@ pub trait Policy: Send + Sync {
     }
     /// A request enters the waiting queue (its tokens do not change while it waits).
     fn push(&mut self, slot: u32, req: &Request);
+    /// A preempted request re-enters the waiting queue. Default: as a new one.
+    fn requeue(&mut self, slot: u32, req: &Request) {
+        self.push(slot, req);
+    }
     /// A waiting request leaves the queue (admitted or aborted).
     fn remove(&mut self, slot: u32, req: &Request);
     /// The request to admit next, at load signal `load`.
@@ -49,6 +69,13 @@ pub fn policy_names() -> Vec<&'static str> {
 
 /// The policy `cfg.policy` names, with its parameters from `cfg`.
 pub fn make_policy(cfg: &SchedulerConfig) -> Box<dyn Policy> {
+    if cfg.semantics == Semantics::VllmV1 {
+        match cfg.policy {
+            PolicyKind::Fcfs => return Box::new(V1Fcfs::default()),
+            PolicyKind::Priority => return Box::new(V1Priority::default()),
+            _ => {}
+        }
+    }
     match cfg.policy {
         PolicyKind::Fcfs => Box::new(Ordered::new("fcfs", fcfs_key, None, true)),
         PolicyKind::Priority => Box::new(Ordered::new(
@@ -233,6 +260,97 @@ impl<F: Fn(&Request) -> WaitKey + Send + Sync> Policy for Ordered<F> {
             Some(f) => f(candidates, reqs),
             None => candidates.last().copied(),
         }
+    }
+}
+
+// ------------------------------------------------------------------ vLLM V1's queues
+
+/// vLLM V1's FCFS waiting queue: a deque over slots (arrivals at the tail, preempted
+/// requests at the head), O(1) everywhere through [`LinkedIds`].
+#[derive(Default)]
+pub struct V1Fcfs {
+    queue: LinkedIds,
+}
+
+impl Policy for V1Fcfs {
+    fn name(&self) -> &'static str {
+        "fcfs"
+    }
+    fn push(&mut self, slot: u32, _req: &Request) {
+        self.queue.push_back(slot);
+    }
+    fn requeue(&mut self, slot: u32, _req: &Request) {
+        self.queue.push_front(slot);
+    }
+    fn remove(&mut self, slot: u32, _req: &Request) {
+        self.queue.remove(slot);
+    }
+    fn peek(&mut self, _load: u64) -> Option<u32> {
+        self.queue.front()
+    }
+    fn len(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+/// vLLM V1's priority heap order: `(priority, arrival_time, str(request_id))`, then add
+/// order (vLLM's last tie-breaker is the object's address).
+type V1PriorityKey = (i64, F64, Arc<str>, u64, u32);
+
+#[derive(Default)]
+pub struct V1Priority {
+    queue: BTreeSet<V1PriorityKey>,
+}
+
+/// The request id as Python's `str()` spells it (vLLM compares request ids as strings).
+fn id_string(id: &RequestId) -> Arc<str> {
+    match id {
+        RequestId::Str(s) => s.clone(),
+        RequestId::Int(n) => Arc::from(n.to_string()),
+    }
+}
+
+impl V1Priority {
+    fn key(slot: u32, r: &Request) -> V1PriorityKey {
+        (
+            r.priority,
+            F64(r.arrival_time),
+            id_string(&r.id),
+            r.seq,
+            slot,
+        )
+    }
+}
+
+impl Policy for V1Priority {
+    fn name(&self) -> &'static str {
+        "priority"
+    }
+    fn push(&mut self, slot: u32, req: &Request) {
+        self.queue.insert(Self::key(slot, req));
+    }
+    fn remove(&mut self, slot: u32, req: &Request) {
+        self.queue.remove(&Self::key(slot, req));
+    }
+    fn peek(&mut self, _load: u64) -> Option<u32> {
+        self.queue.first().map(|k| k.4)
+    }
+    fn len(&self) -> usize {
+        self.queue.len()
+    }
+    /// The worst `(priority, arrival_time)`; exact ties go to the first in running order.
+    fn choose_victim(&self, candidates: &[u32], reqs: &Slab) -> Option<u32> {
+        let mut best: Option<((i64, F64), u32)> = None;
+        for &s in candidates {
+            let Some(r) = reqs.get(s as usize).and_then(Option::as_ref) else {
+                continue;
+            };
+            let k = (r.priority, F64(r.arrival_time));
+            if best.is_none_or(|(b, _)| k > b) {
+                best = Some((k, s));
+            }
+        }
+        best.map(|(_, s)| s)
     }
 }
 

@@ -8,7 +8,7 @@ fn cfg(policy: &str, blocks: u64) -> SchedulerConfig {
         num_cpu_blocks: 8,
         max_num_seqs: 4,
         max_num_batched_tokens: 64,
-        watermark: 0.0,
+        watermark: Some(0.0),
         policy: PolicyKind::parse(policy).unwrap(),
         ..SchedulerConfig::new(blocks, 4)
     }

@@ -11,6 +11,17 @@ Each policy answers three questions (DESIGN §5):
   admission reserves blocks for prompt plus ``max_output_tokens`` (TensorRT-LLM's
   guaranteed-no-evict) instead of for the prompt only.
 
+With ``semantics="vllm_v1"`` two more (SPEC §2, §3.1):
+
+- ``v1_next_waiting(waiting, load)``: the request admission tries next. ``waiting`` is kept in
+  vLLM's deque order (new requests at the tail, preempted ones at the head); FCFS takes the
+  head, priority vLLM's heap top ``(priority, arrival, str(id))``, every other policy the
+  smallest ``waiting_key``.
+- ``v1_victim(running)``: the victim among ALL running requests, also those already scheduled
+  this step (the step un-schedules them). FCFS and LARRY: the last admitted; priority: the
+  worst ``(priority, arrival)``, ties to the first in running order; SJF and oracle SRPT their
+  own rule.
+
 The reference re-scores every waiting request at each decision (O(n)): simple to read and
 exact. The Rust core keeps the same orders in O(log n) structures.
 """
@@ -41,11 +52,20 @@ class Policy:
         # vLLM's rule: preempt the most recently admitted running request.
         return candidates[-1]
 
+    def v1_next_waiting(self, waiting: Sequence[Request], load: int) -> Request:
+        return min(waiting, key=lambda r: self.waiting_key(r, load))
+
+    def v1_victim(self, running: Sequence[Request]) -> Request:
+        return self.choose_victim(running)
+
 
 class Fcfs(Policy):
     """First come, first served (vLLM's default)."""
 
     name = "fcfs"
+
+    def v1_next_waiting(self, waiting: Sequence[Request], load: int) -> Request:
+        return waiting[0]                 # the deque's head: a preempted request, or the oldest
 
 
 class Priority(Policy):
@@ -58,6 +78,14 @@ class Priority(Policy):
 
     def choose_victim(self, candidates: Sequence[Request]) -> Request:
         return max(candidates, key=lambda r: (r.priority, r.arrival_time, r.seq))
+
+    def v1_next_waiting(self, waiting: Sequence[Request], load: int) -> Request:
+        # vLLM's Request.__lt__ compares ids as strings; seq only separates 1 from "1"
+        return min(waiting, key=lambda r: (r.priority, r.arrival_time, str(r.request_id), r.seq))
+
+    def v1_victim(self, running: Sequence[Request]) -> Request:
+        # max() keeps the first of equal keys: the earliest in running order
+        return max(running, key=lambda r: (r.priority, r.arrival_time))
 
 
 class NoPreempt(Policy):

@@ -27,12 +27,42 @@ Recompute preemption frees every block and sets ``num_computed_tokens = 0``: the
 admission re-prefills all P + o tokens and then samples token o + 1 (generated tokens are
 folded into the prompt). Swap preemption copies the blocks to CPU blocks and keeps the
 computed tokens.
+
+``config.max_model_len`` (both semantics) ends a request when prompt + generated reaches it
+(vLLM's length stop): it is folded into the effective ``max_output_tokens``.
+``config.long_prefill_token_threshold`` (both semantics) caps any request's tokens per step,
+except in a step that starts with at most one live request.
+
+``semantics="vllm_v1"``: the step vLLM 0.33's V1 ``Scheduler`` takes (prefix caching off),
+rule for rule after /work/wt/vllm/SPEC.md; see ``_v1_schedule_running`` and
+``_v1_schedule_waiting``. What differs from the above:
+
+- Blocks come from ``VllmBlockPool``: block 0 is the null block (N - 1 usable), allocation
+  takes the free queue's head, a freed table goes back reversed onto the head.
+- Blocks are allocated per chunk, in ``schedule``, for the tokens scheduled this step only::
+
+      prompt of 10 blocks, budget 4 blocks a step, reserve_full_prompt=True
+
+      step 1   admit: needs all 10 blocks free (+ watermark), takes 4   table [a b c d]
+      step 2   running: takes 4 more                                    table [a .. h]
+      step 3   running: takes the last 2, the prompt is computed, samples one token
+      step k   decode: one more block each time a token starts a new block
+
+- Admission (phase 2) of the waiting request the policy puts first, with ``n`` = its chunk::
+
+      full = ceil(num_tokens / bs)    if reserve_full_prompt   (the whole sequence to recompute)
+      wm   = int(watermark * N)       if anything is running, else 0
+      admit iff  full + wm <= free  and  ceil(n / bs) + wm <= free      (else stop admitting)
+
+- A running request short of blocks preempts victims among ALL running requests (the policy's
+  ``v1_victim``), even ones already scheduled this step, which are then un-scheduled.
+  Preempted requests always recompute, and return to the head of FCFS's waiting deque.
+- No swap phase; admission happens only if phase 1 preempted nobody.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import count
@@ -54,10 +84,13 @@ from ..errors import (
 )
 from ..limits import MAX_COUNT as _MAX_INT  # counts above this are certainly a caller's bug
 from ..limits import MAX_TIME as _MAX_TIME  # seconds; keeps every key exact in float64
+from .blocks import BlockPool, VllmBlockPool
 from .policies import make_policy
 from .request import ABORTED, FINISHED, RUNNING, SWAPPED, WAITING, Request, RequestId
 
 _scheduler_ids = count(1)
+
+HALFFULL, VLLM_V1 = "halffull", "vllm_v1"
 
 
 def _blocks_for(num_tokens: int, block_size: int) -> int:
@@ -68,25 +101,6 @@ def _object_array(items: list) -> np.ndarray:
     out = np.empty(len(items), dtype=object)
     out[:] = items
     return out
-
-
-class BlockPool:
-    """A pool of KV blocks: a FIFO free queue (allocate from the front, free to the back)."""
-
-    def __init__(self, num_blocks: int) -> None:
-        self.num_blocks = num_blocks
-        self.free: deque[int] = deque(range(num_blocks))
-
-    @property
-    def num_free(self) -> int:
-        return len(self.free)
-
-    def allocate(self, n: int) -> list[int]:
-        assert n <= len(self.free), "caller checks capacity first"
-        return [self.free.popleft() for _ in range(n)]
-
-    def release(self, blocks: Iterable[int]) -> None:
-        self.free.extend(blocks)
 
 
 @dataclass(eq=False)
@@ -173,10 +187,29 @@ class _Step:
     swapped_out: list[tuple[RequestId, np.ndarray]] = field(default_factory=list)
     swapped_in: list[tuple[RequestId, np.ndarray]] = field(default_factory=list)
 
+    threshold: int = 0
+
     def schedule(self, req: Request, n: int) -> None:
         """Run ``n`` new tokens of ``req`` this step."""
         self.scheduled.append((req, n))
         self.budget -= n
+
+    def unschedule(self, req: Request) -> None:
+        """vllm_v1: take ``req`` (about to be preempted) out of this step, tokens back."""
+        for k, (r, n) in enumerate(self.scheduled):
+            if r is req:
+                del self.scheduled[k]
+                self.budget += n
+                self.new_blocks.pop(req.request_id, None)
+                return
+
+    def chunk(self, req: Request) -> int:
+        """The tokens ``req`` may run this step: the rest of its known tokens, capped by the
+        long-prefill threshold (when on), then by the budget."""
+        n = req.num_tokens - req.num_computed_tokens
+        if 0 < self.threshold < n:
+            n = self.threshold
+        return min(n, self.budget)
 
 
 # ---------------------------------------------------------------------------- checks
@@ -225,7 +258,8 @@ class Scheduler:
         self.config = config
         self.policy = make_policy(config)
         self.scheduler_id = next(_scheduler_ids)
-        self.gpu = BlockPool(config.num_gpu_blocks)
+        self.v1 = config.semantics == VLLM_V1
+        self.gpu = VllmBlockPool(config.num_gpu_blocks) if self.v1 else BlockPool(config.num_gpu_blocks)
         self.cpu = BlockPool(config.num_cpu_blocks)
         self.requests: dict[RequestId, Request] = {}     # live requests only
         self.waiting: list[Request] = []                  # unordered: the policy orders it
@@ -312,24 +346,34 @@ class Scheduler:
             true_output_tokens = _check_count("true_output_tokens", true_output_tokens, 1)
         if request_id in self.requests:
             raise DuplicateRequestError(f"request {request_id!r} is already live", request_id=request_id)
-        capacity = cfg.capacity_tokens
+        usable = self.gpu.num_usable                  # vllm_v1: the null block is not
+        capacity = usable * cfg.block_size
         if prompt_tokens + 1 > capacity:
             need = _blocks_for(prompt_tokens + 1, cfg.block_size)
             raise RequestTooLargeError(
                 f"request {request_id!r}: prompt of {prompt_tokens} tokens plus one output token needs "
-                f"{need} blocks of {cfg.block_size} tokens; the GPU cache has {cfg.num_gpu_blocks}",
-                request_id=request_id, need_blocks=need, capacity_blocks=cfg.num_gpu_blocks)
+                f"{need} blocks of {cfg.block_size} tokens; the GPU cache has {usable}",
+                request_id=request_id, need_blocks=need, capacity_blocks=usable)
+        if cfg.max_model_len is not None:
+            if prompt_tokens + 1 > cfg.max_model_len:
+                need = _blocks_for(prompt_tokens + 1, cfg.block_size)
+                raise RequestTooLargeError(
+                    f"request {request_id!r}: prompt of {prompt_tokens} tokens plus one output token is "
+                    f"longer than max_model_len {cfg.max_model_len}", request_id=request_id,
+                    need_blocks=need, capacity_blocks=_blocks_for(cfg.max_model_len, cfg.block_size))
+            capacity = min(capacity, cfg.max_model_len)
         if self.policy.reserves_full_output:
             need = _blocks_for(prompt_tokens + max_output_tokens, cfg.block_size)
-            if need > cfg.num_gpu_blocks:
+            if need > usable:
                 raise RequestTooLargeError(
                     f"request {request_id!r}: no_preempt reserves prompt + max_output_tokens = "
                     f"{prompt_tokens + max_output_tokens} tokens = {need} blocks; the GPU cache has "
-                    f"{cfg.num_gpu_blocks}", request_id=request_id, need_blocks=need,
-                    capacity_blocks=cfg.num_gpu_blocks)
+                    f"{usable}", request_id=request_id, need_blocks=need,
+                    capacity_blocks=usable)
         req = Request(
             request_id=request_id, seq=next(self._seq), arrival_time=arrival,
             prompt_tokens=prompt_tokens,
+            # the cache (or max_model_len) ends the request when it could not hold another token
             max_output_tokens=min(max_output_tokens, capacity - prompt_tokens),
             priority=int(priority), predicted_output_tokens=predicted_output_tokens,
             true_output_tokens=true_output_tokens,
@@ -367,12 +411,19 @@ class Scheduler:
         now = self.now if now is None else self._check_clock(now)
         self.now = now
         step = _Step(budget=self.config.max_num_batched_tokens)
+        if len(self.requests) > 1:
+            step.threshold = self.config.long_prefill_token_threshold
 
-        self._schedule_running(step)
-        if not step.preempted:
-            self._schedule_swapped(step)
-            if not self.swapped:
-                self._schedule_waiting(step)
+        if self.v1:
+            self._v1_schedule_running(step)
+            if not step.preempted:
+                self._v1_schedule_waiting(step)
+        else:
+            self._schedule_running(step)
+            if not step.preempted:
+                self._schedule_swapped(step)
+                if not self.swapped:
+                    self._schedule_waiting(step)
 
         self.num_steps += 1
         scheduled = step.scheduled
@@ -409,7 +460,7 @@ class Scheduler:
         i = 0
         while i < len(self.running) and step.budget > 0:
             req = self.running[i]
-            n = min(req.num_tokens - req.num_computed_tokens, step.budget)
+            n = step.chunk(req)
             need = _blocks_for(req.num_computed_tokens + n, self.config.block_size) - len(req.block_table)
             while need > self.gpu.num_free:
                 victim = self.policy.choose_victim(self.running[i:])
@@ -432,7 +483,7 @@ class Scheduler:
         for req in sorted(self.swapped, key=lambda r: (r.arrival_time, r.seq)):
             if len(self.running) >= self.config.max_num_seqs or step.budget == 0:
                 break
-            n = min(req.num_tokens - req.num_computed_tokens, step.budget)
+            n = step.chunk(req)
             total = max(len(req.cpu_blocks), _blocks_for(req.num_computed_tokens + n, self.config.block_size))
             if not self._fits(total):
                 break
@@ -460,15 +511,91 @@ class Scheduler:
                 load += len(self.running) + len(self.swapped)
             req = min(self.waiting, key=lambda r: self.policy.waiting_key(r, load))
             need = _blocks_for(req.num_tokens, cfg.block_size)
-            n = min(req.num_tokens - req.num_computed_tokens, step.budget)
+            n = step.chunk(req)
             if self.policy.reserves_full_output:
-                if self._max_blocks(req) > cfg.num_gpu_blocks - self.reserved_blocks:
+                if self._max_blocks(req) > self.gpu.num_usable - self.reserved_blocks:
                     break
                 self.reserved_blocks += self._max_blocks(req)
             elif not self._fits(need):
                 break
             self.waiting.remove(req)
             req.block_table = self.gpu.allocate(need)
+            req.status = RUNNING
+            step.admitted.append(req.request_id)
+            step.new_blocks[req.request_id] = list(req.block_table)
+            step.schedule(req, n)
+            self.running.append(req)
+
+    # -- the vllm_v1 step (SPEC §3, §4)
+
+    def _v1_schedule_running(self, step: _Step) -> None:
+        """vllm_v1 phase 1 (``Scheduler.schedule``'s running loop): each running request, in
+        admission order, gets its chunk, and blocks for just those tokens::
+
+            need = ceil((computed + n) / bs) - blocks held        (no watermark for running)
+
+        While ``need`` exceeds the free blocks, the policy's ``v1_victim`` among ALL running
+        requests is preempted; one already scheduled this step is un-scheduled first (its
+        tokens return to the budget, its new blocks are freed with the rest). If the victim is
+        the asking request itself, it is dropped and the loop goes on at the same index (for
+        FCFS everything after it is already preempted, so this ends the phase as vLLM's
+        ``break`` does). Unvisited requests once the budget is spent just wait a step.
+
+        (vLLM also caps ``n`` at ``max_model_len - computed - 1``; without speculative tokens a
+        running request never reaches that cap, so it is not written here.)"""
+        i = 0
+        while i < len(self.running) and step.budget > 0:
+            req = self.running[i]
+            n = step.chunk(req)
+            need = max(_blocks_for(req.num_computed_tokens + n, self.config.block_size)
+                       - len(req.block_table), 0)
+            while need > self.gpu.num_free:
+                victim = self.policy.v1_victim(self.running)
+                if self.running.index(victim) < i:
+                    i -= 1                 # it was scheduled this step: un-schedule it
+                    step.unschedule(victim)
+                step.preempted.append((victim.request_id, self._preempt(victim, step.swapped_out)))
+                if victim is req:
+                    break
+            if req.status != RUNNING:
+                continue                  # preempted itself; the next request moved to index i
+            if need > 0:
+                blocks = self.gpu.allocate(need)
+                req.block_table.extend(blocks)
+                step.new_blocks[req.request_id] = blocks
+            step.schedule(req, n)
+            i += 1
+
+    def _v1_schedule_waiting(self, step: _Step) -> None:
+        """vllm_v1 phase 2 (only if phase 1 preempted nobody): the policy's next waiting
+        request is admitted while seats and budget last, if (``KVCacheManager.allocate_slots``)
+
+            reserve_full_prompt:  ceil(num_tokens / bs) + wm <= free     (the whole sequence)
+            always:               ceil(n / bs)          + wm <= free     (this step's chunk)
+
+        with ``wm = int(watermark * N)`` when anything is running, else 0; it then takes the
+        chunk's blocks only. The first request that does not fit stops admission (whatever
+        its priority: admission never preempts). ``no_preempt`` must also fit its reservation
+        of prompt + ``max_output_tokens`` blocks."""
+        cfg = self.config
+        while self.waiting and len(self.running) < cfg.max_num_seqs and step.budget > 0:
+            load = len(self.waiting)
+            if cfg.larry_load == "outstanding":
+                load += len(self.running)
+            req = self.policy.v1_next_waiting(self.waiting, load)
+            n = step.chunk(req)
+            wm = cfg.watermark_blocks if self.running else 0
+            chunk_blocks = _blocks_for(n, cfg.block_size)
+            if cfg.reserve_full_prompt and _blocks_for(req.num_tokens, cfg.block_size) + wm > self.gpu.num_free:
+                break
+            if chunk_blocks + wm > self.gpu.num_free:
+                break
+            if self.policy.reserves_full_output:
+                if self._max_blocks(req) > self.gpu.num_usable - self.reserved_blocks:
+                    break
+                self.reserved_blocks += self._max_blocks(req)
+            self.waiting.remove(req)
+            req.block_table = self.gpu.allocate(chunk_blocks)
             req.status = RUNNING
             step.admitted.append(req.request_id)
             step.new_blocks[req.request_id] = list(req.block_table)
@@ -541,10 +668,17 @@ class Scheduler:
 
         for name, pool, attr in (("GPU", self.gpu, "block_table"), ("CPU", self.cpu, "cpu_blocks")):
             held = [b for r in self.requests.values() for b in getattr(r, attr)]
-            if len(held) + pool.num_free != pool.num_blocks:
-                fail(f"{name} blocks: {len(held)} held + {pool.num_free} free != {pool.num_blocks}")
-            if sorted(held + list(pool.free)) != list(range(pool.num_blocks)):
-                fail(f"{name} blocks: some block is held twice, or held and free")
+            if len(held) + pool.num_free != pool.num_usable:
+                fail(f"{name} blocks: {len(held)} held + {pool.num_free} free != {pool.num_usable}")
+            if sorted(held + list(pool.free)) != pool.all_ids():
+                fail(f"{name} blocks: some block is held twice, held and free, or is the null block")
+        if self.v1:
+            pending = {r.request_id: n for r, n in self._pending_scheduled if r.status == RUNNING}
+            for req in self.running:
+                tokens = req.num_computed_tokens + pending.get(req.request_id, 0)
+                if len(req.block_table) != _blocks_for(tokens, cfg.block_size):
+                    fail(f"vllm_v1: running request {req.request_id!r} holds {len(req.block_table)} "
+                         f"blocks for {tokens} computed and scheduled tokens")
         queues = {WAITING: self.waiting, RUNNING: self.running, SWAPPED: self.swapped}
         if sum(len(q) for q in queues.values()) != len(self.requests):
             fail("a live request is in no queue, or in two")
@@ -569,9 +703,9 @@ class Scheduler:
                 fail(f"request {req.request_id!r} has {req.num_computed_tokens} computed of {req.num_tokens}")
         if self.policy.reserves_full_output:
             reserved = sum(self._max_blocks(r) for r in self.running)
-            if reserved != self.reserved_blocks or reserved > cfg.num_gpu_blocks:
+            if reserved != self.reserved_blocks or reserved > self.gpu.num_usable:
                 fail(f"no_preempt reservations {self.reserved_blocks} (recounted {reserved}) exceed "
-                     f"{cfg.num_gpu_blocks} blocks or drifted")
+                     f"{self.gpu.num_usable} blocks or drifted")
             if self.num_preemptions:
                 fail("no_preempt preempted")
 
@@ -617,7 +751,10 @@ class Scheduler:
         req.block_table = []
         req.num_computed_tokens = 0
         req.status = WAITING
-        self.waiting.append(req)
+        if self.v1:
+            self.waiting.insert(0, req)   # the head of vLLM's waiting deque
+        else:
+            self.waiting.append(req)
         return "recompute"
 
     def _finish(self, req: Request) -> None:
