@@ -299,6 +299,10 @@ class Scheduler:
     def num_free_cpu_blocks(self) -> int:
         return self.cpu.num_free
 
+    def free_gpu_block_ids(self) -> list[int]:
+        """The GPU free queue, head (allocated next) to tail."""
+        return list(self.gpu.free)
+
     def __len__(self) -> int:
         return len(self.requests)
 
