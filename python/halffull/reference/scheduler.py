@@ -367,11 +367,15 @@ class Scheduler:
                     need_blocks=need, capacity_blocks=_blocks_for(cfg.max_model_len, cfg.block_size))
             capacity = min(capacity, cfg.max_model_len)
         if self.policy.reserves_full_output:
-            need = _blocks_for(prompt_tokens + max_output_tokens, cfg.block_size)
+            # what the request may ever hold: prompt + max_output_tokens, or max_model_len
+            reserve = prompt_tokens + max_output_tokens
+            if cfg.max_model_len is not None:
+                reserve = min(reserve, cfg.max_model_len)
+            need = _blocks_for(reserve, cfg.block_size)
             if need > usable:
                 raise RequestTooLargeError(
                     f"request {request_id!r}: no_preempt reserves prompt + max_output_tokens = "
-                    f"{prompt_tokens + max_output_tokens} tokens = {need} blocks; the GPU cache has "
+                    f"{reserve} tokens = {need} blocks; the GPU cache has "
                     f"{usable}", request_id=request_id, need_blocks=need,
                     capacity_blocks=usable)
         req = Request(
