@@ -153,7 +153,7 @@ def test_registries_agree():
 
 
 # ---------------------------------------------------------------------------- vllm_v1 by hand
-# A few of SPEC.md's checked rules as literals, for both implementations (``Sched``); the
+# A few of vLLM V1's rules as literals (checked against vLLM 0.33 by hand), for both implementations (``Sched``); the
 # vLLM parity test (tests/test_vllm_parity.py) checks them all against vLLM itself.
 
 
@@ -196,7 +196,7 @@ def test_v1_reserve_full_prompt(Sched, reserve):
 
 
 def test_v1_priority_unschedules_an_already_scheduled_victim(Sched):
-    # SPEC §3.1's checked case: B (worst priority) is scheduled first in the step where A needs
+    # vLLM's priority victim: B (worst priority) is scheduled first in the step where A needs
     # a block and none is free; B is un-scheduled and preempted, A gets B's last block.
     s = Sched(_v1(num_gpu_blocks=6, block_size=16, max_num_batched_tokens=256, policy="priority"))
     s.add_request("B", prompt_tokens=33, max_output_tokens=30, priority=3, arrival_time=0.0)

@@ -1,6 +1,6 @@
 """Drive vLLM 0.33's V1 ``Scheduler`` and halffull (``semantics="vllm_v1"``) side by side.
 
-Our own code (after /work/wt/vllm/harness.py). vLLM's scheduler is plain Python and is built
+Our own code. vLLM's scheduler is plain Python and is built
 here without a GPU or a model: a tiny local Llama ``config.json``, ``DeviceConfig("cuda")``
 (never touched), a one-group full-attention ``KVCacheConfig`` with ``num_blocks = N``.
 

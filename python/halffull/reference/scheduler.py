@@ -34,7 +34,8 @@ computed tokens.
 except in a step that starts with at most one live request.
 
 ``semantics="vllm_v1"``: the step vLLM 0.33's V1 ``Scheduler`` takes (prefix caching off),
-rule for rule after /work/wt/vllm/SPEC.md; see ``_v1_schedule_running`` and
+rule for rule (vLLM's ``vllm/v1/core/sched/scheduler.py``, ``kv_cache_manager.py``,
+``block_pool.py``; our own code); see ``_v1_schedule_running`` and
 ``_v1_schedule_waiting``. What differs from the above:
 
 - Blocks come from ``VllmBlockPool``: block 0 is the null block (N - 1 usable), allocation
@@ -534,7 +535,7 @@ class Scheduler:
             step.schedule(req, n)
             self.running.append(req)
 
-    # -- the vllm_v1 step (SPEC §3, §4)
+    # -- the vllm_v1 step (vLLM 0.33: Scheduler.schedule, KVCacheManager.allocate_slots)
 
     def _v1_schedule_running(self, step: _Step) -> None:
         """vllm_v1 phase 1 (``Scheduler.schedule``'s running loop): each running request, in
