@@ -368,10 +368,7 @@ class Scheduler:
                     need_blocks=need, capacity_blocks=_blocks_for(cfg.max_model_len, cfg.block_size))
             capacity = min(capacity, cfg.max_model_len)
         if self.policy.reserves_full_output:
-            # what the request may ever hold: prompt + max_output_tokens, or max_model_len
-            reserve = prompt_tokens + max_output_tokens
-            if cfg.max_model_len is not None:
-                reserve = min(reserve, cfg.max_model_len)
+            reserve = prompt_tokens + max_output_tokens      # as declared, before any cap
             need = _blocks_for(reserve, cfg.block_size)
             if need > usable:
                 raise RequestTooLargeError(
