@@ -149,3 +149,26 @@ def test_simulate_takes_a_config_or_its_fields():
     assert a["finish_time"].tolist() == b["finish_time"].tolist()
     with pytest.raises(ConfigError):
         _core.simulate(*cols, engine=[("num_gpu_blocks", 100)], **common)
+
+
+@pytest.mark.parametrize("semantics", ["halffull", "vllm_v1"])
+def test_max_model_len_refuses_and_caps_through_the_bindings(semantics):
+    from halffull.errors import RequestTooLargeError
+
+    cfg = halffull.SchedulerConfig(num_gpu_blocks=16, block_size=4, semantics=semantics, max_model_len=13)
+    s = halffull.Scheduler(cfg)
+    with pytest.raises(RequestTooLargeError) as info:
+        s.add_request("long", 13, 5)
+    assert (info.value.request_id, info.value.need_blocks, info.value.capacity_blocks) == ("long", 4, 4)
+    assert "max_model_len=13" in str(info.value) and len(s) == 0
+    s.add_request("a", 10, 100)
+    outputs = 0
+    while len(s):
+        plan = s.schedule()
+        outputs += int(plan.samples.sum())
+        s.update(plan)
+        s.check_invariants()
+    assert outputs == 3                                  # 10 + 3 = max_model_len
+    usable = 15 if semantics == "vllm_v1" else 16
+    assert s.num_free_gpu_blocks == usable == len(s.free_gpu_block_ids())
+    assert (0 in s.free_gpu_block_ids()) == (semantics == "halffull")  # vLLM's null block

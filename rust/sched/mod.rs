@@ -393,7 +393,7 @@ impl Scheduler {
     /// `RequestTooLarge` (capacity and need in blocks) if its prompt plus one token exceeds
     /// the GPU cache (its usable blocks), or `max_model_len` (vLLM's input check: no room
     /// for one output token; `capacity_blocks` is then `max_model_len` in blocks), or, under a
-    /// policy reserving the full output (`no_preempt`), its prompt plus the effective
+    /// policy reserving the full output (`no_preempt`), its prompt plus the declared
     /// `max_output_tokens` exceeds the cache. The rule `add_request` applies; a router or
     /// simulator can ask it before dispatching.
     pub fn check_fits(&self, id: &RequestId, prompt: u64, max_output_tokens: u64) -> Result<()> {
@@ -430,10 +430,7 @@ impl Scheduler {
             }
         }
         if self.policy.reserves_full_output() {
-            let mut out = max_output_tokens.min(cfg.capacity_tokens() - prompt);
-            if let Some(mml) = cfg.max_model_len {
-                out = out.min(mml - prompt);
-            }
+            let out = max_output_tokens;
             let need = blocks_for(prompt + out, cfg.block_size);
             if need > usable {
                 return Err(too_large(
