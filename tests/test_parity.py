@@ -129,6 +129,7 @@ class ParityMachine(RuleBasedStateMachine):
                      "num_free_cpu_blocks", "num_preemptions", "num_steps"):
             assert getattr(self.rust, name) == getattr(self.ref, name), name
         assert len(self.rust) == len(self.ref)
+        assert self.rust.free_gpu_block_ids() == self.ref.free_gpu_block_ids()
         for rid in self.ref.requests:
             assert self.rust.request_info(rid) == self.ref.request_info(rid), rid
 
@@ -149,3 +150,62 @@ def test_rust_matches_reference(policy, semantics):
 
 def test_registries_agree():
     assert tuple(halffull.POLICIES) == tuple(reference.POLICIES)
+
+
+# ---------------------------------------------------------------------------- vllm_v1 by hand
+# A few of vLLM V1's rules as literals (checked against vLLM 0.33 by hand), for both implementations (``Sched``); the
+# vLLM parity test (tests/test_vllm_parity.py) checks them all against vLLM itself.
+
+
+def _v1(**overrides) -> halffull.SchedulerConfig:
+    base = dict(semantics="vllm_v1", num_gpu_blocks=6, block_size=4, num_cpu_blocks=0, max_num_seqs=4,
+                max_num_batched_tokens=32)
+    base.update(overrides)
+    return halffull.SchedulerConfig(**base)
+
+
+def _step(s, finished=()):
+    plan = s.schedule(now=s.now)
+    s.update(plan, finished=finished, now=s.now)
+    s.check_invariants()
+    return plan
+
+
+def test_v1_null_block_and_lifo_free_queue(Sched):
+    s = Sched(_v1())
+    assert s.num_free_gpu_blocks == 5 and s.free_gpu_block_ids() == [1, 2, 3, 4, 5]
+    s.add_request("a", prompt_tokens=8, max_output_tokens=1)
+    assert _step(s).new_blocks == [("a", [1, 2])]
+    # a's table [1, 2] is freed last block first, onto the head
+    assert s.free_gpu_block_ids() == [2, 1, 3, 4, 5]
+    s.add_request("b", prompt_tokens=12, max_output_tokens=1)
+    assert _step(s).new_blocks == [("b", [2, 1, 3])]
+
+
+@pytest.mark.parametrize("reserve", [True, False])
+def test_v1_reserve_full_prompt(Sched, reserve):
+    # 5 usable blocks; a takes two; b's prompt needs 4 blocks, its first chunk (4 tokens) one
+    s = Sched(_v1(num_gpu_blocks=6, max_num_batched_tokens=12, reserve_full_prompt=reserve))
+    s.add_request("a", prompt_tokens=8, max_output_tokens=20)
+    s.add_request("b", prompt_tokens=16, max_output_tokens=2)
+    plan = _step(s)
+    assert plan.admitted == (["a", "b"] if not reserve else ["a"])
+    assert list(plan.num_new_tokens) == ([8, 4] if not reserve else [8])
+    if not reserve:
+        assert s.request_info("b")["block_table"] == [3]       # only its chunk's block
+
+
+def test_v1_priority_unschedules_an_already_scheduled_victim(Sched):
+    # vLLM's priority victim: B (worst priority) is scheduled first in the step where A needs
+    # a block and none is free; B is un-scheduled and preempted, A gets B's last block.
+    s = Sched(_v1(num_gpu_blocks=6, block_size=16, max_num_batched_tokens=256, policy="priority"))
+    s.add_request("B", prompt_tokens=33, max_output_tokens=30, priority=3, arrival_time=0.0)
+    assert _step(s).new_blocks == [("B", [1, 2, 3])]
+    s.add_request("A", prompt_tokens=24, max_output_tokens=12, priority=0, arrival_time=1.0)
+    assert _step(s).new_blocks == [("A", [4, 5])]
+    for _ in range(20):
+        plan = _step(s)
+        if plan.preempted:
+            break
+    assert plan.preempted == [("B", "recompute")]
+    assert list(plan.req_ids) == ["A"] and plan.new_blocks == [("A", [3])]

@@ -5,7 +5,7 @@ long-prefill threshold and ``max_model_len`` stops, aborts, KV-tight configs so 
 preempt) go through vLLM's real scheduler, the reference and the Rust core side by side;
 after every step every decision must be the same (``vllm_harness.Decision``: scheduled ids,
 token counts, computed tokens, new block ids, block tables, admissions, preemptions in order,
-finished ids, stops, free block count, and the free queue head to tail against the reference).
+finished ids, stops, free block count, the free queue head to tail).
 
 Needs vLLM (see README, "vLLM-exact mode"): ``make test-vllm``. Skipped without it.
 """

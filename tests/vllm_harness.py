@@ -1,6 +1,6 @@
 """Drive vLLM 0.33's V1 ``Scheduler`` and halffull (``semantics="vllm_v1"``) side by side.
 
-Our own code (after /work/wt/vllm/harness.py). vLLM's scheduler is plain Python and is built
+Our own code. vLLM's scheduler is plain Python and is built
 here without a GPU or a model: a tiny local Llama ``config.json``, ``DeviceConfig("cuda")``
 (never touched), a one-group full-attention ``KVCacheConfig`` with ``num_blocks = N``.
 
@@ -95,7 +95,7 @@ class Decision:
     """One step of one side. ``scheduled``: (id, new tokens, computed before, new block ids)
     in the step's order; ``tables``: block table after ``schedule`` of each scheduled request;
     ``ended``: ids that stopped in the update, in order; ``free_queue``: head to tail after the
-    update (None where a side does not expose it)."""
+    update."""
 
     scheduled: list[tuple[str, int, int, list[int]]] = field(default_factory=list)
     tables: dict[str, list[int]] = field(default_factory=dict)
@@ -104,16 +104,12 @@ class Decision:
     finished_in_output: list[str] = field(default_factory=list)
     ended: list[str] = field(default_factory=list)
     num_free: int = 0
-    free_queue: list[int] | None = None
+    free_queue: list[int] = field(default_factory=list)
 
     def differs(self, other: Decision) -> str | None:
+        """The first field that differs, or None."""
         a, b = asdict(self), asdict(other)
-        for k in a:
-            if k == "free_queue" and (a[k] is None or b[k] is None):
-                continue
-            if a[k] != b[k]:
-                return k
-        return None
+        return next((k for k in a if a[k] != b[k]), None)
 
 
 class HalffullSide:
@@ -171,8 +167,7 @@ class HalffullSide:
         d.ended = list(self.s.update(plan, finished=stopped, now=now))
         self.unreported = len(d.ended)
         d.num_free = self.s.num_free_gpu_blocks
-        gpu = getattr(self.s, "gpu", None)      # the reference exposes its pool
-        d.free_queue = list(gpu.free) if gpu is not None else None
+        d.free_queue = self.s.free_gpu_block_ids()
         return d
 
 

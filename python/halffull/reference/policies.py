@@ -11,7 +11,7 @@ Each policy answers three questions (DESIGN §5):
   admission reserves blocks for prompt plus ``max_output_tokens`` (TensorRT-LLM's
   guaranteed-no-evict) instead of for the prompt only.
 
-With ``semantics="vllm_v1"`` two more (SPEC §2, §3.1):
+With ``semantics="vllm_v1"`` two more (vLLM's ``request_queue.py`` and the victim rule of ``Scheduler.schedule``):
 
 - ``v1_next_waiting(waiting, load)``: the request admission tries next. ``waiting`` is kept in
   vLLM's deque order (new requests at the tail, preempted ones at the head); FCFS takes the

@@ -34,7 +34,8 @@ computed tokens.
 except in a step that starts with at most one live request.
 
 ``semantics="vllm_v1"``: the step vLLM 0.33's V1 ``Scheduler`` takes (prefix caching off),
-rule for rule after /work/wt/vllm/SPEC.md; see ``_v1_schedule_running`` and
+rule for rule (vLLM's ``vllm/v1/core/sched/scheduler.py``, ``kv_cache_manager.py``,
+``block_pool.py``; our own code); see ``_v1_schedule_running`` and
 ``_v1_schedule_waiting``. What differs from the above:
 
 - Blocks come from ``VllmBlockPool``: block 0 is the null block (N - 1 usable), allocation
@@ -299,6 +300,10 @@ class Scheduler:
     def num_free_cpu_blocks(self) -> int:
         return self.cpu.num_free
 
+    def free_gpu_block_ids(self) -> list[int]:
+        """The GPU free queue, head (allocated next) to tail."""
+        return list(self.gpu.free)
+
     def __len__(self) -> int:
         return len(self.requests)
 
@@ -363,11 +368,12 @@ class Scheduler:
                     need_blocks=need, capacity_blocks=_blocks_for(cfg.max_model_len, cfg.block_size))
             capacity = min(capacity, cfg.max_model_len)
         if self.policy.reserves_full_output:
-            need = _blocks_for(prompt_tokens + max_output_tokens, cfg.block_size)
+            reserve = prompt_tokens + max_output_tokens      # as declared, before any cap
+            need = _blocks_for(reserve, cfg.block_size)
             if need > usable:
                 raise RequestTooLargeError(
                     f"request {request_id!r}: no_preempt reserves prompt + max_output_tokens = "
-                    f"{prompt_tokens + max_output_tokens} tokens = {need} blocks; the GPU cache has "
+                    f"{reserve} tokens = {need} blocks; the GPU cache has "
                     f"{usable}", request_id=request_id, need_blocks=need,
                     capacity_blocks=usable)
         req = Request(
@@ -526,7 +532,7 @@ class Scheduler:
             step.schedule(req, n)
             self.running.append(req)
 
-    # -- the vllm_v1 step (SPEC §3, §4)
+    # -- the vllm_v1 step (vLLM 0.33: Scheduler.schedule, KVCacheManager.allocate_slots)
 
     def _v1_schedule_running(self, step: _Step) -> None:
         """vllm_v1 phase 1 (``Scheduler.schedule``'s running loop): each running request, in
