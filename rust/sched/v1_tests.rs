@@ -383,25 +383,21 @@ fn priority_preempting_itself_continues_phase_one() {
 fn priority_victim_ties_and_waiting_order_follow_vllm() {
     // Exact (priority, arrival) ties: the first in running order is the victim.
     let mut q = policy::make_policy(&v1("priority", 8, 4));
-    let mk = |id: i64, prio: i64, t: f64, seq: u64| {
-        let mut r = Request {
-            id: RequestId::Int(id),
-            seq,
-            arrival_time: t,
-            prompt_tokens: 1,
-            max_output_tokens: 1,
-            priority: prio,
-            predicted_output_tokens: None,
-            true_output_tokens: None,
-            status: Status::Waiting,
-            num_output_tokens: 0,
-            num_computed_tokens: 0,
-            num_preemptions: 0,
-            block_table: Vec::new(),
-            cpu_blocks: Vec::new(),
-        };
-        r.priority = prio;
-        r
+    let mk = |id: i64, prio: i64, t: f64, seq: u64| Request {
+        id: RequestId::Int(id),
+        seq,
+        arrival_time: t,
+        prompt_tokens: 1,
+        max_output_tokens: 1,
+        priority: prio,
+        predicted_output_tokens: None,
+        true_output_tokens: None,
+        status: Status::Waiting,
+        num_output_tokens: 0,
+        num_computed_tokens: 0,
+        num_preemptions: 0,
+        block_table: Vec::new(),
+        cpu_blocks: Vec::new(),
     };
     let slab: Vec<Option<Request>> = vec![
         Some(mk(7, 1, 1.0, 0)),
