@@ -1,6 +1,7 @@
 """The cluster routers: the Rust ``Router`` against the reference, step for step, for every
-policy; then targeted behaviour (round robin, join-shortest-queue, SAL's memory awareness,
-ties, β) and bad input (typed errors, state unchanged)."""
+policy (with shared prompt prefixes, so the cache-aware ones match, evict and sample); then
+targeted behaviour (round robin, join-shortest-queue, SAL's memory awareness, ties, β, SGLang's
+and Dynamo's rules) and bad input (typed errors, state unchanged)."""
 
 from __future__ import annotations
 
@@ -42,13 +43,45 @@ def state(r) -> tuple:
 def test_registry_matches_reference():
     assert ROUTERS == ref.ROUTERS
     assert set(ROUTERS) == {"round_robin", "random", "power_of_two", "least_requests", "least_tokens",
-                            "llumnix", "sal"}
+                            "llumnix", "sal", "cache_aware", "dynamo_kv", "sal_uncached"}
 
 
 # ---------------------------------------------------------------------------- Rust == reference
 
 ids = st.one_of(st.integers(-5, 40), st.sampled_from(["a", "b", "c", "req-1", "req-2", "é"]))
 counts = st.none() | st.integers(0, 2) | st.integers(0, 300)
+
+
+def family_hashes(family: int, branch: int, split: int, n: int) -> list[int]:
+    """Block hashes of a prompt in one of a few families: shared up to ``split``, then per branch
+    (so requests share prefixes of many lengths, as chained hashes of real prompts do)."""
+    return [family * 10_000 + (j if j < split else 1000 * (branch + 1) + j) for j in range(n)]
+
+
+def family_tokens(family: int, branch: int, split: int, n: int) -> list[int]:
+    """Token ids with the same sharing pattern, ``split`` counted in tokens."""
+    return [family * 100_000 + (j if j < split else 10_000 * (branch + 1) + j) for j in range(n)]
+
+
+@st.composite
+def prefix_args(draw, prompt: int, sizes: list[int]) -> dict:
+    """``route``'s prefix arguments: none, block hashes or token ids, and maybe exact overlaps."""
+    kind = draw(st.sampled_from(["none", "hashes", "hashes", "tokens", "bad"]))
+    bs = sizes[0]
+    family, branch = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    out: dict = {}
+    if kind == "hashes":
+        n = draw(st.integers(0, prompt // bs + (1 if draw(st.booleans()) and len(set(sizes)) == 1 else 0)))
+        out["block_hashes"] = family_hashes(family, branch, draw(st.integers(0, n)), n)
+    elif kind == "tokens":
+        out["prompt_token_ids"] = family_tokens(family, branch, draw(st.integers(0, prompt)), prompt)
+        out["prompt_tokens"] = None if draw(st.booleans()) else prompt + draw(st.sampled_from([0, 0, 0, 1]))
+    elif kind == "bad":
+        out["block_hashes"] = draw(st.sampled_from([[1, -1], [True], [1.5], 7, "ab", [2**128]]))
+    if draw(st.integers(0, 3)) == 0:
+        out["overlap_blocks"] = [draw(st.integers(0, prompt // b + (1 if draw(st.integers(0, 9)) == 0 else 0)))
+                                 for b in sizes] + ([0] if draw(st.integers(0, 9)) == 0 else [])
+    return out
 
 
 class RouterParity(RuleBasedStateMachine):
@@ -66,18 +99,28 @@ class RouterParity(RuleBasedStateMachine):
         hetero=st.booleans(),
         beta=st.none() | st.floats(0.1, 20.0),
         priors=st.tuples(st.integers(1, 100), st.integers(1, 100)),
+        cache=st.fixed_dictionaries({
+            "cache_threshold": st.none() | st.sampled_from([0.0, 0.25, 0.5, 1.0]) | st.floats(0.0, 1.0),
+            "balance_abs_threshold": st.none() | st.integers(0, 6),
+            "balance_rel_threshold": st.none() | st.floats(1.0, 3.0),
+            "max_record_blocks": st.none() | st.integers(1, 12),
+            "overlap_score_weight": st.none() | st.sampled_from([0.0, 0.5, 1.0, 2.0]),
+            "router_temperature": st.none() | st.just(0.0) | st.floats(0.01, 10.0),
+        }),
         data=st.data(),
     )
-    def setup(self, n, seed, blocks, block_size, budget, hetero, beta, priors, data):
+    def setup(self, n, seed, blocks, block_size, budget, hetero, beta, priors, cache, data):
         if hetero:
             blocks = data.draw(st.lists(st.integers(1, 40), min_size=n, max_size=n))
             block_size = data.draw(st.lists(st.integers(1, 8), min_size=n, max_size=n))
         kwargs = dict(seed=seed, num_gpu_blocks=blocks, block_size=block_size, max_num_batched_tokens=budget,
-                      beta=beta, prior_input_tokens=priors[0], prior_output_tokens=priors[1])
+                      beta=beta, prior_input_tokens=priors[0], prior_output_tokens=priors[1], **cache)
         self.rust = RustRouter(self.policy, n, **kwargs)
         self.ref = ref.Router(self.policy, n, **kwargs)
         self.n = n
+        self.sizes = block_size if isinstance(block_size, list) else [block_size] * n
         self.live: list = []          # ids live in both, in routing order (never a set: order matters)
+        self.token_keys = False       # token ids were routed: the two records' keys differ in kind
 
     def both(self, method: str, *args, **kwargs):
         """Call ``method`` on both; same result or same exception class and attributes."""
@@ -87,7 +130,7 @@ class RouterParity(RuleBasedStateMachine):
                 out = getattr(impl, method)(*args, **kwargs)
                 results.append(("ok", out.tolist() if isinstance(out, np.ndarray) else out))
             except errors.HalffullError as e:
-                attrs = {k: getattr(e, k, None) for k in ("field", "request_id", "num_replicas")}
+                attrs = {k: getattr(e, k, None) for k in ("field", "index", "request_id", "num_replicas")}
                 results.append((type(e).__name__, attrs))
         assert results[0] == results[1], f"{method}{args}{kwargs}: rust {results[0]} != reference {results[1]}"
         return results[0]
@@ -105,6 +148,20 @@ class RouterParity(RuleBasedStateMachine):
         else:
             assert kind == "DuplicateRequestError" and rid in self.live
 
+    @rule(rid=ids, prompt=st.integers(1, 80), cap=st.none() | st.integers(1, 40), data=st.data())
+    def route_with_prefix(self, rid, prompt, cap, data):
+        """Prompts from a few prefix families (hashes or token ids), sometimes exact overlaps,
+        sometimes invalid prefix arguments: same replica or same error."""
+        extra = data.draw(prefix_args(prompt, self.sizes))
+        prompt_arg = extra.pop("prompt_tokens", prompt)
+        kind, out = self.both("route", rid, prompt_arg, max_output_tokens=cap, **extra)
+        if kind == "ok":
+            assert 0 <= out < self.n
+            self.live.append(rid)
+            self.token_keys |= "prompt_token_ids" in extra
+        else:
+            assert kind in ("DuplicateRequestError", "InvalidArgumentError")
+
     @rule(batch=st.lists(st.tuples(ids, st.integers(1, 80), st.none() | st.integers(0, 50)), max_size=5),
           cap=st.none() | st.integers(1, 40))
     def route_many(self, batch, cap):
@@ -119,6 +176,21 @@ class RouterParity(RuleBasedStateMachine):
             self.live.extend(rids)
         else:
             assert kind == "DuplicateRequestError"
+
+    @rule(batch=st.lists(st.tuples(ids, st.integers(1, 80), st.integers(0, 2), st.integers(0, 2),
+                                   st.integers(0, 12)), max_size=4),
+          with_overlap=st.booleans())
+    def route_many_with_prefix(self, batch, with_overlap):
+        rids = [b[0] for b in batch]
+        prompts = [b[1] for b in batch]
+        hashes = [None if b[2] == 2 else family_hashes(b[2], b[3], b[4] // 2, min(b[4], b[1] // self.sizes[0]))
+                  for b in batch]
+        overlap = [[min(b[4] % 3, b[1] // s) for s in self.sizes] for b in batch] if with_overlap else None
+        kind, _ = self.both("route_many", rids, prompts, block_hashes=hashes, overlap_blocks=overlap)
+        if kind == "ok":
+            self.live.extend(rids)
+        else:
+            assert kind in ("DuplicateRequestError", "InvalidArgumentError")
 
     @precondition(lambda self: self.live)
     @rule(data=st.data(), step=st.integers(0, 12))
@@ -144,12 +216,12 @@ class RouterParity(RuleBasedStateMachine):
         self.live.remove(rid)
 
     @rule(data=st.data(), waiting=counts, running=counts, queued=counts, decode=counts,
-          free=st.none() | st.integers(0, 45))
-    def snapshot(self, data, waiting, running, queued, decode, free):
+          free=st.none() | st.integers(0, 45), uncached=counts)
+    def snapshot(self, data, waiting, running, queued, decode, free, uncached):
         """An engine report (often zeros, as after finishes the router has not heard of yet)."""
         index = data.draw(st.integers(0, self.n - 1))
         self.both("update_replica", index, waiting=waiting, running=running, queued_prefill_tokens=queued,
-                  remaining_decode_tokens=decode, free_blocks=free)
+                  remaining_decode_tokens=decode, free_blocks=free, queued_prefill_uncached_tokens=uncached)
 
     @rule(index=st.sampled_from([-1, 6, 7, 2**70, 1.0, None]), waiting=counts)
     def bad_snapshot(self, index, waiting):
@@ -178,6 +250,9 @@ class RouterParity(RuleBasedStateMachine):
         assert state(self.rust) == state(self.ref)
         for rid in self.live[:3]:
             assert self.rust.replica_of(rid) == self.ref.replica_of(rid)
+        if not self.token_keys:
+            for i in range(self.n):
+                assert self.rust.record_hashes(i) == self.ref.record_hashes(i)
         self.rust.check_invariants()
         self.ref.check_invariants()
 
@@ -186,6 +261,50 @@ class RouterParity(RuleBasedStateMachine):
 def test_rust_matches_reference(policy):
     machine = type(f"RouterParity_{policy}", (RouterParity,), {"policy": policy})
     run_state_machine_as_test(machine, settings=settings(stateful_step_count=40))
+
+
+@pytest.mark.parametrize("temperature", [0.05, 0.5, 3.0])
+def test_dynamo_softmax_parity_over_many_draws(temperature):
+    """Hundreds of sampled decisions: a draw near a boundary would expose any difference in
+    the softmax arithmetic (order of sums, normalisation, the uniform draw)."""
+    rnd = np.random.default_rng(int(temperature * 100))
+    kw = dict(seed=11, block_size=16, num_gpu_blocks=64, router_temperature=temperature)
+    a, b = RustRouter("dynamo_kv", 8, **kw), ref.Router("dynamo_kv", 8, **kw)
+    picks = []
+    for i in range(400):
+        family, prompt = int(rnd.integers(0, 4)), int(rnd.integers(1, 600))
+        hashes = family_hashes(family, 0, 99, prompt // 16)
+        picks.append(a.route(i, prompt, block_hashes=hashes))
+        assert picks[-1] == b.route(i, prompt, block_hashes=hashes), i
+        if i >= 6:
+            a.on_finish(i - 6, 3)
+            b.on_finish(i - 6, 3)
+    assert len(set(picks)) == 8          # sampling spreads over every replica
+
+
+@settings(max_examples=40)
+@given(policy=st.sampled_from(["cache_aware", "dynamo_kv", "sal_uncached"]), n=st.integers(1, 8),
+       seed=st.integers(0, 2**64 - 1), temperature=st.sampled_from([0.0, 0.5]),
+       requests=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 3), st.integers(1, 30), st.integers(1, 600)),
+                         min_size=1, max_size=60))
+def test_cache_aware_parity_on_longer_runs(policy, n, seed, temperature, requests):
+    """Many requests over a few families, finishing as they go: records fill and evict."""
+    kw = dict(seed=seed, block_size=16, num_gpu_blocks=64, max_record_blocks=40, router_temperature=temperature,
+              balance_abs_threshold=3)
+    a, b = RustRouter(policy, n, **kw), ref.Router(policy, n, **kw)
+    for i, (family, branch, split, prompt) in enumerate(requests):
+        hashes = family_hashes(family, branch, split, prompt // 16)
+        assert a.route(i, prompt, block_hashes=hashes) == b.route(i, prompt, block_hashes=hashes)
+        if i % 3 == 2:
+            a.on_progress(i - 2, 1)
+            b.on_progress(i - 2, 1)
+        if i % 4 == 3:
+            a.on_finish(i - 3, 5)
+            b.on_finish(i - 3, 5)
+        assert a.replica_loads() == b.replica_loads()
+    assert [a.record_hashes(i) for i in range(n)] == [b.record_hashes(i) for i in range(n)]
+    a.check_invariants()
+    b.check_invariants()
 
 
 @settings(max_examples=30)
@@ -339,9 +458,11 @@ def test_one_replica_always_zero(Router, policy):
 def test_bookkeeping_follows_a_request(Router):
     r = Router("least_requests", 2, num_gpu_blocks=64, block_size=4, prior_output_tokens=7)
     r.route("a", 9, max_output_tokens=10)
-    assert r.replica(0) == {"waiting": 1, "running": 0, "queued_prefill_tokens": 9, "remaining_decode_tokens": 7,
+    assert r.replica(0) == {"waiting": 1, "running": 0, "queued_prefill_tokens": 9,
+                            "queued_prefill_uncached_tokens": 9, "remaining_decode_tokens": 7,
                             "used_blocks": 0, "free_blocks": 64, "num_gpu_blocks": 64, "block_size": 4,
-                            "max_num_batched_tokens": 8192, "outstanding_requests": 1, "outstanding_tokens": 16}
+                            "max_num_batched_tokens": 8192, "outstanding_requests": 1, "outstanding_tokens": 16,
+                            "record_blocks": 0, "active_blocks": 0}
     r.on_progress("a", 1)
     load = r.replica(0)
     assert (load["waiting"], load["running"], load["queued_prefill_tokens"]) == (0, 1, 0)

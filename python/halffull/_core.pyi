@@ -189,13 +189,23 @@ class Router:
         beta: float | None = None,
         prior_input_tokens: int | None = None,
         prior_output_tokens: int | None = None,
+        cache_threshold: float | None = None,
+        balance_abs_threshold: int | None = None,
+        balance_rel_threshold: float | None = None,
+        max_record_blocks: int | None = None,
+        overlap_score_weight: float | None = None,
+        router_temperature: float | None = None,
     ) -> Self: ...
     def route(
         self,
         request_id: _RequestId,
-        prompt_tokens: int,
+        prompt_tokens: int | None = None,
         max_output_tokens: int | None = None,
         predicted_output_tokens: int | None = None,
+        *,
+        block_hashes: Sequence[int] | npt.NDArray[np.uint64] | npt.NDArray[np.int64] | None = None,
+        prompt_token_ids: Sequence[int] | npt.NDArray[np.integer[Any]] | None = None,
+        overlap_blocks: Sequence[int] | None = None,
     ) -> int: ...
     def route_many(
         self,
@@ -203,6 +213,9 @@ class Router:
         prompt_tokens: Iterable[int],
         max_output_tokens: Iterable[int] | None = None,
         predicted_output_tokens: Iterable[int] | None = None,
+        *,
+        block_hashes: Iterable[Sequence[int] | None] | None = None,
+        overlap_blocks: Iterable[Sequence[int] | None] | None = None,
     ) -> npt.NDArray[np.int64]: ...
     def on_progress(self, request_id: _RequestId, output_tokens: int) -> None: ...
     def on_finish(self, request_id: _RequestId, output_tokens: int) -> None: ...
@@ -216,8 +229,10 @@ class Router:
         queued_prefill_tokens: int | None = None,
         remaining_decode_tokens: int | None = None,
         free_blocks: int | None = None,
+        queued_prefill_uncached_tokens: int | None = None,
     ) -> None: ...
     def replica(self, index: int) -> dict[str, int]: ...
+    def record_hashes(self, index: int) -> list[int]: ...
     def replica_loads(self) -> list[dict[str, int]]: ...
     def replica_of(self, request_id: _RequestId) -> int: ...
     def check_invariants(self) -> None: ...
@@ -235,6 +250,18 @@ class Router:
     def mean_output_tokens(self) -> int: ...
     @property
     def num_finished(self) -> int: ...
+    @property
+    def cache_threshold(self) -> float: ...
+    @property
+    def balance_abs_threshold(self) -> int: ...
+    @property
+    def balance_rel_threshold(self) -> float: ...
+    @property
+    def max_record_blocks(self) -> list[int]: ...
+    @property
+    def overlap_score_weight(self) -> float: ...
+    @property
+    def router_temperature(self) -> float: ...
 
 # --- simulator (rust/bindings/sim.rs) ---
 

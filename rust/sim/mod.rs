@@ -258,6 +258,7 @@ impl Replica {
             waiting: Some((s.num_waiting() + s.num_swapped()) as u64),
             running: Some(s.num_running() as u64),
             queued_prefill_tokens: Some(self.queued_prefill),
+            queued_prefill_uncached_tokens: None,
             remaining_decode_tokens: None,
             free_blocks: Some(s.num_free_gpu_blocks() as u64),
         }
@@ -482,9 +483,9 @@ impl<'a> Sim<'a> {
             .and_then(|p| p.get(i))
             .map(|&p| p.max(0) as u64);
         let route = RouteRequest {
-            prompt_tokens: prompt,
             max_output_tokens: Some(max_out),
             predicted_output_tokens: predicted,
+            ..RouteRequest::new(prompt)
         };
         let r = self.router.route(i as u64, route)?;
         let Some(rep) = self.replicas.get_mut(r) else {
