@@ -191,6 +191,7 @@ impl PyScheduler {
                 0,
             )?,
             true_output_tokens: opt_count(py, "true_output_tokens", true_output_tokens, 1)?,
+            block_hashes: Vec::new(),
         };
         let slot = self.core.add_request(new).py(py)? as usize;
         if self.ids.len() <= slot {
