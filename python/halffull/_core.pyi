@@ -12,7 +12,7 @@ _RequestId = str | int
 __all__ = [
     "SchedulerConfig", "Scheduler", "StepPlan", "policy_names", "Router", "router_names",
     "CostModel", "sim_preset_names", "sim_preset", "sim_setup", "simulate", "measure_capacity",
-    "LIMITS", "PREEMPTION_MODES", "LARRY_LOADS", "SEMANTICS",
+    "LIMITS", "PREEMPTION_MODES", "LARRY_LOADS", "SEMANTICS", "block_hashes", "__version__",
 ]
 
 LIMITS: dict[str, float]
