@@ -35,6 +35,7 @@ pub const ROOT: BlockHash = 0;
 const TAG_TOKENS: u8 = 1;
 const TAG_TRACE_BLOCK: u8 = 2;
 const TAG_OWN: u8 = 3;
+const TAG_BYTES: u8 = 4;
 
 fn digest(
     tag: u8,
@@ -110,6 +111,14 @@ pub fn expand_block_ids(
 pub fn own_block_hash(parent: BlockHash, nonce: u64, index: u64) -> BlockHash {
     let mut buf = Vec::with_capacity(33);
     digest(TAG_OWN, parent, [nonce, index].into_iter(), &mut buf)
+}
+
+/// A caller's opaque block hash given as bytes (vLLM's SHA-256 digests, say), as 128 bits.
+pub fn bytes_block_hash(bytes: &[u8]) -> BlockHash {
+    let mut buf = Vec::with_capacity(1 + bytes.len());
+    buf.push(TAG_BYTES);
+    buf.extend_from_slice(bytes);
+    xxh3_128(&buf)
 }
 
 fn check_block_size(block_size: u64) -> Result<usize> {
