@@ -6,9 +6,9 @@
 
 use numpy::{PyArray1, PyArrayMethods};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyInt, PyList, PyString};
+use pyo3::types::{PyDict, PyList, PyString};
 
-use super::convert::{count, opt_count, opt_value, request_id as to_id, value};
+use super::convert::{self, count, opt_count, opt_value, request_id as to_id, value};
 use super::error::IntoPyResult;
 use crate::error::{Error, Value};
 use crate::hash::{hash_token_blocks, BlockHash};
@@ -65,87 +65,60 @@ fn per_replica(
     Ok(values)
 }
 
-/// Ints from a sequence or a 1-d numpy array: each item through `item` (`None`: invalid, then
-/// `bad` names it), numpy `uint64` / `int64` arrays read in bulk through `bulk`.
-fn int_items<T>(
-    py: Python<'_>,
+/// A 1-d numpy `uint64` or `int64` array's values through `keep` (`None`: invalid, and
+/// `bad` names it); `None` when `ob` is not such an array (then the generic conversion runs).
+fn numpy_ints<T>(
     ob: &Bound<'_, PyAny>,
-    item: impl Fn(&Bound<'_, PyAny>) -> Option<T>,
-    bulk: impl Fn(i128) -> Option<T>,
-    bad: impl Fn(Value, usize) -> Error,
-) -> PyResult<Vec<T>> {
+    keep: impl Fn(i128) -> Option<T>,
+    bad: impl Fn(i128, usize) -> Error,
+) -> Option<Result<Vec<T>, Error>> {
+    let convert = |i: usize, x: i128| keep(x).ok_or_else(|| bad(x, i));
     if let Ok(a) = ob.cast::<PyArray1<u64>>() {
         let a = a.readonly();
-        return a
-            .as_array()
-            .iter()
-            .enumerate()
-            .map(|(i, &x)| bulk(i128::from(x)).ok_or_else(|| bad(Value::from(x), i)))
-            .collect::<Result<Vec<T>, Error>>()
-            .py(py);
+        return Some(
+            a.as_array()
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| convert(i, i128::from(x)))
+                .collect(),
+        );
     }
     if let Ok(a) = ob.cast::<PyArray1<i64>>() {
         let a = a.readonly();
-        return a
-            .as_array()
-            .iter()
-            .enumerate()
-            .map(|(i, &x)| bulk(i128::from(x)).ok_or_else(|| bad(Value::Int(x.into()), i)))
-            .collect::<Result<Vec<T>, Error>>()
-            .py(py);
+        return Some(
+            a.as_array()
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| convert(i, i128::from(x)))
+                .collect(),
+        );
     }
-    if ob.is_instance_of::<PyString>() {
-        return Err(bad(value(ob), 0)).py(py);
-    }
-    let mut out = Vec::with_capacity(ob.len().unwrap_or(0));
-    for (i, x) in ob.try_iter()?.enumerate() {
-        let x = x?;
-        match item(&x) {
-            Some(v) => out.push(v),
-            None => return Err(bad(value(&x), i)).py(py),
-        }
-    }
-    Ok(out)
+    None
 }
 
-/// Block hashes: ints in `[0, 2**128)` (not bools).
-fn block_hashes(py: Python<'_>, ob: &Bound<'_, PyAny>) -> PyResult<Vec<BlockHash>> {
-    int_items(
-        py,
+/// Block hashes as the scheduler takes them ([`convert::block_hashes`]: ints in
+/// `[0, 2**128)` or bytes), numpy integer arrays read in bulk.
+fn block_hashes_arg(py: Python<'_>, ob: &Bound<'_, PyAny>) -> PyResult<Vec<BlockHash>> {
+    let bulk = numpy_ints(
         ob,
-        |x| {
-            if x.is_instance_of::<PyBool>() {
-                return None;
-            }
-            if x.is_exact_instance_of::<PyInt>() {
-                if let Ok(v) = x.extract::<u64>() {
-                    return Some(BlockHash::from(v));
-                }
-            }
-            x.extract::<u128>().ok()
-        },
         |x| u128::try_from(x).ok(),
-        bad_block_hash,
-    )
+        |x, i| bad_block_hash(Value::Int(x), i),
+    );
+    bulk.unwrap_or_else(|| convert::block_hashes(ob)).py(py)
 }
 
-/// Token ids: ints in `[0, 2**32)`.
-fn token_ids(py: Python<'_>, ob: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
-    int_items(
-        py,
+/// Token ids as the scheduler takes them ([`convert::token_ids`]: ints in `[0, 2**32)`),
+/// numpy integer arrays read in bulk.
+fn token_ids_arg(py: Python<'_>, ob: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
+    let bulk = numpy_ints(
         ob,
-        |x| {
-            if x.is_instance_of::<PyBool>() {
-                return None;
-            }
-            x.extract::<u32>().ok()
-        },
         |x| u32::try_from(x).ok(),
-        |v, i| match token_id(&v, i) {
+        |x, i| match token_id(&Value::Int(x), i) {
             Err(e) => e,
-            Ok(_) => Error::invalid("prompt_token_ids", "prompt_token_ids must hold ints"),
+            Ok(_) => Error::invalid("prompt_token_ids", "a token id must be an int"),
         },
-    )
+    );
+    bulk.unwrap_or_else(|| convert::token_ids(ob)).py(py)
 }
 
 /// Per-replica overlap counts: ints in `[0, 2**40]`.
@@ -252,23 +225,6 @@ impl PyRouter {
             _ => Ok(n as u64),
         }
     }
-}
-
-/// The `block_hashes` argument (a sequence or numpy array of ints).
-fn block_hashes_arg(py: Python<'_>, ob: &Bound<'_, PyAny>) -> PyResult<Vec<BlockHash>> {
-    if ob.is_instance_of::<PyString>() || !ob.hasattr("__len__")? {
-        return Err(Error::InvalidArgument {
-            field: "block_hashes",
-            value: Some(value(ob)),
-            index: None,
-            message: format!(
-                "block_hashes must be a sequence of ints, got {}",
-                value(ob).kind()
-            ),
-        })
-        .py(py);
-    }
-    block_hashes(py, ob)
 }
 
 /// `e` (an `InvalidArgumentError` about one row of a per-request argument) naming row `i`.
@@ -400,7 +356,7 @@ impl PyRouter {
         let hashes = match (block_hashes, prompt_token_ids) {
             (Some(_), Some(_)) => return not_both(py),
             (None, Some(ids)) => {
-                let tokens = token_ids(py, ids)?;
+                let tokens = token_ids_arg(py, ids)?;
                 prompt = Some(self.prompt_from_ids(py, prompt, tokens.len())?);
                 let bs = self.core.hash_block_size("prompt_token_ids").py(py)?;
                 hash_token_blocks(&tokens, bs).py(py)?

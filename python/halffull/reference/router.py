@@ -36,7 +36,7 @@ Policies. Every load-based policy picks the replica minimizing
 
 The random policies use SplitMix64 (below), bit for bit the same as the Rust core's.
 
-Prefixes. A request may carry block keys (``block_hashes``: ints naming its prompt's full
+Prefixes. A request may carry block hashes (``block_hashes``: ints or bytes naming its prompt's full
 blocks, chained so that equal keys mean equal prefixes; or ``prompt_token_ids``, which the
 router turns into such keys) and ``overlap_blocks``: per replica, how many leading blocks are
 cached there, exactly. Its *cached tokens* on replica i are ``min(overlap_i × block_size,
@@ -80,10 +80,12 @@ from ..errors import (
     UnknownRequestError,
 )
 from ..limits import MAX_COUNT, MAX_REPLICAS
+from .request import given_block_hash, token_block_hashes
+from .scheduler import _check_block_hashes, _check_token_ids
 
 RequestId = str | int
-#: A block key: a caller's block hash (int), or a key the router made from token ids.
-BlockKey = int | tuple[str, int]
+#: A block hash: chained, so equal hashes mean equal prefixes (``request.token_block_hashes``).
+BlockKey = int
 
 _MASK64 = 2**64 - 1
 
@@ -573,32 +575,9 @@ def _is_sequence(value: Any) -> bool:
     return not isinstance(value, str) and hasattr(value, "__len__")
 
 
-def _block_hashes(value: Any) -> list[int]:
-    """``block_hashes``: a sequence of ints in ``[0, 2**128)``."""
-    if not _is_sequence(value):
-        raise InvalidArgumentError(f"block_hashes must be a sequence of ints, got {_type_name(value)}",
-                                   field="block_hashes", value=value)
-    out = []
-    for i, h in enumerate(value):
-        if not (_is_int(h) and 0 <= int(h) < 2**128):
-            raise InvalidArgumentError(f"block_hashes[{i}] must be an int in [0, 2**128), got {h!r}",
-                                       field="block_hashes", value=h, index=i)
-        out.append(int(h))
-    return out
-
-
-def _token_ids(value: Any) -> list[int]:
-    """``prompt_token_ids``: a sequence of ints in ``[0, 2**32)``."""
-    if isinstance(value, str):
-        raise InvalidArgumentError("prompt_token_ids must hold ints, got str", field="prompt_token_ids",
-                                   value=value, index=0)
-    out = []
-    for i, t in enumerate(value):
-        if not (_is_int(t) and 0 <= int(t) < 2**32):
-            raise InvalidArgumentError(f"prompt_token_ids[{i}] must be an int in [0, 2**32), got {t!r}",
-                                       field="prompt_token_ids", value=t, index=i)
-        out.append(int(t))
-    return out
+def _block_hashes(value: Any) -> list[BlockKey]:
+    """``block_hashes`` as the scheduler takes them (ints in ``[0, 2**128)``, or bytes digested)."""
+    return [given_block_hash(h) for h in _check_block_hashes(value)]
 
 
 def _overlap_counts(value: Any) -> list[int]:
@@ -714,8 +693,6 @@ class Router:
         uses = self._policy.prefixes
         self.records = [PrefixRecord(cap) for cap in self.max_record_blocks] if uses else []
         self.active = [ActiveBlocks() for _ in blocks] if uses == "record+active" else []
-        # Keys made from token ids: (parent key, block tokens) -> a key no block hash equals.
-        self._token_keys: dict[tuple[Any, tuple[int, ...]], tuple[str, int]] = {}
 
     # -- read-only
 
@@ -830,16 +807,6 @@ class Router:
                 field=field)
         return sizes[0]
 
-    def _keys_from_tokens(self, tokens: list[int], block_size: int) -> list[BlockKey]:
-        """One key per full block, chained: equal keys iff equal token prefixes."""
-        keys: list[BlockKey] = []
-        parent: Any = None
-        for start in range(0, len(tokens) - block_size + 1, block_size):
-            node = (parent, tuple(tokens[start:start + block_size]))
-            parent = self._token_keys.setdefault(node, ("tokens", len(self._token_keys)))
-            keys.append(parent)
-        return keys
-
     def _check_prefix(self, prompt: int, keys: Sequence[BlockKey], overlap: list[int] | None) -> None:
         if keys:
             bs = self._hash_block_size("block_hashes")
@@ -878,7 +845,7 @@ class Router:
             raise InvalidArgumentError("give block_hashes or prompt_token_ids, not both", field="block_hashes")
         keys: list[BlockKey] = []
         if prompt_token_ids is not None:
-            tokens = _token_ids(prompt_token_ids)
+            tokens = _check_token_ids(prompt_token_ids)
             if not tokens:
                 raise InvalidArgumentError("prompt_token_ids is empty", field="prompt_token_ids")
             if prompt is not None and prompt != len(tokens):
@@ -886,7 +853,7 @@ class Router:
                     f"prompt_tokens {prompt} does not match len(prompt_token_ids) {len(tokens)}",
                     field="prompt_tokens", value=prompt)
             prompt = len(tokens)
-            keys = self._keys_from_tokens(tokens, self._hash_block_size("prompt_token_ids"))
+            keys = token_block_hashes(tokens, self._hash_block_size("prompt_token_ids"))
         elif block_hashes is not None:
             keys = list(_block_hashes(block_hashes))
         if prompt is None:
