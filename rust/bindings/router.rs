@@ -660,20 +660,7 @@ impl PyRouter {
     #[getter]
     fn max_record_blocks(&self) -> Vec<u64> {
         (0..self.core.num_replicas())
-            .map(|i| {
-                self.core.record(i).map_or_else(
-                    || {
-                        self.core
-                            .config()
-                            .max_record_blocks
-                            .or_else(|| {
-                                self.core.config().replicas.get(i).map(|s| s.num_gpu_blocks)
-                            })
-                            .unwrap_or(0)
-                    },
-                    |r| r.capacity(),
-                )
-            })
+            .map(|i| self.core.record_capacity(i))
             .collect()
     }
 
@@ -691,11 +678,7 @@ impl PyRouter {
     /// (empty for routers without one).
     fn record_hashes(&self, py: Python<'_>, index: &Bound<'_, PyAny>) -> PyResult<Vec<u128>> {
         let i = replica_index(py, index, self.core.num_replicas())?;
-        Ok(self
-            .core
-            .record(i)
-            .map(|r| r.lru_order())
-            .unwrap_or_default())
+        Ok(self.core.record_hashes(i))
     }
 
     fn __repr__(&self) -> String {

@@ -62,7 +62,7 @@ pub use policy::{
     sal_uncached_start_delay, softmax_pick, Cluster, Policy, PolicyInfo, PolicyParams, PrefixUse,
     RouteRequest, POLICIES,
 };
-pub use prefix::{ActiveBlocks, PrefixRecord};
+pub use prefix::{ActiveBlocks, PrefixRecords};
 pub use rng::SplitMix64;
 
 pub use crate::limits::{MAX_COUNT, MAX_REPLICAS};
@@ -357,10 +357,10 @@ pub struct Router<K> {
     sum_input_tokens: u128,
     sum_output_tokens: u128,
     prefix_use: PrefixUse,
-    /// One per replica when `prefix_use` is not `None`, else empty.
-    records: Vec<PrefixRecord>,
-    /// One per replica for `RecordAndActive`, else empty.
-    active: Vec<ActiveBlocks>,
+    /// When `prefix_use` is not `None`.
+    records: Option<PrefixRecords>,
+    /// For `RecordAndActive`.
+    active: Option<ActiveBlocks>,
     scratch: Scratch,
 }
 
@@ -370,6 +370,7 @@ struct Scratch {
     cached_tokens: Vec<u64>,
     record_blocks: Vec<u64>,
     decode_blocks: Vec<u64>,
+    runs: Vec<u64>,
 }
 
 impl<K: RequestKey> Router<K> {
@@ -383,16 +384,14 @@ impl<K: RequestKey> Router<K> {
             .collect();
         let prefix_use = policy.prefixes();
         let records = match prefix_use {
-            PrefixUse::None => Vec::new(),
-            _ => config
-                .replicas
-                .iter()
-                .map(|s| PrefixRecord::new(config.record_capacity(s)))
-                .collect(),
+            PrefixUse::None => None,
+            _ => Some(PrefixRecords::new(
+                config.replicas.iter().map(|s| config.record_capacity(s)),
+            )),
         };
         let active = match prefix_use {
-            PrefixUse::RecordAndActive => vec![ActiveBlocks::default(); replicas.len()],
-            _ => Vec::new(),
+            PrefixUse::RecordAndActive => Some(ActiveBlocks::new(replicas.len())),
+            _ => None,
         };
         Ok(Router {
             snapshotted: vec![false; replicas.len()],
@@ -440,18 +439,30 @@ impl<K: RequestKey> Router<K> {
 
     /// Blocks in replica `index`'s prefix record (0 for policies without one).
     pub fn record_blocks(&self, index: usize) -> u64 {
-        self.records.get(index).map_or(0, PrefixRecord::len)
+        self.records.as_ref().map_or(0, |r| r.len(index))
     }
 
-    /// The prefix record of replica `index`, for the cache-aware policies.
-    pub fn record(&self, index: usize) -> Option<&PrefixRecord> {
-        self.records.get(index)
+    /// The hashes in replica `index`'s prefix record, least recently used first (empty for
+    /// policies without records).
+    pub fn record_hashes(&self, index: usize) -> Vec<BlockHash> {
+        self.records
+            .as_ref()
+            .map(|r| r.lru_order(index))
+            .unwrap_or_default()
+    }
+
+    /// The cap of replica `index`'s prefix record, in blocks (kept or not).
+    pub fn record_capacity(&self, index: usize) -> u64 {
+        self.config
+            .replicas
+            .get(index)
+            .map_or(0, |s| self.config.record_capacity(s))
     }
 
     /// KV blocks held by replica `index`'s live requests, shared prefix blocks once
     /// (`dynamo_kv` only; 0 otherwise).
     pub fn active_blocks(&self, index: usize) -> u64 {
-        self.active.get(index).map_or(0, ActiveBlocks::blocks)
+        self.active.as_ref().map_or(0, |a| a.blocks(index))
     }
 
     /// The block size block hashes must be taken at (every replica's); `field` names the
@@ -556,21 +567,30 @@ impl<K: RequestKey> Router<K> {
         s.record_blocks.clear();
         s.decode_blocks.clear();
         let (prompt, hashes) = (request.prompt_tokens, request.block_hashes);
-        for (i, (load, record)) in self.replicas.iter().zip(&self.records).enumerate() {
-            let overlap = match request.overlap_blocks {
-                Some(given) => given.get(i).copied().unwrap_or(0),
-                None => record.match_len(hashes),
-            };
+        let Some(records) = &self.records else {
+            return;
+        };
+        match request.overlap_blocks {
+            Some(given) => {
+                s.runs.clear();
+                s.runs.extend_from_slice(given);
+            }
+            None => records.match_runs(hashes, &mut s.runs),
+        }
+        for (i, load) in self.replicas.iter().enumerate() {
+            let overlap = s.runs.get(i).copied().unwrap_or(0);
             s.cached_tokens
                 .push(cached_tokens(overlap, load.block_size, prompt));
-            s.record_blocks.push(record.len());
+            s.record_blocks.push(records.len(i));
         }
-        for (load, active) in self.replicas.iter().zip(&self.active) {
-            let new_blocks = load
-                .blocks_for(prompt)
-                .saturating_sub(active.match_len(hashes));
-            s.decode_blocks
-                .push(active.blocks().saturating_add(new_blocks));
+        if let Some(active) = &self.active {
+            active.match_runs(hashes, &mut s.runs);
+            for (i, load) in self.replicas.iter().enumerate() {
+                let held = s.runs.get(i).copied().unwrap_or(0);
+                let new_blocks = load.blocks_for(prompt).saturating_sub(held);
+                s.decode_blocks
+                    .push(active.blocks(i).saturating_add(new_blocks));
+            }
         }
     }
 
@@ -620,13 +640,13 @@ impl<K: RequestKey> Router<K> {
                 .queued_prefill_uncached_tokens
                 .saturating_add(live.uncached_tokens());
             load.remaining_decode_tokens = load.remaining_decode_tokens.saturating_add(estimate);
-            if let Some(record) = self.records.get_mut(index) {
-                record.insert(request.block_hashes);
+            if let Some(records) = &mut self.records {
+                records.insert(index, request.block_hashes);
             }
-            if let Some(active) = self.active.get_mut(index) {
+            if let Some(active) = &mut self.active {
                 live.hashes = request.block_hashes.into();
                 live.own_blocks = live.own_blocks_at(load, 0);
-                active.add(&live.hashes, live.own_blocks);
+                active.add(index, &live.hashes, live.own_blocks);
             }
         }
         self.live.insert(id, live);
@@ -659,9 +679,9 @@ impl<K: RequestKey> Router<K> {
                 .queued_prefill_uncached_tokens
                 .saturating_sub(live.uncached_tokens());
         }
-        if let Some(active) = self.active.get_mut(live.replica) {
+        if let Some(active) = &mut self.active {
             let own = live.own_blocks_at(load, output_tokens);
-            active.regrow(live.own_blocks, own);
+            active.regrow(live.replica, live.own_blocks, own);
             live.own_blocks = own;
         }
         live.output_tokens = output_tokens;
@@ -719,8 +739,8 @@ impl<K: RequestKey> Router<K> {
         load.remaining_decode_tokens = load
             .remaining_decode_tokens
             .saturating_sub(live.remaining_decode());
-        if let Some(active) = self.active.get_mut(live.replica) {
-            active.remove(&live.hashes, live.own_blocks);
+        if let Some(active) = &mut self.active {
+            active.remove(live.replica, &live.hashes, live.own_blocks);
         }
     }
 
@@ -849,21 +869,14 @@ impl<K: RequestKey> Router<K> {
     /// Records within their caps; each replica's active blocks equal the distinct hashes and
     /// own blocks of its live requests.
     fn check_prefix_invariants(&self) -> Result<()> {
-        for (i, record) in self.records.iter().enumerate() {
-            if record.len() > record.capacity() || record.lru_order().len() as u64 != record.len() {
-                return Err(Error::Invariant {
-                    message: format!(
-                        "replica {i}'s prefix record holds {} blocks (cap {}), its LRU list {}",
-                        record.len(),
-                        record.capacity(),
-                        record.lru_order().len()
-                    ),
-                });
-            }
+        if let Some(records) = &self.records {
+            records
+                .check()
+                .map_err(|message| Error::Invariant { message })?;
         }
-        if self.active.is_empty() {
+        let Some(active) = &self.active else {
             return Ok(());
-        }
+        };
         let n = self.replicas.len();
         let mut distinct: Vec<HashSet<BlockHash>> = vec![HashSet::new(); n];
         let mut own = vec![0u64; n];
@@ -886,12 +899,12 @@ impl<K: RequestKey> Router<K> {
             }
             *o += live.own_blocks;
         }
-        for (i, active) in self.active.iter().enumerate() {
+        for i in 0..n {
             let want = (
                 distinct.get(i).map_or(0, |s| s.len() as u64),
                 own.get(i).copied().unwrap_or(0),
             );
-            let got = (active.distinct_hashes(), active.own_blocks());
+            let got = (active.distinct_hashes(i), active.own_blocks(i));
             if got != want {
                 return Err(Error::Invariant {
                     message: format!(
@@ -1306,8 +1319,7 @@ mod tests {
             .unwrap();
             assert!(r.record_blocks(0) <= 5);
         }
-        let rec = r.record(0).unwrap();
         // The newest request whole, the one before it minus its leaf (evicted first).
-        assert_eq!(rec.lru_order(), vec![2001, 2000, 3002, 3001, 3000]);
+        assert_eq!(r.record_hashes(0), vec![2001, 2000, 3002, 3001, 3000]);
     }
 }

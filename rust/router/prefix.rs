@@ -1,25 +1,31 @@
 //! What a router remembers about prompt prefixes, per replica: the state of the cache-aware
 //! policies (`cache_aware`, `dynamo_kv`, `sal_uncached`).
 //!
-//! - [`PrefixRecord`]: the block hashes the router itself sent to a replica, least recently
-//!   used first, capped in size. SGLang's `cache_aware` router keeps an approximate radix
-//!   tree of request text per worker; a chained block hash ([`crate::hash`]) names its whole
-//!   prefix, so a set of hashes *is* such a tree, and a request's longest prefix match on a
-//!   replica is the leading run of its hashes found in the replica's set.
-//! - [`ActiveBlocks`]: the KV blocks held by the requests live on a replica, a prefix block
-//!   shared by several of them counted once (Dynamo's "active blocks").
+//! - [`PrefixRecords`]: per replica, the block hashes the router itself sent there, least
+//!   recently used first, capped in size. SGLang's `cache_aware` router keeps one approximate
+//!   radix tree of request text whose nodes name the workers ("tenants") holding them; a
+//!   chained block hash ([`crate::hash`]) names its whole prefix, so a map from hash to the
+//!   replicas holding it *is* such a tree, and a request's longest prefix match on a replica
+//!   is the leading run of its hashes that replica holds.
+//! - [`ActiveBlocks`]: per replica, the KV blocks held by the requests live there, a prefix
+//!   block shared by several of them counted once (Dynamo's "active blocks").
+//!
+//! Both index every replica in one map, so matching a request against all replicas walks its
+//! hashes once (stopping when no replica still matches), not once per replica:
+//!
+//! ```text
+//!   hashes  h0   h1   h2   h3          holders(h0) = {0, 2}, holders(h1) = {2}, h2 unknown
+//!   run     r0: 1     r2: 2            -> stop at h2: replica 0 matches 1 block, 2 matches 2
+//! ```
 //!
 //! A request's hashes are touched deepest first, so a block is always more recently used
-//! than its descendants and LRU eviction takes leaves first; the record stays a tree (with
-//! chained hashes: every recorded block's parent is recorded):
+//! than its descendants and LRU eviction takes leaves first; each replica's record stays a
+//! tree (with chained hashes: every recorded block's parent is recorded):
 //!
 //! ```text
 //!   insert [h0 h1 h2]      touch h2, h1, h0          LRU ... h2 h1 h0 MRU
 //!   cap exceeded           evict from the LRU end    h2 goes before h1, h1 before h0
 //! ```
-//!
-//! Both structures answer "how long a prefix of these hashes is here" by scanning until the
-//! first miss; for chained hashes that is also the number of the request's blocks present.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -59,215 +65,394 @@ impl Hasher for BlockHasher {
 
 type BlockMap<V> = HashMap<BlockHash, V, BuildHasherDefault<BlockHasher>>;
 
-/// The leading run of `hashes` that `contains` accepts.
-#[inline]
-fn leading_run(hashes: &[BlockHash], contains: impl Fn(&BlockHash) -> bool) -> u64 {
-    hashes.iter().take_while(|h| contains(h)).count() as u64
+/// One or more holders of a block, the first kept inline (most blocks have one holder, so
+/// most entries allocate nothing).
+#[derive(Debug, Clone)]
+struct Holders<T> {
+    first: T,
+    rest: Vec<T>,
 }
 
-const NIL: u32 = u32::MAX;
+impl<T: Copy> Holders<T> {
+    fn one(first: T) -> Self {
+        Holders {
+            first,
+            rest: Vec::new(),
+        }
+    }
+
+    #[inline]
+    fn iter(&self) -> impl Iterator<Item = &T> {
+        std::iter::once(&self.first).chain(self.rest.iter())
+    }
+
+    #[inline]
+    fn find_mut(&mut self, is: impl Fn(&T) -> bool) -> Option<&mut T> {
+        if is(&self.first) {
+            return Some(&mut self.first);
+        }
+        self.rest.iter_mut().find(|h| is(h))
+    }
+
+    /// Drop the holder `is` names; `false` when none is left.
+    fn remove(&mut self, is: impl Fn(&T) -> bool) -> bool {
+        if is(&self.first) {
+            match self.rest.pop() {
+                Some(last) => self.first = last,
+                None => return false,
+            }
+        } else if let Some(pos) = self.rest.iter().position(is) {
+            self.rest.swap_remove(pos);
+        }
+        true
+    }
+}
+
+/// Fill `runs[r]` with the leading run of `hashes` that replica `r` holds: one map lookup
+/// per position, stopping when no replica still matches.
+fn leading_runs<V>(
+    index: &BlockMap<Holders<V>>,
+    hashes: &[BlockHash],
+    runs: &mut Vec<u64>,
+    num_replicas: usize,
+    replica_of: impl Fn(&V) -> u32,
+) where
+    V: Copy,
+{
+    runs.clear();
+    runs.resize(num_replicas, 0);
+    for (j, hash) in hashes.iter().enumerate() {
+        let Some(holders) = index.get(hash) else {
+            break;
+        };
+        let j = j as u64;
+        let mut advanced = false;
+        for h in holders.iter() {
+            if let Some(run) = runs.get_mut(replica_of(h) as usize) {
+                if *run == j {
+                    *run = j + 1;
+                    advanced = true;
+                }
+            }
+        }
+        if !advanced {
+            break;
+        }
+    }
+}
+
+/// A replica's claim on a recorded block, with its last touch.
+#[derive(Debug, Clone, Copy)]
+struct Touch {
+    replica: u32,
+    stamp: u64,
+}
+
+/// One replica's touches in order (oldest first); an entry whose stamp is no longer its
+/// block's current one is stale (the block was touched again later, or evicted) and skipped.
+#[derive(Debug, Clone, Default)]
+struct Lru {
+    touches: std::collections::VecDeque<(u64, BlockHash)>,
+    len: u64,
+    capacity: u64,
+}
+
+/// Per replica, the block hashes the router sent there, in least-recently-used order,
+/// holding at most that replica's capacity after each insert. A touch is one map lookup and
+/// an append; matching a request against every replica costs one lookup per matched block.
+///
+/// LRU without a linked list: every touch gets the next stamp, which the block's entry keeps
+/// and the replica's queue appends, so the queue is in stamp order and its first entry whose
+/// stamp is still current is the least recently used block. Stale entries are skipped when
+/// evicting and dropped when the queue grows past four times the live blocks.
+#[derive(Debug, Clone)]
+pub struct PrefixRecords {
+    index: BlockMap<Holders<Touch>>,
+    lists: Vec<Lru>,
+    clock: u64,
+}
+
+impl PrefixRecords {
+    /// One record per capacity (in blocks).
+    pub fn new(capacities: impl IntoIterator<Item = u64>) -> Self {
+        let lists = capacities
+            .into_iter()
+            .map(|capacity| Lru {
+                capacity,
+                ..Lru::default()
+            })
+            .collect();
+        PrefixRecords {
+            index: BlockMap::default(),
+            lists,
+            clock: 0,
+        }
+    }
+
+    pub fn num_replicas(&self) -> usize {
+        self.lists.len()
+    }
+
+    /// Blocks recorded for `replica` (SGLang's tree size).
+    pub fn len(&self, replica: usize) -> u64 {
+        self.lists.get(replica).map_or(0, |l| l.len)
+    }
+
+    pub fn capacity(&self, replica: usize) -> u64 {
+        self.lists.get(replica).map_or(0, |l| l.capacity)
+    }
+
+    /// `runs[r]`: how many leading hashes of the request replica `r`'s record holds.
+    pub fn match_runs(&self, hashes: &[BlockHash], runs: &mut Vec<u64>) {
+        leading_runs(&self.index, hashes, runs, self.lists.len(), |t| t.replica);
+    }
+
+    /// Record `hashes` as just sent to `replica` (deepest first, see the module notes), then
+    /// evict its least recently used blocks down to its capacity.
+    pub fn insert(&mut self, replica: usize, hashes: &[BlockHash]) {
+        if replica >= self.lists.len() {
+            return;
+        }
+        for &hash in hashes.iter().rev() {
+            self.touch(replica, hash);
+        }
+        while self.lists.get(replica).is_some_and(|l| l.len > l.capacity) {
+            if !self.evict_oldest(replica) {
+                break;
+            }
+        }
+        self.compact(replica);
+    }
+
+    /// The stamp `replica` last touched `hash` with, if it holds it.
+    fn stamp(&self, replica: u32, hash: &BlockHash) -> Option<u64> {
+        self.index
+            .get(hash)?
+            .iter()
+            .find(|t| t.replica == replica)
+            .map(|t| t.stamp)
+    }
+
+    /// Replica `replica`'s recorded hashes, least recently used first.
+    pub fn lru_order(&self, replica: usize) -> Vec<BlockHash> {
+        let Some(list) = self.lists.get(replica) else {
+            return Vec::new();
+        };
+        list.touches
+            .iter()
+            .filter(|(stamp, hash)| self.stamp(replica as u32, hash) == Some(*stamp))
+            .map(|&(_, hash)| hash)
+            .collect()
+    }
+
+    /// Each replica's count equals its live queue entries and the index's claims, within
+    /// its capacity (for `check_invariants`).
+    pub fn check(&self) -> Result<(), String> {
+        let mut claims = vec![0u64; self.lists.len()];
+        for holders in self.index.values() {
+            for t in holders.iter() {
+                match claims.get_mut(t.replica as usize) {
+                    Some(c) => *c += 1,
+                    None => return Err(format!("a block claimed by replica {}", t.replica)),
+                }
+            }
+        }
+        for (r, list) in self.lists.iter().enumerate() {
+            let live = self.lru_order(r).len() as u64;
+            if live != list.len || claims.get(r) != Some(&list.len) || list.len > list.capacity {
+                return Err(format!(
+                    "replica {r}'s record: {} blocks, {live} live in its queue, {:?} in the index, cap {}",
+                    list.len,
+                    claims.get(r),
+                    list.capacity
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn touch(&mut self, replica: usize, hash: BlockHash) {
+        self.clock += 1;
+        let stamp = self.clock;
+        let r = replica as u32;
+        let Some(list) = self.lists.get_mut(replica) else {
+            return;
+        };
+        let new = Touch { replica: r, stamp };
+        match self.index.get_mut(&hash) {
+            Some(holders) => match holders.find_mut(|t| t.replica == r) {
+                Some(t) => t.stamp = stamp,
+                None => {
+                    holders.rest.push(new);
+                    list.len += 1;
+                }
+            },
+            None => {
+                self.index.insert(hash, Holders::one(new));
+                list.len += 1;
+            }
+        }
+        list.touches.push_back((stamp, hash));
+    }
+
+    /// Evict `replica`'s least recently used block; `false` if it has none.
+    fn evict_oldest(&mut self, replica: usize) -> bool {
+        let r = replica as u32;
+        loop {
+            let Some((stamp, hash)) = self
+                .lists
+                .get_mut(replica)
+                .and_then(|l| l.touches.pop_front())
+            else {
+                return false;
+            };
+            if self.stamp(r, &hash) != Some(stamp) {
+                continue; // touched again later, or already gone
+            }
+            if let Some(holders) = self.index.get_mut(&hash) {
+                if !holders.remove(|t| t.replica == r) {
+                    self.index.remove(&hash);
+                }
+            }
+            if let Some(list) = self.lists.get_mut(replica) {
+                list.len = list.len.saturating_sub(1);
+            }
+            return true;
+        }
+    }
+
+    /// Drop stale queue entries once they are four times the live ones (amortized O(1) a touch).
+    fn compact(&mut self, replica: usize) {
+        let Some(list) = self.lists.get(replica) else {
+            return;
+        };
+        if (list.touches.len() as u64) <= 4 * list.len + 1024 {
+            return;
+        }
+        let r = replica as u32;
+        let index = &self.index;
+        let current = |stamp: u64, hash: &BlockHash| {
+            index
+                .get(hash)
+                .and_then(|h| h.iter().find(|t| t.replica == r).map(|t| t.stamp))
+                == Some(stamp)
+        };
+        if let Some(list) = self.lists.get_mut(replica) {
+            list.touches.retain(|(stamp, hash)| current(*stamp, hash));
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
-struct Node {
-    hash: BlockHash,
-    /// Toward the most recently used end.
-    newer: u32,
-    /// Toward the least recently used end.
-    older: u32,
+struct Count {
+    replica: u32,
+    count: u32,
 }
 
-/// The block hashes the router sent to one replica, in least-recently-used order, holding at
-/// most `capacity` of them after each insert. O(1) per touched block.
-#[derive(Debug, Clone)]
-pub struct PrefixRecord {
-    index: BlockMap<u32>,
-    nodes: Vec<Node>,
-    free: Vec<u32>,
-    newest: u32,
-    oldest: u32,
-    capacity: usize,
-}
-
-impl PrefixRecord {
-    /// Node ids are `u32`: a record holds fewer than 2^32 - 1 blocks whatever the capacity.
-    pub fn new(capacity: u64) -> Self {
-        PrefixRecord {
-            index: BlockMap::default(),
-            nodes: Vec::new(),
-            free: Vec::new(),
-            newest: NIL,
-            oldest: NIL,
-            capacity: usize::try_from(capacity)
-                .unwrap_or(usize::MAX)
-                .min(NIL as usize - 1),
-        }
-    }
-
-    /// Blocks recorded (SGLang's tree size).
-    pub fn len(&self) -> u64 {
-        self.index.len() as u64
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
-    }
-
-    pub fn capacity(&self) -> u64 {
-        self.capacity as u64
-    }
-
-    pub fn contains(&self, hash: &BlockHash) -> bool {
-        self.index.contains_key(hash)
-    }
-
-    /// How many leading hashes of the request are recorded.
-    pub fn match_len(&self, hashes: &[BlockHash]) -> u64 {
-        leading_run(hashes, |h| self.index.contains_key(h))
-    }
-
-    /// Record `hashes` as just sent (deepest first, see the module notes), then evict least
-    /// recently used blocks down to the capacity.
-    pub fn insert(&mut self, hashes: &[BlockHash]) {
-        for &hash in hashes.iter().rev() {
-            self.touch(hash);
-        }
-        while self.index.len() > self.capacity {
-            self.evict_oldest();
-        }
-    }
-
-    /// The recorded hashes, least recently used first (tests and invariants).
-    pub fn lru_order(&self) -> Vec<BlockHash> {
-        let mut out = Vec::with_capacity(self.index.len());
-        let mut at = self.oldest;
-        while let Some(node) = self.nodes.get(at as usize) {
-            out.push(node.hash);
-            at = node.newer;
-        }
-        out
-    }
-
-    fn touch(&mut self, hash: BlockHash) {
-        if let Some(&id) = self.index.get(&hash) {
-            if id != self.newest {
-                self.unlink(id);
-                self.push_newest(id);
-            }
-            return;
-        }
-        if self.nodes.len() >= NIL as usize - 1 && self.free.is_empty() {
-            self.evict_oldest();
-        }
-        let node = Node {
-            hash,
-            newer: NIL,
-            older: NIL,
-        };
-        let id = match self.free.pop() {
-            Some(id) => {
-                if let Some(slot) = self.nodes.get_mut(id as usize) {
-                    *slot = node;
-                }
-                id
-            }
-            None => {
-                self.nodes.push(node);
-                (self.nodes.len() - 1) as u32
-            }
-        };
-        self.index.insert(hash, id);
-        self.push_newest(id);
-    }
-
-    fn evict_oldest(&mut self) {
-        let id = self.oldest;
-        let Some(&node) = self.nodes.get(id as usize) else {
-            return;
-        };
-        self.unlink(id);
-        self.index.remove(&node.hash);
-        self.free.push(id);
-    }
-
-    fn unlink(&mut self, id: u32) {
-        let Some(&Node { newer, older, .. }) = self.nodes.get(id as usize) else {
-            return;
-        };
-        match self.nodes.get_mut(newer as usize) {
-            Some(n) => n.older = older,
-            None => self.newest = older,
-        }
-        match self.nodes.get_mut(older as usize) {
-            Some(n) => n.newer = newer,
-            None => self.oldest = newer,
-        }
-    }
-
-    fn push_newest(&mut self, id: u32) {
-        let old_newest = self.newest;
-        if let Some(n) = self.nodes.get_mut(id as usize) {
-            n.newer = NIL;
-            n.older = old_newest;
-        }
-        match self.nodes.get_mut(old_newest as usize) {
-            Some(n) => n.newer = id,
-            None => self.oldest = id,
-        }
-        self.newest = id;
-    }
-}
-
-/// The KV blocks held by the requests live on one replica: their hashed prompt blocks, each
-/// distinct hash once (reference-counted), plus blocks no other request can share
+/// Per replica, the KV blocks held by the requests live there: their hashed prompt blocks,
+/// each distinct hash once (reference-counted), plus blocks no other request can share
 /// (`own_blocks`: a partial last prompt block, generated tokens, prompts given without hashes).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ActiveBlocks {
-    refs: BlockMap<u32>,
-    own_blocks: u64,
+    index: BlockMap<Holders<Count>>,
+    distinct: Vec<u64>,
+    own: Vec<u64>,
 }
 
 impl ActiveBlocks {
-    /// Distinct hashed blocks plus own blocks.
-    pub fn blocks(&self) -> u64 {
-        (self.refs.len() as u64).saturating_add(self.own_blocks)
-    }
-
-    pub fn distinct_hashes(&self) -> u64 {
-        self.refs.len() as u64
-    }
-
-    pub fn own_blocks(&self) -> u64 {
-        self.own_blocks
-    }
-
-    /// How many leading hashes of the request are held by a live request here.
-    pub fn match_len(&self, hashes: &[BlockHash]) -> u64 {
-        leading_run(hashes, |h| self.refs.contains_key(h))
-    }
-
-    pub fn add(&mut self, hashes: &[BlockHash], own_blocks: u64) {
-        for &hash in hashes {
-            let count = self.refs.entry(hash).or_insert(0);
-            *count = count.saturating_add(1);
+    pub fn new(num_replicas: usize) -> Self {
+        ActiveBlocks {
+            index: BlockMap::default(),
+            distinct: vec![0; num_replicas],
+            own: vec![0; num_replicas],
         }
-        self.own_blocks = self.own_blocks.saturating_add(own_blocks);
     }
 
-    pub fn remove(&mut self, hashes: &[BlockHash], own_blocks: u64) {
-        for hash in hashes {
-            if let Some(count) = self.refs.get_mut(hash) {
-                *count = count.saturating_sub(1);
-                if *count == 0 {
-                    self.refs.remove(hash);
+    /// Distinct hashed blocks plus own blocks on `replica`.
+    pub fn blocks(&self, replica: usize) -> u64 {
+        self.distinct_hashes(replica)
+            .saturating_add(self.own_blocks(replica))
+    }
+
+    pub fn distinct_hashes(&self, replica: usize) -> u64 {
+        self.distinct.get(replica).copied().unwrap_or(0)
+    }
+
+    pub fn own_blocks(&self, replica: usize) -> u64 {
+        self.own.get(replica).copied().unwrap_or(0)
+    }
+
+    /// `runs[r]`: how many leading hashes of the request a live request on `r` holds.
+    pub fn match_runs(&self, hashes: &[BlockHash], runs: &mut Vec<u64>) {
+        leading_runs(&self.index, hashes, runs, self.distinct.len(), |c| {
+            c.replica
+        });
+    }
+
+    pub fn add(&mut self, replica: usize, hashes: &[BlockHash], own_blocks: u64) {
+        let r = replica as u32;
+        let new = Count {
+            replica: r,
+            count: 1,
+        };
+        for &hash in hashes {
+            let added = match self.index.get_mut(&hash) {
+                Some(holders) => match holders.find_mut(|c| c.replica == r) {
+                    Some(c) => {
+                        c.count = c.count.saturating_add(1);
+                        false
+                    }
+                    None => {
+                        holders.rest.push(new);
+                        true
+                    }
+                },
+                None => {
+                    self.index.insert(hash, Holders::one(new));
+                    true
+                }
+            };
+            if added {
+                if let Some(d) = self.distinct.get_mut(replica) {
+                    *d += 1;
                 }
             }
         }
-        self.own_blocks = self.own_blocks.saturating_sub(own_blocks);
+        if let Some(o) = self.own.get_mut(replica) {
+            *o = o.saturating_add(own_blocks);
+        }
     }
 
-    /// A live request's own blocks went from `old` to `new`.
-    pub fn regrow(&mut self, old: u64, new: u64) {
-        self.own_blocks = self.own_blocks.saturating_sub(old).saturating_add(new);
+    pub fn remove(&mut self, replica: usize, hashes: &[BlockHash], own_blocks: u64) {
+        let r = replica as u32;
+        for hash in hashes {
+            let Some(holders) = self.index.get_mut(hash) else {
+                continue;
+            };
+            let Some(c) = holders.find_mut(|c| c.replica == r) else {
+                continue;
+            };
+            if c.count > 1 {
+                c.count -= 1;
+                continue;
+            }
+            if !holders.remove(|c| c.replica == r) {
+                self.index.remove(hash);
+            }
+            if let Some(d) = self.distinct.get_mut(replica) {
+                *d = d.saturating_sub(1);
+            }
+        }
+        if let Some(o) = self.own.get_mut(replica) {
+            *o = o.saturating_sub(own_blocks);
+        }
+    }
+
+    /// A live request's own blocks on `replica` went from `old` to `new`.
+    pub fn regrow(&mut self, replica: usize, old: u64, new: u64) {
+        if let Some(o) = self.own.get_mut(replica) {
+            *o = o.saturating_sub(old).saturating_add(new);
+        }
     }
 }
 
@@ -275,51 +460,71 @@ impl ActiveBlocks {
 mod tests {
     use super::*;
 
+    fn runs(records: &PrefixRecords, hashes: &[BlockHash]) -> Vec<u64> {
+        let mut out = Vec::new();
+        records.match_runs(hashes, &mut out);
+        out
+    }
+
     #[test]
     fn record_matches_leading_runs_and_evicts_leaves_first() {
-        let mut r = PrefixRecord::new(4);
-        r.insert(&[1, 2, 3]);
-        assert_eq!(r.lru_order(), vec![3, 2, 1]);
-        assert_eq!(r.match_len(&[1, 2, 9, 3]), 2);
-        assert_eq!(r.match_len(&[9, 1]), 0);
+        let mut r = PrefixRecords::new([4, 2]);
+        r.insert(0, &[1, 2, 3]);
+        assert_eq!(r.lru_order(0), vec![3, 2, 1]);
+        assert_eq!(runs(&r, &[1, 2, 9, 3]), vec![2, 0]);
+        assert_eq!(runs(&r, &[9, 1]), vec![0, 0]);
         // A sibling branch: 1 and 4 become newest; over the cap, the old leaf 3 goes first.
-        r.insert(&[1, 4, 5]);
-        assert_eq!(r.len(), 4);
-        assert_eq!(r.lru_order(), vec![2, 5, 4, 1]);
-        assert!(!r.contains(&3));
-        // A request longer than the cap keeps its first blocks.
-        let mut small = PrefixRecord::new(2);
-        small.insert(&[7, 8, 9]);
-        assert_eq!(small.lru_order(), vec![8, 7]);
-        assert_eq!(small.match_len(&[7, 8, 9]), 2);
-        // Freed slots are reused.
-        small.insert(&[10]);
-        assert_eq!(small.lru_order(), vec![7, 10]);
-        assert_eq!(small.nodes.len(), 3);
+        r.insert(0, &[1, 4, 5]);
+        assert_eq!(r.len(0), 4);
+        assert_eq!(r.lru_order(0), vec![2, 5, 4, 1]);
+        // A request longer than the cap keeps its first blocks; replicas share the index.
+        r.insert(1, &[1, 8, 9]);
+        assert_eq!(r.lru_order(1), vec![8, 1]);
+        assert_eq!(runs(&r, &[1, 8, 9]), vec![1, 2]);
+        assert_eq!(runs(&r, &[1, 4, 5, 6]), vec![3, 1]);
+        r.insert(1, &[10]);
+        assert_eq!(r.lru_order(1), vec![1, 10]);
+        assert!(!r.index.contains_key(&8));
+        r.check().unwrap();
+        // Many touches of the same blocks: the queue stays bounded.
+        for _ in 0..1000 {
+            r.insert(0, &[1, 4, 5]);
+        }
+        assert!(r.lists[0].touches.len() <= 4 * 4 + 1024 + 3);
+        assert_eq!(r.lru_order(0), vec![2, 5, 4, 1]);
+        r.check().unwrap();
     }
 
     #[test]
     fn record_handles_repeats_within_a_request() {
-        let mut r = PrefixRecord::new(10);
-        r.insert(&[5, 5, 6, 5]);
-        assert_eq!(r.lru_order(), vec![6, 5]);
-        assert_eq!(r.match_len(&[5, 5, 6, 7]), 3);
+        let mut r = PrefixRecords::new([10]);
+        r.insert(0, &[5, 5, 6, 5]);
+        assert_eq!(r.lru_order(0), vec![6, 5]);
+        assert_eq!(runs(&r, &[5, 5, 6, 7]), vec![3]);
+        r.check().unwrap();
     }
 
     #[test]
     fn active_blocks_count_shared_prefixes_once() {
-        let mut a = ActiveBlocks::default();
-        a.add(&[1, 2, 3], 1);
-        a.add(&[1, 2, 4], 2);
-        assert_eq!(a.blocks(), 4 + 3);
-        assert_eq!(a.match_len(&[1, 2, 3, 4]), 4);
-        a.regrow(2, 5);
-        assert_eq!(a.own_blocks(), 6);
-        a.remove(&[1, 2, 3], 1);
-        assert_eq!((a.distinct_hashes(), a.own_blocks()), (3, 5));
-        assert_eq!(a.match_len(&[1, 2, 3]), 2);
-        a.remove(&[1, 2, 4], 5);
-        assert_eq!(a.blocks(), 0);
+        let mut a = ActiveBlocks::new(2);
+        a.add(0, &[1, 2, 3], 1);
+        a.add(0, &[1, 2, 4], 2);
+        a.add(1, &[1, 7], 0);
+        assert_eq!(a.blocks(0), 4 + 3);
+        let mut out = Vec::new();
+        a.match_runs(&[1, 2, 3, 4], &mut out);
+        assert_eq!(out, vec![4, 1]);
+        a.regrow(0, 2, 5);
+        assert_eq!(a.own_blocks(0), 6);
+        a.remove(0, &[1, 2, 3], 1);
+        assert_eq!((a.distinct_hashes(0), a.own_blocks(0)), (3, 5));
+        a.match_runs(&[1, 2, 3], &mut out);
+        assert_eq!(out, vec![2, 1]);
+        a.remove(0, &[1, 2, 4], 5);
+        assert_eq!(a.blocks(0), 0);
+        assert_eq!(a.blocks(1), 2);
+        a.remove(1, &[1, 7], 0);
+        assert!(a.index.is_empty());
     }
 
     #[test]
