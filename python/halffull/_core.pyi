@@ -303,7 +303,8 @@ def simulate(arrival_time: npt.NDArray[np.float64], prompt_tokens: npt.NDArray[n
              sal_beta: float | None = None,
              hash_ids: npt.NDArray[np.uint64] | None = None,
              hash_id_offsets: npt.NDArray[np.uint64] | None = None,
-             hash_block_tokens: int = 512) -> dict[str, Any]: ...
+             hash_block_tokens: int = 512,
+             router_exact_overlap: bool = False) -> dict[str, Any]: ...
 def measure_capacity(arrival_time: npt.NDArray[np.float64], prompt_tokens: npt.NDArray[np.int64],
                      output_tokens: npt.NDArray[np.int64], *,
                      cost: CostModel, engine: SchedulerConfig | dict[str, Any], max_output_tokens: int = 2048,

@@ -377,7 +377,7 @@ fn output_dict<'py>(py: Python<'py>, o: SimOutput) -> PyResult<Bound<'py, PyDict
 /// Run a trace (numpy columns) through `replicas` engines behind a router; returns a dict of
 /// numpy columns per request and per step (see `halffull.sim`).
 #[pyfunction]
-#[pyo3(signature = (arrival_time, prompt_tokens, output_tokens, *, replicas, router, cost, engine, seed=0, max_output_tokens=2048, snapshot_interval=None, record_steps=true, predicted_output_tokens=None, sal_beta=None, hash_ids=None, hash_id_offsets=None, hash_block_tokens=512))]
+#[pyo3(signature = (arrival_time, prompt_tokens, output_tokens, *, replicas, router, cost, engine, seed=0, max_output_tokens=2048, snapshot_interval=None, record_steps=true, predicted_output_tokens=None, sal_beta=None, hash_ids=None, hash_id_offsets=None, hash_block_tokens=512, router_exact_overlap=false))]
 #[allow(clippy::too_many_arguments)]
 fn simulate<'py>(
     py: Python<'py>,
@@ -397,6 +397,7 @@ fn simulate<'py>(
     hash_ids: Option<PyReadonlyArray1<'py, u64>>,
     hash_id_offsets: Option<PyReadonlyArray1<'py, u64>>,
     hash_block_tokens: u64,
+    router_exact_overlap: bool,
 ) -> PyResult<Bound<'py, PyDict>> {
     let cfg = sim_config(
         py,
@@ -411,6 +412,7 @@ fn simulate<'py>(
     )?;
     let mut cfg = cfg;
     cfg.sal_beta = sal_beta;
+    cfg.router_exact_overlap = router_exact_overlap;
     let mut cols = Columns::new(arrival_time, prompt_tokens, output_tokens);
     cols.predicted = predicted_output_tokens.map(|p| p.as_array().iter().copied().collect());
     cols.block_ids = match (hash_ids, hash_id_offsets) {

@@ -80,12 +80,12 @@ from ..errors import (
     UnknownRequestError,
 )
 from ..limits import MAX_COUNT, MAX_REPLICAS
-from .request import given_block_hash, token_block_hashes
+from .request import BlockHash, given_block_hash, token_block_hashes
 from .scheduler import _check_block_hashes, _check_token_ids
 
 RequestId = str | int
 #: A block hash: chained, so equal hashes mean equal prefixes (``request.token_block_hashes``).
-BlockKey = int
+BlockKey = BlockHash
 
 _MASK64 = 2**64 - 1
 
