@@ -19,8 +19,9 @@
 //! ```
 //!
 //! A request's hashes are touched deepest first, so a block is always more recently used
-//! than its descendants and LRU eviction takes leaves first; each replica's record stays a
-//! tree (with chained hashes: every recorded block's parent is recorded):
+//! than its descendants and LRU eviction takes leaves first; each replica's record (a linked
+//! list in LRU order) stays a tree (with chained hashes: every recorded block's parent is
+//! recorded):
 //!
 //! ```text
 //!   insert [h0 h1 h2]      touch h2, h1, h0          LRU ... h2 h1 h0 MRU
@@ -141,51 +142,133 @@ fn leading_runs<V>(
     }
 }
 
-/// A replica's claim on a recorded block, with its last touch.
+const NIL: u32 = u32::MAX;
+
+/// A replica's claim on a recorded block: its node in that replica's LRU list.
 #[derive(Debug, Clone, Copy)]
-struct Touch {
+struct Holder {
     replica: u32,
-    stamp: u64,
+    node: u32,
 }
 
-/// One replica's touches in order (oldest first); an entry whose stamp is no longer its
-/// block's current one is stale (the block was touched again later, or evicted) and skipped.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy)]
+struct Node {
+    hash: BlockHash,
+    /// Toward the most recently used end.
+    newer: u32,
+    /// Toward the least recently used end.
+    older: u32,
+}
+
+/// One replica's recorded blocks, a doubly linked list in least-recently-used order over a
+/// slab of nodes (freed slots reused).
+#[derive(Debug, Clone)]
 struct Lru {
-    touches: std::collections::VecDeque<(u64, BlockHash)>,
+    nodes: Vec<Node>,
+    free: Vec<u32>,
+    newest: u32,
+    oldest: u32,
     len: u64,
     capacity: u64,
 }
 
+impl Lru {
+    fn new(capacity: u64) -> Self {
+        Lru {
+            nodes: Vec::new(),
+            free: Vec::new(),
+            newest: NIL,
+            oldest: NIL,
+            len: 0,
+            // Node ids are u32: a record holds fewer than 2^32 - 1 blocks.
+            capacity: capacity.min(u64::from(NIL) - 1),
+        }
+    }
+
+    /// A new node at the newest end; `None` only when 2^32 - 1 nodes are live.
+    fn push_new(&mut self, hash: BlockHash) -> Option<u32> {
+        let node = Node {
+            hash,
+            newer: NIL,
+            older: NIL,
+        };
+        let id = match self.free.pop() {
+            Some(id) => {
+                *self.nodes.get_mut(id as usize)? = node;
+                id
+            }
+            None if self.nodes.len() < NIL as usize => {
+                self.nodes.push(node);
+                (self.nodes.len() - 1) as u32
+            }
+            None => return None,
+        };
+        self.push_newest(id);
+        self.len += 1;
+        Some(id)
+    }
+
+    fn unlink(&mut self, id: u32) {
+        let Some(&Node { newer, older, .. }) = self.nodes.get(id as usize) else {
+            return;
+        };
+        match self.nodes.get_mut(newer as usize) {
+            Some(n) => n.older = older,
+            None => self.newest = older,
+        }
+        match self.nodes.get_mut(older as usize) {
+            Some(n) => n.newer = newer,
+            None => self.oldest = newer,
+        }
+    }
+
+    fn push_newest(&mut self, id: u32) {
+        let old_newest = self.newest;
+        if let Some(n) = self.nodes.get_mut(id as usize) {
+            n.newer = NIL;
+            n.older = old_newest;
+        }
+        match self.nodes.get_mut(old_newest as usize) {
+            Some(n) => n.newer = id,
+            None => self.oldest = id,
+        }
+        self.newest = id;
+    }
+
+    fn touch(&mut self, id: u32) {
+        if id != self.newest {
+            self.unlink(id);
+            self.push_newest(id);
+        }
+    }
+
+    /// Unlink the oldest node and free its slot; its hash.
+    fn pop_oldest(&mut self) -> Option<BlockHash> {
+        let id = self.oldest;
+        let hash = self.nodes.get(id as usize)?.hash;
+        self.unlink(id);
+        self.free.push(id);
+        self.len = self.len.saturating_sub(1);
+        Some(hash)
+    }
+}
+
 /// Per replica, the block hashes the router sent there, in least-recently-used order,
 /// holding at most that replica's capacity after each insert. A touch is one map lookup and
-/// an append; matching a request against every replica costs one lookup per matched block.
-///
-/// LRU without a linked list: every touch gets the next stamp, which the block's entry keeps
-/// and the replica's queue appends, so the queue is in stamp order and its first entry whose
-/// stamp is still current is the least recently used block. Stale entries are skipped when
-/// evicting and dropped when the queue grows past four times the live blocks.
+/// a few list links, whatever the record's size; matching a request against every replica
+/// costs one lookup per matched block.
 #[derive(Debug, Clone)]
 pub struct PrefixRecords {
-    index: BlockMap<Holders<Touch>>,
+    index: BlockMap<Holders<Holder>>,
     lists: Vec<Lru>,
-    clock: u64,
 }
 
 impl PrefixRecords {
     /// One record per capacity (in blocks).
     pub fn new(capacities: impl IntoIterator<Item = u64>) -> Self {
-        let lists = capacities
-            .into_iter()
-            .map(|capacity| Lru {
-                capacity,
-                ..Lru::default()
-            })
-            .collect();
         PrefixRecords {
             index: BlockMap::default(),
-            lists,
-            clock: 0,
+            lists: capacities.into_iter().map(Lru::new).collect(),
         }
     }
 
@@ -204,7 +287,7 @@ impl PrefixRecords {
 
     /// `runs[r]`: how many leading hashes of the request replica `r`'s record holds.
     pub fn match_runs(&self, hashes: &[BlockHash], runs: &mut Vec<u64>) {
-        leading_runs(&self.index, hashes, runs, self.lists.len(), |t| t.replica);
+        leading_runs(&self.index, hashes, runs, self.lists.len(), |h| h.replica);
     }
 
     /// Record `hashes` as just sent to `replica` (deepest first, see the module notes), then
@@ -212,6 +295,11 @@ impl PrefixRecords {
     pub fn insert(&mut self, replica: usize, hashes: &[BlockHash]) {
         if replica >= self.lists.len() {
             return;
+        }
+        if self.index.capacity() == 0 {
+            // Most records fill up: size the index once for a good part of them.
+            let total: u64 = self.lists.iter().map(|l| l.capacity).sum();
+            self.index.reserve(total.min(1 << 18) as usize);
         }
         for &hash in hashes.iter().rev() {
             self.touch(replica, hash);
@@ -221,16 +309,6 @@ impl PrefixRecords {
                 break;
             }
         }
-        self.compact(replica);
-    }
-
-    /// The stamp `replica` last touched `hash` with, if it holds it.
-    fn stamp(&self, replica: u32, hash: &BlockHash) -> Option<u64> {
-        self.index
-            .get(hash)?
-            .iter()
-            .find(|t| t.replica == replica)
-            .map(|t| t.stamp)
     }
 
     /// Replica `replica`'s recorded hashes, least recently used first.
@@ -238,30 +316,41 @@ impl PrefixRecords {
         let Some(list) = self.lists.get(replica) else {
             return Vec::new();
         };
-        list.touches
-            .iter()
-            .filter(|(stamp, hash)| self.stamp(replica as u32, hash) == Some(*stamp))
-            .map(|&(_, hash)| hash)
-            .collect()
+        let mut out = Vec::with_capacity(list.len as usize);
+        let mut at = list.oldest;
+        while let Some(node) = list.nodes.get(at as usize) {
+            out.push(node.hash);
+            at = node.newer;
+        }
+        out
     }
 
-    /// Each replica's count equals its live queue entries and the index's claims, within
-    /// its capacity (for `check_invariants`).
+    /// Every claim in the index names a node of that replica holding the same hash, and each
+    /// list's length is its node count and its index claims (for `check_invariants`).
     pub fn check(&self) -> Result<(), String> {
         let mut claims = vec![0u64; self.lists.len()];
-        for holders in self.index.values() {
-            for t in holders.iter() {
-                match claims.get_mut(t.replica as usize) {
-                    Some(c) => *c += 1,
-                    None => return Err(format!("a block claimed by replica {}", t.replica)),
+        for (hash, holders) in &self.index {
+            for h in holders.iter() {
+                let list = self
+                    .lists
+                    .get(h.replica as usize)
+                    .ok_or_else(|| format!("a block claimed by replica {}", h.replica))?;
+                if list.nodes.get(h.node as usize).map(|n| n.hash) != Some(*hash) {
+                    return Err(format!(
+                        "replica {}'s node for {hash:#x} holds another block",
+                        h.replica
+                    ));
+                }
+                if let Some(c) = claims.get_mut(h.replica as usize) {
+                    *c += 1;
                 }
             }
         }
         for (r, list) in self.lists.iter().enumerate() {
-            let live = self.lru_order(r).len() as u64;
-            if live != list.len || claims.get(r) != Some(&list.len) || list.len > list.capacity {
+            let walked = self.lru_order(r).len() as u64;
+            if walked != list.len || claims.get(r) != Some(&list.len) || list.len > list.capacity {
                 return Err(format!(
-                    "replica {r}'s record: {} blocks, {live} live in its queue, {:?} in the index, cap {}",
+                    "replica {r}'s record: {} blocks, {walked} in its LRU list, {:?} in the index, cap {}",
                     list.len,
                     claims.get(r),
                     list.capacity
@@ -272,74 +361,40 @@ impl PrefixRecords {
     }
 
     fn touch(&mut self, replica: usize, hash: BlockHash) {
-        self.clock += 1;
-        let stamp = self.clock;
         let r = replica as u32;
         let Some(list) = self.lists.get_mut(replica) else {
             return;
         };
-        let new = Touch { replica: r, stamp };
         match self.index.get_mut(&hash) {
-            Some(holders) => match holders.find_mut(|t| t.replica == r) {
-                Some(t) => t.stamp = stamp,
+            Some(holders) => match holders.find_mut(|h| h.replica == r) {
+                Some(h) => list.touch(h.node),
                 None => {
-                    holders.rest.push(new);
-                    list.len += 1;
+                    if let Some(node) = list.push_new(hash) {
+                        holders.rest.push(Holder { replica: r, node });
+                    }
                 }
             },
             None => {
-                self.index.insert(hash, Holders::one(new));
-                list.len += 1;
+                if let Some(node) = list.push_new(hash) {
+                    self.index
+                        .insert(hash, Holders::one(Holder { replica: r, node }));
+                }
             }
         }
-        list.touches.push_back((stamp, hash));
     }
 
     /// Evict `replica`'s least recently used block; `false` if it has none.
     fn evict_oldest(&mut self, replica: usize) -> bool {
         let r = replica as u32;
-        loop {
-            let Some((stamp, hash)) = self
-                .lists
-                .get_mut(replica)
-                .and_then(|l| l.touches.pop_front())
-            else {
-                return false;
-            };
-            if self.stamp(r, &hash) != Some(stamp) {
-                continue; // touched again later, or already gone
-            }
-            if let Some(holders) = self.index.get_mut(&hash) {
-                if !holders.remove(|t| t.replica == r) {
-                    self.index.remove(&hash);
-                }
-            }
-            if let Some(list) = self.lists.get_mut(replica) {
-                list.len = list.len.saturating_sub(1);
-            }
-            return true;
-        }
-    }
-
-    /// Drop stale queue entries once they are four times the live ones (amortized O(1) a touch).
-    fn compact(&mut self, replica: usize) {
-        let Some(list) = self.lists.get(replica) else {
-            return;
+        let Some(hash) = self.lists.get_mut(replica).and_then(Lru::pop_oldest) else {
+            return false;
         };
-        if (list.touches.len() as u64) <= 4 * list.len + 1024 {
-            return;
+        if let Some(holders) = self.index.get_mut(&hash) {
+            if !holders.remove(|h| h.replica == r) {
+                self.index.remove(&hash);
+            }
         }
-        let r = replica as u32;
-        let index = &self.index;
-        let current = |stamp: u64, hash: &BlockHash| {
-            index
-                .get(hash)
-                .and_then(|h| h.iter().find(|t| t.replica == r).map(|t| t.stamp))
-                == Some(stamp)
-        };
-        if let Some(list) = self.lists.get_mut(replica) {
-            list.touches.retain(|(stamp, hash)| current(*stamp, hash));
-        }
+        true
     }
 }
 
@@ -486,11 +541,11 @@ mod tests {
         assert_eq!(r.lru_order(1), vec![1, 10]);
         assert!(!r.index.contains_key(&8));
         r.check().unwrap();
-        // Many touches of the same blocks: the queue stays bounded.
+        // Many touches of the same blocks: nothing grows.
         for _ in 0..1000 {
             r.insert(0, &[1, 4, 5]);
         }
-        assert!(r.lists[0].touches.len() <= 4 * 4 + 1024 + 3);
+        assert_eq!(r.lists[0].nodes.len(), 5);
         assert_eq!(r.lru_order(0), vec![2, 5, 4, 1]);
         r.check().unwrap();
     }
