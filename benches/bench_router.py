@@ -187,8 +187,8 @@ def hashed_table(seeds=(0, 1, 2), rust_calls: int = 10_000, ref_calls: int = 300
             ref_p50 = sum(x["p50"] for x in oracle) / len(oracle)
             spread = max(x["p50"] for x in runs) / min(x["p50"] for x in runs)
             print(f"{policy:<14}{n:>4}  {mean:>10.1f}{p50:>8.1f}{tail['p99']:>8.0f}{tail['p999']:>8.0f}"
-                  f"{tail['max']:>9.0f}  {ref_mean:>9.0f}{ref_p50:>8.0f}  {ref_mean / mean:>9.1f}x{ref_p50 / p50:>5.1f}x"
-                  f"  {spread:>10.2f}x", flush=True)
+                  f"{tail['max']:>9.0f}  {ref_mean:>9.0f}{ref_p50:>8.0f}  {ref_mean / mean:>9.1f}x"
+                  f"{ref_p50 / p50:>5.1f}x  {spread:>10.2f}x", flush=True)
 
 
 def _per_call_us(step, calls: int) -> float:
