@@ -305,7 +305,7 @@ class Scheduler(SchedulerInterface):
         requests = self.requests
         log_stats = self.log_stats
         for rid, _ in plan.preempted:
-            req = requests[rid]
+            req = requests[str(rid)]
             req.status = RequestStatus.PREEMPTED
             req.num_computed_tokens = 0
             req.spec_token_ids = []
