@@ -46,10 +46,16 @@ _COLUMNS = [
     ("policy", "policy", "{}"),
     ("router", "router", "{}"),
     ("load", "load", "{:.2f}"),
+    ("ttft_mean", "TTFT mean s", "{:.3f}"),
     ("ttft_p50", "TTFT p50 s", "{:.3f}"),
     ("ttft_p99", "TTFT p99 s", "{:.3f}"),
+    ("ttft_p999", "TTFT p99.9 s", "{:.3f}"),
+    ("ttft_max", "TTFT max s", "{:.3f}"),
+    ("starved_share", "starved", "{:.2%}"),
     ("tpot_p99", "TPOT p99 ms", "ms"),
+    ("e2e_mean", "e2e mean s", "{:.2f}"),
     ("e2e_p99", "e2e p99 s", "{:.2f}"),
+    ("e2e_max", "e2e max s", "{:.2f}"),
     ("throughput_tokens_per_s", "tok/s", "{:,.0f}"),
     ("preemptions_per_request", "preempt", "{:.2f}"),
     ("goodput_share", "SLO met", "{:.1%}"),
@@ -162,7 +168,8 @@ def simulate(
     console.print(_table(rows, f"{tr.name}: {len(tr)} requests, {replicas} x {first['preset']}, "
                                f"router {router}, {where}"))
     console.print(f"[dim]simulated in {sum(r['wall_time_s'] for r in rows):.2f} s wall; "
-                  f"SLO: TTFT <= {first['slo_ttft']} s, TPOT <= {first['slo_tpot']} s; "
+                  f"SLO: TTFT <= {first['slo_ttft']} s, TPOT <= {first['slo_tpot']} s; starved: TTFT > "
+                  f"{first['starvation_threshold_s']:.3g} s (10x the median service time); "
                   f"predictor: {predictor}[/dim]")
     if len(rows) > 1:
         stem = f"simulate_{tr.name}_{router}_{load if load is not None else rate_scale}"
