@@ -6,7 +6,7 @@
 //! load signal) are parsed once into enums, so the hot loop compares enums.
 
 use crate::error::{Error, Result, Value};
-use crate::limits::{self, Blame, MAX_BLOCKS, MAX_COUNT, MAX_RATE};
+use crate::limits::{self, Blame, MAX_BLOCKS, MAX_COUNT, MAX_RATE, MAX_TIME};
 
 /// An enum with a registry of names: one table of `(variant, name)`, in registry order.
 pub trait Named: Copy + PartialEq + 'static {
@@ -61,6 +61,7 @@ pub enum PolicyKind {
     Sjf,
     OracleSrpt,
     Larry,
+    LarryTail,
 }
 
 impl Named for PolicyKind {
@@ -72,6 +73,7 @@ impl Named for PolicyKind {
         (PolicyKind::Sjf, "sjf"),
         (PolicyKind::OracleSrpt, "oracle_srpt"),
         (PolicyKind::Larry, "larry"),
+        (PolicyKind::LarryTail, "larry_tail"),
     ];
 }
 
@@ -144,6 +146,9 @@ impl Semantics {
     }
 }
 
+/// `larry_tail`'s deadline (s) when none is given (chosen on the shared traces: README).
+pub const DEFAULT_LARRY_DEADLINE: f64 = 30.0;
+
 /// Block size when none is given.
 pub const DEFAULT_BLOCK_SIZE: u64 = 16;
 
@@ -170,6 +175,8 @@ pub const DEFAULT_BLOCK_SIZE: u64 = 16;
 /// - `reserve_full_prompt`: vLLM's `scheduler_reserve_full_isl`: admission needs blocks for
 ///   the whole sequence, not just the first chunk. `vllm_v1` only (halffull allocates the
 ///   whole sequence at admission anyway, so it is ignored there).
+/// - `larry_deadline` (s): `larry_tail`'s starvation bound. A waiting request that has
+///   waited this long is *due*: due requests go first, oldest first; LARRY orders the rest.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SchedulerConfig {
     pub num_gpu_blocks: u64,
@@ -187,6 +194,7 @@ pub struct SchedulerConfig {
     pub max_model_len: Option<u64>,
     pub long_prefill_token_threshold: u64,
     pub reserve_full_prompt: bool,
+    pub larry_deadline: f64,
 }
 
 /// The field names, in declaration order (also the positional order in Python).
@@ -206,6 +214,7 @@ pub const FIELDS: &[&str] = &[
     "max_model_len",
     "long_prefill_token_threshold",
     "reserve_full_prompt",
+    "larry_deadline",
 ];
 
 /// A field's value, typed (for `to_dict`, getters and `repr`).
@@ -238,6 +247,7 @@ impl SchedulerConfig {
             max_model_len: None,
             long_prefill_token_threshold: 0,
             reserve_full_prompt: true,
+            larry_deadline: DEFAULT_LARRY_DEADLINE,
         }
     }
 
@@ -319,6 +329,10 @@ impl SchedulerConfig {
                 self.reserve_full_prompt = limits::flag(Blame::Config, "reserve_full_prompt", v)?
             }
             "larry_alpha" => self.larry_alpha = rate("larry_alpha")?,
+            "larry_deadline" => {
+                self.larry_deadline =
+                    limits::float_in(Blame::Config, "larry_deadline", v, 0.0, MAX_TIME, false)?
+            }
             "sjf_aging" => self.sjf_aging = rate("sjf_aging")?,
             other => {
                 return Err(Error::UnknownName {
@@ -395,6 +409,7 @@ impl SchedulerConfig {
             "max_model_len" => self.max_model_len.map_or(FieldValue::None, FieldValue::Int),
             "long_prefill_token_threshold" => FieldValue::Int(self.long_prefill_token_threshold),
             "reserve_full_prompt" => FieldValue::Bool(self.reserve_full_prompt),
+            "larry_deadline" => FieldValue::Float(self.larry_deadline),
             _ => return None,
         })
     }

@@ -38,6 +38,7 @@ def configs(policy: str, semantics: str = "halffull"):
         max_model_len=st.none() | st.integers(1, 48),
         long_prefill_token_threshold=st.sampled_from([0, 0, 1, 3, 8]),
         reserve_full_prompt=st.booleans(),
+        larry_deadline=st.sampled_from([0.0, 0.5, 1.0, 3.0, 1e9]),
     )
 
 

@@ -76,6 +76,8 @@ fn field_to_py(py: Python<'_>, v: FieldValue) -> PyResult<Py<PyAny>> {
 /// - `reserve_full_prompt`: vLLM's `scheduler_reserve_full_isl`: admitting needs free blocks
 ///   for the whole sequence, not just its first chunk (`vllm_v1` only; ignored in
 ///   `halffull`, which allocates the whole sequence at admission).
+/// - `larry_deadline` (s): `larry_tail`'s starvation bound: a request that has waited this
+///   long is due; due requests go first, oldest first, and LARRY orders the rest.
 ///
 /// Frozen: `replace(**changes)` makes a changed copy; equal configs hash equal.
 #[pyclass(module = "halffull._core", name = "SchedulerConfig", frozen, eq, hash)]
@@ -227,6 +229,10 @@ impl PySchedulerConfig {
     #[getter]
     fn reserve_full_prompt(&self) -> bool {
         self.inner.reserve_full_prompt
+    }
+    #[getter]
+    fn larry_deadline(&self) -> f64 {
+        self.inner.larry_deadline
     }
     /// Blocks a request can hold: `num_gpu_blocks`, or in `vllm_v1` one fewer (the null block).
     #[getter]

@@ -15,7 +15,7 @@
 //! - `sjf`, `oracle_srpt`: their own waiting key (preempted requests re-enter by it) and
 //!   victim rule (the largest remaining, ties to later arrival, then later add), over all
 //!   running.
-//! - `larry`: its own order; victim the last running, as `fcfs`.
+//! - `larry`, `larry_tail`: their own order; victim the last running, as `fcfs`.
 //! - `no_preempt`: FCFS order by arrival; admission also needs its full reservation to fit in
 //!   the usable blocks; it never needs a victim.
 
@@ -51,6 +51,11 @@ pub trait Policy: Send + Sync {
     fn remove(&mut self, slot: u32, req: &Request);
     /// The request to admit next, at load signal `load`.
     fn peek(&mut self, load: u64) -> Option<u32>;
+    /// The request to admit next, at load signal `load` and clock `now` (s): what the
+    /// scheduler asks. Default: the clock does not matter ([`Policy::peek`]).
+    fn peek_at(&mut self, load: u64, _now: f64) -> Option<u32> {
+        self.peek(load)
+    }
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -100,6 +105,7 @@ pub fn make_policy(cfg: &SchedulerConfig) -> Box<dyn Policy> {
             true,
         )),
         PolicyKind::Larry => Box::new(Larry::new(cfg.larry_alpha)),
+        PolicyKind::LarryTail => Box::new(LarryTail::new(cfg.larry_alpha, cfg.larry_deadline)),
     }
 }
 
@@ -461,5 +467,62 @@ impl Policy for Larry {
     }
     fn len(&self) -> usize {
         self.len
+    }
+}
+
+// ------------------------------------------------------------------ tail-safe LARRY
+
+/// `larry_tail`: LARRY with a deadline. A waiting request that has waited `deadline`
+/// seconds or more (`now - arrival >= deadline`) is *due*; due requests are admitted first,
+/// oldest first (FCFS among them), and LARRY orders the rest. Urgency is monotone in
+/// arrival (float subtraction is), so the oldest waiting request is due exactly when any
+/// is: the decision is one look at the oldest (a B-tree by `(arrival, seq)`), then LARRY's
+/// kinetic tournament. Both O(log n).
+///
+/// The bound: a request stops yielding to smaller ones after `deadline` seconds; from then
+/// on only older due requests (and whatever already runs) go before it, as under FCFS.
+/// Victims as `fcfs`.
+pub struct LarryTail {
+    larry: Larry,
+    deadline: f64,
+    by_arrival: BTreeSet<(F64, u64, u32)>,
+}
+
+impl LarryTail {
+    fn new(alpha: f64, deadline: f64) -> Self {
+        LarryTail {
+            larry: Larry::new(alpha),
+            deadline,
+            by_arrival: BTreeSet::new(),
+        }
+    }
+}
+
+impl Policy for LarryTail {
+    fn name(&self) -> &'static str {
+        "larry_tail"
+    }
+    fn push(&mut self, slot: u32, req: &Request) {
+        self.larry.push(slot, req);
+        self.by_arrival
+            .insert((F64(req.arrival_time), req.seq, slot));
+    }
+    fn remove(&mut self, slot: u32, req: &Request) {
+        self.larry.remove(slot, req);
+        self.by_arrival
+            .remove(&(F64(req.arrival_time), req.seq, slot));
+    }
+    /// Without a clock nothing is due: LARRY's choice.
+    fn peek(&mut self, load: u64) -> Option<u32> {
+        self.larry.peek(load)
+    }
+    fn peek_at(&mut self, load: u64, now: f64) -> Option<u32> {
+        match self.by_arrival.first() {
+            Some(&(arrival, _, slot)) if now - arrival.0 >= self.deadline => Some(slot),
+            _ => self.larry.peek(load),
+        }
+    }
+    fn len(&self) -> usize {
+        self.larry.len()
     }
 }

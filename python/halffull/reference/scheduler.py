@@ -515,7 +515,7 @@ class Scheduler:
             load = len(self.waiting)
             if cfg.larry_load == "outstanding":
                 load += len(self.running) + len(self.swapped)
-            req = min(self.waiting, key=lambda r: self.policy.waiting_key(r, load))
+            req = min(self.waiting, key=lambda r: self.policy.waiting_key(r, load, self.now))
             need = _blocks_for(req.num_tokens, cfg.block_size)
             n = step.chunk(req)
             if self.policy.reserves_full_output:
@@ -588,7 +588,7 @@ class Scheduler:
             load = len(self.waiting)
             if cfg.larry_load == "outstanding":
                 load += len(self.running)
-            req = self.policy.v1_next_waiting(self.waiting, load)
+            req = self.policy.v1_next_waiting(self.waiting, load, self.now)
             n = step.chunk(req)
             wm = cfg.watermark_blocks if self.running else 0
             chunk_blocks = _blocks_for(n, cfg.block_size)
