@@ -62,6 +62,7 @@ pub enum PolicyKind {
     OracleSrpt,
     Larry,
     LarryTail,
+    LarrySlack,
 }
 
 impl Named for PolicyKind {
@@ -74,6 +75,7 @@ impl Named for PolicyKind {
         (PolicyKind::OracleSrpt, "oracle_srpt"),
         (PolicyKind::Larry, "larry"),
         (PolicyKind::LarryTail, "larry_tail"),
+        (PolicyKind::LarrySlack, "larry_slack"),
     ];
 }
 
@@ -149,6 +151,9 @@ impl Semantics {
 /// `larry_tail`'s deadline (s) when none is given (chosen on the shared traces: README).
 pub const DEFAULT_LARRY_DEADLINE: f64 = 30.0;
 
+/// `larry_slack`'s slack when none is given (chosen on the shared traces: README).
+pub const DEFAULT_LARRY_SLACK: f64 = 1.0;
+
 /// Block size when none is given.
 pub const DEFAULT_BLOCK_SIZE: u64 = 16;
 
@@ -177,6 +182,9 @@ pub const DEFAULT_BLOCK_SIZE: u64 = 16;
 ///   whole sequence at admission anyway, so it is ignored there).
 /// - `larry_deadline` (s): `larry_tail`'s starvation bound. A waiting request that has
 ///   waited this long is *due*: due requests go first, oldest first; LARRY orders the rest.
+/// - `larry_slack`: `larry_slack`'s bound, relative to the backlog. A waiting request is due
+///   once the tokens that left the waiting queue since it joined reach `larry_slack` times
+///   the tokens waiting now; due requests go first, in the order they joined.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SchedulerConfig {
     pub num_gpu_blocks: u64,
@@ -195,6 +203,7 @@ pub struct SchedulerConfig {
     pub long_prefill_token_threshold: u64,
     pub reserve_full_prompt: bool,
     pub larry_deadline: f64,
+    pub larry_slack: f64,
 }
 
 /// The field names, in declaration order (also the positional order in Python).
@@ -215,6 +224,7 @@ pub const FIELDS: &[&str] = &[
     "long_prefill_token_threshold",
     "reserve_full_prompt",
     "larry_deadline",
+    "larry_slack",
 ];
 
 /// A field's value, typed (for `to_dict`, getters and `repr`).
@@ -248,6 +258,7 @@ impl SchedulerConfig {
             long_prefill_token_threshold: 0,
             reserve_full_prompt: true,
             larry_deadline: DEFAULT_LARRY_DEADLINE,
+            larry_slack: DEFAULT_LARRY_SLACK,
         }
     }
 
@@ -329,6 +340,7 @@ impl SchedulerConfig {
                 self.reserve_full_prompt = limits::flag(Blame::Config, "reserve_full_prompt", v)?
             }
             "larry_alpha" => self.larry_alpha = rate("larry_alpha")?,
+            "larry_slack" => self.larry_slack = rate("larry_slack")?,
             "larry_deadline" => {
                 self.larry_deadline =
                     limits::float_in(Blame::Config, "larry_deadline", v, 0.0, MAX_TIME, false)?
@@ -410,6 +422,7 @@ impl SchedulerConfig {
             "long_prefill_token_threshold" => FieldValue::Int(self.long_prefill_token_threshold),
             "reserve_full_prompt" => FieldValue::Bool(self.reserve_full_prompt),
             "larry_deadline" => FieldValue::Float(self.larry_deadline),
+            "larry_slack" => FieldValue::Float(self.larry_slack),
             _ => return None,
         })
     }

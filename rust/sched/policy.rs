@@ -15,7 +15,8 @@
 //! - `sjf`, `oracle_srpt`: their own waiting key (preempted requests re-enter by it) and
 //!   victim rule (the largest remaining, ties to later arrival, then later add), over all
 //!   running.
-//! - `larry`, `larry_tail`: their own order; victim the last running, as `fcfs`.
+//! - `larry`, `larry_tail`, `larry_slack`: their own order; victim the last running, as
+//!   `fcfs`.
 //! - `no_preempt`: FCFS order by arrival; admission also needs its full reservation to fit in
 //!   the usable blocks; it never needs a victim.
 
@@ -106,6 +107,7 @@ pub fn make_policy(cfg: &SchedulerConfig) -> Box<dyn Policy> {
         )),
         PolicyKind::Larry => Box::new(Larry::new(cfg.larry_alpha)),
         PolicyKind::LarryTail => Box::new(LarryTail::new(cfg.larry_alpha, cfg.larry_deadline)),
+        PolicyKind::LarrySlack => Box::new(LarrySlack::new(cfg.larry_alpha, cfg.larry_slack)),
     }
 }
 
@@ -519,6 +521,77 @@ impl Policy for LarryTail {
     fn peek_at(&mut self, load: u64, now: f64) -> Option<u32> {
         match self.by_arrival.first() {
             Some(&(arrival, _, slot)) if now - arrival.0 >= self.deadline => Some(slot),
+            _ => self.larry.peek(load),
+        }
+    }
+    fn len(&self) -> usize {
+        self.larry.len()
+    }
+}
+
+/// `larry_slack`: LARRY with a starvation bound relative to the backlog, counted in tokens
+/// (no clock, no throughput estimate). The policy counts `left`, the tokens that have left the
+/// waiting queue (admitted, or aborted while waiting), and `waiting_tokens`, those in it; a
+/// request joining the queue (arrival or recompute preemption) is stamped with `left`. It is
+/// *due* once `left - stamp >= slack * waiting_tokens` (both sides as f64): the work admitted
+/// since it joined has reached `slack` times the backlog now. Due requests go first, in stamp
+/// order (then arrival, seq); LARRY orders the rest. The earliest stamp is due exactly when
+/// any is, so a decision is one look at a B-tree by stamp, then LARRY's tournament.
+///
+/// The bound: FCFS admits a request once the backlog ahead of it has been admitted; here a
+/// request yields to later, smaller ones until `slack` times the current backlog has been
+/// admitted since it joined, then only earlier-stamped due requests go before it. `slack = 0`
+/// is FCFS by stamp; a large slack is LARRY. Victims as `fcfs`.
+pub struct LarrySlack {
+    larry: Larry,
+    slack: f64,
+    left: u64,
+    waiting_tokens: u64,
+    stamps: HashMap<u32, u64>,
+    by_stamp: BTreeSet<(u64, F64, u64, u32)>,
+}
+
+impl LarrySlack {
+    fn new(alpha: f64, slack: f64) -> Self {
+        LarrySlack {
+            larry: Larry::new(alpha),
+            slack,
+            left: 0,
+            waiting_tokens: 0,
+            stamps: HashMap::new(),
+            by_stamp: BTreeSet::new(),
+        }
+    }
+}
+
+impl Policy for LarrySlack {
+    fn name(&self) -> &'static str {
+        "larry_slack"
+    }
+    fn push(&mut self, slot: u32, req: &Request) {
+        self.larry.push(slot, req);
+        self.stamps.insert(slot, self.left);
+        self.by_stamp
+            .insert((self.left, F64(req.arrival_time), req.seq, slot));
+        self.waiting_tokens += req.num_tokens();
+    }
+    fn remove(&mut self, slot: u32, req: &Request) {
+        let Some(stamp) = self.stamps.remove(&slot) else {
+            return;
+        };
+        self.larry.remove(slot, req);
+        self.by_stamp
+            .remove(&(stamp, F64(req.arrival_time), req.seq, slot));
+        self.waiting_tokens -= req.num_tokens();
+        self.left += req.num_tokens();
+    }
+    fn peek(&mut self, load: u64) -> Option<u32> {
+        match self.by_stamp.first() {
+            Some(&(stamp, _, _, slot))
+                if (self.left - stamp) as f64 >= self.slack * self.waiting_tokens as f64 =>
+            {
+                Some(slot)
+            }
             _ => self.larry.peek(load),
         }
     }

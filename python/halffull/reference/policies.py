@@ -59,6 +59,12 @@ class Policy:
     def v1_victim(self, running: Sequence[Request]) -> Request:
         return self.choose_victim(running)
 
+    def enqueued(self, req: Request) -> None:
+        """``req`` joined the waiting queue (it arrived, or a recompute preemption sent it back)."""
+
+    def dequeued(self, req: Request) -> None:
+        """``req`` left the waiting queue (admitted, or aborted while waiting)."""
+
 
 class Fcfs(Policy):
     """First come, first served (vLLM's default)."""
@@ -165,8 +171,42 @@ class LarryTail(Larry):
         return (1, *super().waiting_key(req, load, now))                 # LARRY's key
 
 
+class LarrySlack(Larry):
+    """LARRY with a starvation bound relative to the backlog, counted in tokens.
+
+    ``left`` counts the tokens that have left the waiting queue (admitted, or aborted while
+    waiting), ``waiting_tokens`` those in it; a request joining the queue is stamped with
+    ``left``. It is *due* once ``left - stamp >= larry_slack * waiting_tokens`` (as floats):
+    the work admitted since it joined has reached ``larry_slack`` times the backlog now. Due
+    requests come first, in stamp order; LARRY orders the rest. Victims as FCFS.
+    """
+
+    name = "larry_slack"
+
+    def __init__(self, config: SchedulerConfig) -> None:
+        super().__init__(config)
+        self.left = 0
+        self.waiting_tokens = 0
+        self.stamp: dict[int, int] = {}                                   # seq -> left when it joined
+
+    def enqueued(self, req: Request) -> None:
+        self.stamp[req.seq] = self.left
+        self.waiting_tokens += req.num_tokens
+
+    def dequeued(self, req: Request) -> None:
+        del self.stamp[req.seq]
+        self.waiting_tokens -= req.num_tokens
+        self.left += req.num_tokens
+
+    def waiting_key(self, req: Request, load: int, now: float) -> tuple:
+        stamp = self.stamp[req.seq]
+        if float(self.left - stamp) >= self.config.larry_slack * float(self.waiting_tokens):
+            return (0, stamp, req.arrival_time, req.seq)                  # due: in stamp order
+        return (1, *super().waiting_key(req, load, now))                 # LARRY's key
+
+
 POLICIES: dict[str, Callable[[SchedulerConfig], Policy]] = {
-    cls.name: cls for cls in (Fcfs, Priority, NoPreempt, Sjf, OracleSrpt, Larry, LarryTail)
+    cls.name: cls for cls in (Fcfs, Priority, NoPreempt, Sjf, OracleSrpt, Larry, LarryTail, LarrySlack)
 }
 
 

@@ -386,12 +386,14 @@ class Scheduler:
         )
         self.requests[request_id] = req
         self.waiting.append(req)
+        self.policy.enqueued(req)
 
     def abort(self, request_id: RequestId) -> None:
         """End a live request now, wherever it is; its blocks are freed at once."""
         req = self._live(request_id)
         if req.status == WAITING:
             self.waiting.remove(req)
+            self.policy.dequeued(req)
         elif req.status == RUNNING:
             self.running.remove(req)
             if self.policy.reserves_full_output:
@@ -525,6 +527,7 @@ class Scheduler:
             elif not self._fits(need):
                 break
             self.waiting.remove(req)
+            self.policy.dequeued(req)
             req.block_table = self.gpu.allocate(need)
             req.status = RUNNING
             step.admitted.append(req.request_id)
@@ -601,6 +604,7 @@ class Scheduler:
                     break
                 self.reserved_blocks += self._max_blocks(req)
             self.waiting.remove(req)
+            self.policy.dequeued(req)
             req.block_table = self.gpu.allocate(chunk_blocks)
             req.status = RUNNING
             step.admitted.append(req.request_id)
@@ -759,8 +763,10 @@ class Scheduler:
         req.status = WAITING
         if self.v1:
             self.waiting.insert(0, req)   # the head of vLLM's waiting deque
+            self.policy.enqueued(req)
         else:
             self.waiting.append(req)
+            self.policy.enqueued(req)
         return "recompute"
 
     def _finish(self, req: Request) -> None:
