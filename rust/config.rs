@@ -152,7 +152,7 @@ impl Semantics {
 pub const DEFAULT_LARRY_DEADLINE: f64 = 30.0;
 
 /// `larry_slack`'s slack when none is given (chosen on the shared traces: README).
-pub const DEFAULT_LARRY_SLACK: f64 = 1.0;
+pub const DEFAULT_LARRY_SLACK: f64 = 0.75;
 
 /// Block size when none is given.
 pub const DEFAULT_BLOCK_SIZE: u64 = 16;

@@ -532,7 +532,8 @@ impl Policy for LarryTail {
 /// `larry_slack`: LARRY with a starvation bound relative to the backlog, counted in tokens
 /// (no clock, no throughput estimate). The policy counts `left`, the tokens that have left the
 /// waiting queue (admitted, or aborted while waiting), and `waiting_tokens`, those in it; a
-/// request joining the queue (arrival or recompute preemption) is stamped with `left`. It is
+/// request joining the queue is stamped with `left` (0 after a recompute preemption: it
+/// rejoins at the head of the due order, as FCFS puts it back by its arrival). It is
 /// *due* once `left - stamp >= slack * waiting_tokens` (both sides as f64): the work admitted
 /// since it joined has reached `slack` times the backlog now. Due requests go first, in stamp
 /// order (then arrival, seq); LARRY orders the rest. The earliest stamp is due exactly when
@@ -570,9 +571,11 @@ impl Policy for LarrySlack {
     }
     fn push(&mut self, slot: u32, req: &Request) {
         self.larry.push(slot, req);
-        self.stamps.insert(slot, self.left);
+        // A preempted request rejoins at the head of the due order.
+        let stamp = if req.num_preemptions > 0 { 0 } else { self.left };
+        self.stamps.insert(slot, stamp);
         self.by_stamp
-            .insert((self.left, F64(req.arrival_time), req.seq, slot));
+            .insert((stamp, F64(req.arrival_time), req.seq, slot));
         self.waiting_tokens += req.num_tokens();
     }
     fn remove(&mut self, slot: u32, req: &Request) {

@@ -176,7 +176,8 @@ class LarrySlack(Larry):
 
     ``left`` counts the tokens that have left the waiting queue (admitted, or aborted while
     waiting), ``waiting_tokens`` those in it; a request joining the queue is stamped with
-    ``left``. It is *due* once ``left - stamp >= larry_slack * waiting_tokens`` (as floats):
+    ``left`` (0 after a recompute preemption: it rejoins at the head of the due order, as
+    FCFS puts it back by its arrival). It is *due* once ``left - stamp >= larry_slack * waiting_tokens`` (as floats):
     the work admitted since it joined has reached ``larry_slack`` times the backlog now. Due
     requests come first, in stamp order; LARRY orders the rest. Victims as FCFS.
     """
@@ -190,7 +191,8 @@ class LarrySlack(Larry):
         self.stamp: dict[int, int] = {}                                   # seq -> left when it joined
 
     def enqueued(self, req: Request) -> None:
-        self.stamp[req.seq] = self.left
+        # a preempted request rejoins at the head of the due order
+        self.stamp[req.seq] = 0 if req.num_preemptions > 0 else self.left
         self.waiting_tokens += req.num_tokens
 
     def dequeued(self, req: Request) -> None:
