@@ -572,7 +572,11 @@ impl Policy for LarrySlack {
     fn push(&mut self, slot: u32, req: &Request) {
         self.larry.push(slot, req);
         // A preempted request rejoins at the head of the due order.
-        let stamp = if req.num_preemptions > 0 { 0 } else { self.left };
+        let stamp = if req.num_preemptions > 0 {
+            0
+        } else {
+            self.left
+        };
         self.stamps.insert(slot, stamp);
         self.by_stamp
             .insert((stamp, F64(req.arrival_time), req.seq, slot));
