@@ -180,6 +180,10 @@ pub const DEFAULT_BLOCK_SIZE: u64 = 16;
 /// - `reserve_full_prompt`: vLLM's `scheduler_reserve_full_isl`: admission needs blocks for
 ///   the whole sequence, not just the first chunk. `vllm_v1` only (halffull allocates the
 ///   whole sequence at admission anyway, so it is ignored there).
+/// - `enable_prefix_caching`: blocks full of known tokens are kept findable by their hash
+///   (`crate::hash`) after their request frees them, and an admitted request starts from
+///   the longest cached prefix of its blocks (vLLM's automatic prefix caching). `vllm_v1`
+///   only; off by default (vLLM's engine turns it on by default).
 /// - `larry_deadline` (s): `larry_tail`'s starvation bound. A waiting request that has
 ///   waited this long is *due*: due requests go first, oldest first; LARRY orders the rest.
 /// - `larry_slack`: `larry_slack`'s bound, relative to the backlog. A waiting request is due
@@ -202,6 +206,7 @@ pub struct SchedulerConfig {
     pub max_model_len: Option<u64>,
     pub long_prefill_token_threshold: u64,
     pub reserve_full_prompt: bool,
+    pub enable_prefix_caching: bool,
     pub larry_deadline: f64,
     pub larry_slack: f64,
 }
@@ -223,6 +228,7 @@ pub const FIELDS: &[&str] = &[
     "max_model_len",
     "long_prefill_token_threshold",
     "reserve_full_prompt",
+    "enable_prefix_caching",
     "larry_deadline",
     "larry_slack",
 ];
@@ -257,6 +263,7 @@ impl SchedulerConfig {
             max_model_len: None,
             long_prefill_token_threshold: 0,
             reserve_full_prompt: true,
+            enable_prefix_caching: false,
             larry_deadline: DEFAULT_LARRY_DEADLINE,
             larry_slack: DEFAULT_LARRY_SLACK,
         }
@@ -339,6 +346,10 @@ impl SchedulerConfig {
             "reserve_full_prompt" => {
                 self.reserve_full_prompt = limits::flag(Blame::Config, "reserve_full_prompt", v)?
             }
+            "enable_prefix_caching" => {
+                self.enable_prefix_caching =
+                    limits::flag(Blame::Config, "enable_prefix_caching", v)?
+            }
             "larry_alpha" => self.larry_alpha = rate("larry_alpha")?,
             "larry_slack" => self.larry_slack = rate("larry_slack")?,
             "larry_deadline" => {
@@ -393,6 +404,16 @@ impl SchedulerConfig {
                 });
             }
         }
+        if self.enable_prefix_caching && self.semantics != Semantics::VllmV1 {
+            return Err(Error::Config {
+                field: "enable_prefix_caching",
+                value: Some(Value::Bool(true)),
+                message:
+                    "prefix caching is modelled in semantics=\"vllm_v1\" only (vLLM V1's block \
+                          pool): set semantics=\"vllm_v1\""
+                        .into(),
+            });
+        }
         if self.num_gpu_blocks.saturating_mul(self.block_size) >= MAX_COUNT {
             return Err(Error::Config {
                 field: "num_gpu_blocks",
@@ -421,6 +442,7 @@ impl SchedulerConfig {
             "max_model_len" => self.max_model_len.map_or(FieldValue::None, FieldValue::Int),
             "long_prefill_token_threshold" => FieldValue::Int(self.long_prefill_token_threshold),
             "reserve_full_prompt" => FieldValue::Bool(self.reserve_full_prompt),
+            "enable_prefix_caching" => FieldValue::Bool(self.enable_prefix_caching),
             "larry_deadline" => FieldValue::Float(self.larry_deadline),
             "larry_slack" => FieldValue::Float(self.larry_slack),
             _ => return None,

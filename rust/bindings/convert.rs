@@ -6,10 +6,11 @@
 use std::sync::Arc;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyFloat, PyInt, PyString};
+use pyo3::types::{PyBool, PyBytes, PyFloat, PyInt, PyString};
 
 use super::error::IntoPyResult;
 use crate::error::{Error, Result, Value};
+use crate::hash::{bytes_block_hash, BlockHash};
 use crate::id::RequestId;
 use crate::limits;
 
@@ -112,4 +113,74 @@ pub(crate) fn time(
         .map(|v| limits::time(field, &v))
         .transpose()
         .py(py)
+}
+
+/// Iterate a sequence argument (not a str or bytes), mapping each item; an item `f` refuses
+/// names its position.
+fn each<T>(
+    field: &'static str,
+    ob: &Bound<'_, PyAny>,
+    mut f: impl FnMut(&Bound<'_, PyAny>) -> Result<T>,
+) -> Result<Vec<T>> {
+    let not_a_sequence = |message: String| Error::InvalidArgument {
+        field,
+        value: Some(value(ob)),
+        index: None,
+        message,
+    };
+    if ob.is_instance_of::<PyString>() || ob.is_instance_of::<PyBytes>() {
+        return Err(not_a_sequence(format!(
+            "{field} must be a sequence, not a str or bytes"
+        )));
+    }
+    let iter = ob
+        .try_iter()
+        .map_err(|e| not_a_sequence(format!("{field} must be a sequence: {e}")))?;
+    let mut out = Vec::with_capacity(ob.len().unwrap_or(0));
+    for (i, item) in iter.enumerate() {
+        let item = item.map_err(|e| not_a_sequence(format!("iterating {field} raised: {e}")))?;
+        out.push(f(&item).map_err(|e| e.at(i))?);
+    }
+    Ok(out)
+}
+
+/// Token ids: a sequence of ints in `[0, 2**32)`.
+pub(crate) fn token_ids(ob: &Bound<'_, PyAny>) -> Result<Vec<u32>> {
+    each("prompt_token_ids", ob, |item| match value(item) {
+        Value::Int(n) if (0..=i128::from(u32::MAX)).contains(&n) => Ok(n as u32),
+        v => Err(Error::InvalidArgument {
+            field: "prompt_token_ids",
+            message: format!(
+                "a token id must be an int in [0, 2**32), got {} {v}",
+                v.kind()
+            ),
+            value: Some(v),
+            index: None,
+        }),
+    })
+}
+
+/// Precomputed block hashes: ints in `[0, 2**128)` taken as they are, or bytes (vLLM's
+/// SHA-256 digests, say), hashed to 128 bits ([`crate::hash::bytes_block_hash`]).
+pub(crate) fn block_hashes(ob: &Bound<'_, PyAny>) -> Result<Vec<BlockHash>> {
+    each("block_hashes", ob, |item| {
+        if let Ok(b) = item.cast::<PyBytes>() {
+            return Ok(bytes_block_hash(b.as_bytes()));
+        }
+        if item.is_instance_of::<PyInt>() && !item.is_instance_of::<PyBool>() {
+            if let Ok(h) = item.extract::<u128>() {
+                return Ok(h);
+            }
+        }
+        let v = value(item);
+        Err(Error::InvalidArgument {
+            field: "block_hashes",
+            message: format!(
+                "a block hash must be an int in [0, 2**128) or bytes, got {} {v}",
+                v.kind()
+            ),
+            value: Some(v),
+            index: None,
+        })
+    })
 }

@@ -5,9 +5,10 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyInt, PyList, PyString, PyTuple};
 
 use super::config::PySchedulerConfig;
-use super::convert::{count, opt_count, opt_value, request_id as to_id, time};
+use super::convert::{self, count, opt_count, opt_value, request_id as to_id, time};
 use super::error::{id_to_py, IntoPyResult};
 use crate::error::Error;
+use crate::hash::{hash_token_blocks, BlockHash};
 use crate::limits;
 use crate::sched::{BlockId, NewRequest, Scheduler, StepPlan};
 
@@ -15,7 +16,22 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyScheduler>()?;
     m.add_class::<PyStepPlan>()?;
     m.add_function(wrap_pyfunction!(policy_names, m)?)?;
+    m.add_function(wrap_pyfunction!(py_block_hashes, m)?)?;
     Ok(())
+}
+
+/// The chained prefix-cache hashes of the full blocks of `token_ids` (xxh3-128, see
+/// `halffull.Scheduler.add_request`): what `prompt_token_ids=` computes, for passing the
+/// same hashes to a router and a scheduler.
+#[pyfunction(name = "block_hashes")]
+fn py_block_hashes(
+    py: Python<'_>,
+    token_ids: &Bound<'_, PyAny>,
+    block_size: &Bound<'_, PyAny>,
+) -> PyResult<Vec<BlockHash>> {
+    let bs = count(py, "block_size", block_size, 1)?;
+    let ids = convert::token_ids(token_ids).py(py)?;
+    hash_token_blocks(&ids, bs).py(py)
 }
 
 /// The names of every engine policy, in registry order.
@@ -35,6 +51,55 @@ pub struct PyScheduler {
 }
 
 impl PyScheduler {
+    /// The prompt's length and block hashes from `add_request`'s arguments.
+    fn prompt<'py>(
+        &self,
+        prompt_tokens: Option<&Bound<'py, PyAny>>,
+        token_ids: Option<&Bound<'py, PyAny>>,
+        block_hashes: Option<&Bound<'py, PyAny>>,
+    ) -> crate::error::Result<(u64, Vec<BlockHash>)> {
+        fn given<'a, 'py>(o: Option<&'a Bound<'py, PyAny>>) -> Option<&'a Bound<'py, PyAny>> {
+            o.filter(|o| !o.is_none())
+        }
+        let (prompt_tokens, token_ids, block_hashes) =
+            (given(prompt_tokens), given(token_ids), given(block_hashes));
+        let declared = prompt_tokens
+            .as_ref()
+            .map(|o| limits::count("prompt_tokens", &convert::value(o), 1))
+            .transpose()?;
+        match (token_ids, block_hashes) {
+            (Some(_), Some(_)) => Err(Error::invalid(
+                "block_hashes",
+                "give prompt_token_ids or block_hashes, not both",
+            )),
+            (Some(ids), None) => {
+                let ids = convert::token_ids(ids)?;
+                let n = ids.len() as u64;
+                if let Some(p) = declared.filter(|&p| p != n) {
+                    return Err(Error::InvalidArgument {
+                        field: "prompt_tokens",
+                        value: Some(crate::error::Value::from(p)),
+                        index: None,
+                        message: format!("prompt_tokens={p} but prompt_token_ids has {n} tokens"),
+                    });
+                }
+                let n = limits::count("prompt_token_ids", &crate::error::Value::from(n), 1)
+                    .map_err(|_| Error::invalid("prompt_token_ids", "prompt_token_ids is empty"))?;
+                Ok((n, hash_token_blocks(&ids, self.core.config().block_size)?))
+            }
+            (None, hashes) => {
+                let Some(p) = declared else {
+                    return Err(Error::invalid(
+                        "prompt_tokens",
+                        "prompt_tokens is required (or give prompt_token_ids)",
+                    ));
+                };
+                let hashes = hashes.map(convert::block_hashes).transpose()?;
+                Ok((p, hashes.unwrap_or_default()))
+            }
+        }
+    }
+
     fn id_of(&self, py: Python<'_>, slot: u32) -> PyResult<Py<PyAny>> {
         match self.ids.get(slot as usize) {
             Some(Some(ob)) => Ok(ob.clone_ref(py)),
@@ -65,7 +130,9 @@ impl PyScheduler {
         let mut computed = Vec::with_capacity(n);
         let mut prefill = Vec::with_capacity(n);
         let mut samples = Vec::with_capacity(n);
+        let mut cached = Vec::with_capacity(n);
         for s in &plan.scheduled {
+            cached.push(s.num_cached_tokens as i64);
             ids.push(self.id_of(py, s.slot)?);
             new_tokens.push(s.num_new_tokens as i64);
             computed.push(s.num_computed_tokens as i64);
@@ -129,6 +196,7 @@ impl PyScheduler {
             num_computed_tokens: PyArray1::from_vec(py, computed).into_any().unbind(),
             is_prefill: PyArray1::from_vec(py, prefill).into_any().unbind(),
             samples: PyArray1::from_vec(py, samples).into_any().unbind(),
+            num_cached_tokens: PyArray1::from_vec(py, cached).into_any().unbind(),
             admitted: admitted.unbind(),
             preempted: preempted.unbind(),
             swapped_out: swaps(&plan.swapped_out)?,
@@ -161,22 +229,39 @@ impl PyScheduler {
 
     /// Queue a request. Raises (changing nothing) on a duplicate live id, a bad value, or a
     /// request that can never fit in the GPU cache (`RequestTooLargeError`).
-    #[pyo3(signature = (request_id, prompt_tokens, max_output_tokens, arrival_time=None, *, priority=None, predicted_output_tokens=None, true_output_tokens=None))]
+    ///
+    /// For prefix caching, give the prompt's content as `prompt_token_ids` (then
+    /// `prompt_tokens` may be omitted) or as `block_hashes`: the chained hashes of its
+    /// first full blocks (ints below 2**128, or bytes such as vLLM's digests).
+    #[pyo3(signature = (request_id, prompt_tokens=None, max_output_tokens=None, arrival_time=None, *, priority=None, predicted_output_tokens=None, true_output_tokens=None, prompt_token_ids=None, block_hashes=None))]
     #[allow(clippy::too_many_arguments)]
     fn add_request(
         &mut self,
         py: Python<'_>,
         request_id: &Bound<'_, PyAny>,
-        prompt_tokens: &Bound<'_, PyAny>,
-        max_output_tokens: &Bound<'_, PyAny>,
+        prompt_tokens: Option<&Bound<'_, PyAny>>,
+        max_output_tokens: Option<&Bound<'_, PyAny>>,
         arrival_time: Option<&Bound<'_, PyAny>>,
         priority: Option<&Bound<'_, PyAny>>,
         predicted_output_tokens: Option<&Bound<'_, PyAny>>,
         true_output_tokens: Option<&Bound<'_, PyAny>>,
+        prompt_token_ids: Option<&Bound<'_, PyAny>>,
+        block_hashes: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
+        let id = to_id(request_id).py(py)?;
+        let (prompt_tokens, hashes) = self
+            .prompt(prompt_tokens, prompt_token_ids, block_hashes)
+            .py(py)?;
+        let Some(max_output_tokens) = max_output_tokens.filter(|o| !o.is_none()) else {
+            return Err(Error::invalid(
+                "max_output_tokens",
+                "max_output_tokens is required",
+            ))
+            .py(py);
+        };
         let new = NewRequest {
-            id: to_id(request_id).py(py)?,
-            prompt_tokens: count(py, "prompt_tokens", prompt_tokens, 1)?,
+            id,
+            prompt_tokens,
             max_output_tokens: count(py, "max_output_tokens", max_output_tokens, 1)?,
             arrival_time: time(py, "arrival_time", arrival_time)?,
             priority: opt_value(priority)
@@ -191,6 +276,7 @@ impl PyScheduler {
                 0,
             )?,
             true_output_tokens: opt_count(py, "true_output_tokens", true_output_tokens, 1)?,
+            block_hashes: hashes,
         };
         let slot = self.core.add_request(new).py(py)? as usize;
         if self.ids.len() <= slot {
@@ -198,6 +284,38 @@ impl PyScheduler {
         }
         self.ids[slot] = Some(request_id.clone().unbind());
         Ok(())
+    }
+
+    /// The prefix cache's counters since construction: `requests`, `queries` and `hits`
+    /// (tokens, counted once per admission), the same three for requests admitted again
+    /// after a preemption (`preempted_*`), and `evictions` (cached blocks reused).
+    fn prefix_cache_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let st = self.core.prefix_cache_stats();
+        let d = PyDict::new(py);
+        d.set_item("requests", st.requests)?;
+        d.set_item("queries", st.queries)?;
+        d.set_item("hits", st.hits)?;
+        d.set_item("preempted_requests", st.preempted_requests)?;
+        d.set_item("preempted_queries", st.preempted_queries)?;
+        d.set_item("preempted_hits", st.preempted_hits)?;
+        d.set_item("evictions", st.evictions)?;
+        Ok(d)
+    }
+
+    /// How many leading blocks of `block_hashes` the prefix cache holds now.
+    fn prefix_hit_blocks(
+        &self,
+        py: Python<'_>,
+        block_hashes: &Bound<'_, PyAny>,
+    ) -> PyResult<usize> {
+        let hashes = convert::block_hashes(block_hashes).py(py)?;
+        Ok(self.core.prefix_hit_blocks(&hashes))
+    }
+
+    /// Forget every cached block hash, only when no GPU block is held (vLLM's
+    /// `reset_prefix_cache`): returns whether it did.
+    fn reset_prefix_cache(&mut self) -> bool {
+        self.core.reset_prefix_cache()
     }
 
     /// End a live request now (waiting, running or swapped); its blocks are freed at once.
@@ -372,6 +490,8 @@ pub struct PyStepPlan {
     is_prefill: Py<PyAny>,
     #[pyo3(get)]
     samples: Py<PyAny>,
+    #[pyo3(get)]
+    num_cached_tokens: Py<PyAny>,
     #[pyo3(get)]
     admitted: Py<PyList>,
     #[pyo3(get)]

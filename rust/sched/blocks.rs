@@ -15,6 +15,10 @@
 //! In `vllm_v1` block 0 is vLLM's null block: taken out of the queue at construction, never
 //! handed out, never freed, so `N` blocks leave `N - 1` usable.
 
+use std::collections::HashMap;
+
+use crate::hash::BlockHash;
+
 pub type BlockId = u32;
 
 const NIL: u32 = u32::MAX;
@@ -160,7 +164,8 @@ impl LinkedIds {
     }
 }
 
-/// Where a released table's blocks go in the free queue (chosen once, from the semantics).
+/// Where a released table's blocks go in the free queue (chosen once, from the semantics);
+/// with prefix caching, blocks that carry a hash go to the tail whatever the order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ReleaseOrder {
     /// Appended at the tail in table order (halffull).
@@ -170,6 +175,111 @@ pub(crate) enum ReleaseOrder {
     Lifo,
 }
 
+/// What the prefix cache has done since the scheduler was built (vLLM's `PrefixCacheStats`,
+/// cumulative, plus evictions). Counted once per admission: `queries` is the admitted
+/// request's known tokens, `hits` its cached ones; requests admitted again after a preemption
+/// count in the `preempted_*` fields instead.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PrefixCacheStats {
+    pub requests: u64,
+    pub queries: u64,
+    pub hits: u64,
+    pub preempted_requests: u64,
+    pub preempted_queries: u64,
+    pub preempted_hits: u64,
+    /// Cached blocks whose hash was dropped because the block was handed out again.
+    pub evictions: u64,
+}
+
+impl PrefixCacheStats {
+    /// Record one admission of a request with `queries` known tokens, `hits` of them cached.
+    pub(crate) fn record(&mut self, preempted_before: bool, queries: u64, hits: u64) {
+        if preempted_before {
+            self.preempted_requests += 1;
+            self.preempted_queries += queries;
+            self.preempted_hits += hits;
+        } else {
+            self.requests += 1;
+            self.queries += queries;
+            self.hits += hits;
+        }
+    }
+}
+
+/// The blocks registered under one hash, oldest first: lookups return the first. Two blocks
+/// share a hash when two requests computed the same content before either was cached
+/// (vLLM's `BlockHashToBlockMap` does not deduplicate either).
+#[derive(Debug, Clone)]
+enum Holders {
+    One(BlockId),
+    Many(Vec<BlockId>),
+}
+
+/// The hash -> block map of the prefix cache.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct CacheMap {
+    map: HashMap<BlockHash, Holders>,
+}
+
+impl CacheMap {
+    fn insert(&mut self, h: BlockHash, b: BlockId) {
+        match self.map.get_mut(&h) {
+            None => {
+                self.map.insert(h, Holders::One(b));
+            }
+            Some(Holders::One(first)) => {
+                let first = *first;
+                self.map.insert(h, Holders::Many(vec![first, b]));
+            }
+            Some(Holders::Many(v)) => v.push(b),
+        }
+    }
+
+    /// The block a lookup of `h` finds: the oldest registered.
+    #[inline]
+    fn get(&self, h: &BlockHash) -> Option<BlockId> {
+        match self.map.get(h)? {
+            Holders::One(b) => Some(*b),
+            Holders::Many(v) => v.first().copied(),
+        }
+    }
+
+    fn remove(&mut self, h: &BlockHash, b: BlockId) {
+        let empty = match self.map.get_mut(h) {
+            Some(Holders::One(x)) => *x == b,
+            Some(Holders::Many(v)) => {
+                v.retain(|&x| x != b);
+                v.is_empty()
+            }
+            None => false,
+        };
+        if empty {
+            self.map.remove(h);
+        }
+    }
+
+    fn holds(&self, h: &BlockHash, b: BlockId) -> bool {
+        match self.map.get(h) {
+            Some(Holders::One(x)) => *x == b,
+            Some(Holders::Many(v)) => v.contains(&b),
+            None => false,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.map
+            .values()
+            .map(|e| match e {
+                Holders::One(_) => 1,
+                Holders::Many(v) => v.len(),
+            })
+            .sum()
+    }
+}
+
+/// A pool of blocks with reference counts. A block is free (in the free queue) iff its count
+/// is 0. With prefix caching on, a block full of known tokens carries its hash from the step
+/// that allocates it until it is handed out again (evicted), even while free.
 #[derive(Debug, Clone)]
 pub(crate) struct BlockPool {
     num_blocks: u32,
@@ -177,6 +287,12 @@ pub(crate) struct BlockPool {
     order: ReleaseOrder,
     /// vLLM's null block (block 0), never free and never held.
     null_block: Option<BlockId>,
+    ref_cnt: Vec<u32>,
+    /// `Some` iff prefix caching is on.
+    cache: Option<CacheMap>,
+    /// Per block: its hash, if registered in `cache`.
+    hash: Vec<Option<BlockHash>>,
+    stats: PrefixCacheStats,
 }
 
 impl BlockPool {
@@ -187,11 +303,16 @@ impl BlockPool {
             free: LinkedIds::with_range(num_blocks),
             order: ReleaseOrder::Fifo,
             null_block: None,
+            ref_cnt: vec![0; num_blocks as usize],
+            cache: None,
+            hash: Vec::new(),
+            stats: PrefixCacheStats::default(),
         }
     }
 
-    /// vLLM V1's pool: block 0 is the null block, the free queue is `1..N`, LIFO reuse.
-    pub(crate) fn new_v1(num_blocks: u32) -> Self {
+    /// vLLM V1's pool: block 0 is the null block, the free queue is `1..N`, LIFO reuse;
+    /// with `caching`, freed blocks that carry a hash go to the tail instead (LRU).
+    pub(crate) fn new_v1(num_blocks: u32, caching: bool) -> Self {
         let mut free = LinkedIds::with_range(num_blocks);
         let null_block = free.pop_front();
         BlockPool {
@@ -199,6 +320,14 @@ impl BlockPool {
             free,
             order: ReleaseOrder::Lifo,
             null_block,
+            ref_cnt: vec![0; num_blocks as usize],
+            cache: caching.then(CacheMap::default),
+            hash: if caching {
+                vec![None; num_blocks as usize]
+            } else {
+                Vec::new()
+            },
+            stats: PrefixCacheStats::default(),
         }
     }
 
@@ -220,28 +349,157 @@ impl BlockPool {
         self.free.len()
     }
 
-    /// Take `n` blocks from the head and append them to `out`. Returns false (taking
-    /// nothing) if fewer than `n` are free; callers check capacity first, so false means a bug.
+    #[inline]
+    pub(crate) fn caching(&self) -> bool {
+        self.cache.is_some()
+    }
+
+    pub(crate) fn stats(&self) -> &PrefixCacheStats {
+        &self.stats
+    }
+
+    pub(crate) fn stats_mut(&mut self) -> &mut PrefixCacheStats {
+        &mut self.stats
+    }
+
+    #[inline]
+    pub(crate) fn ref_count(&self, b: BlockId) -> u32 {
+        self.ref_cnt.get(b as usize).copied().unwrap_or(0)
+    }
+
+    /// Take `n` blocks from the head and append them to `out`, each with count 1; a block
+    /// that carried a hash leaves the cache (an eviction). Returns false (taking nothing) if
+    /// fewer than `n` are free; callers check capacity first, so false means a bug.
     pub(crate) fn allocate_into(&mut self, n: usize, out: &mut Vec<BlockId>) -> bool {
         if n > self.free.len() {
             return false;
         }
         out.reserve(n);
         for _ in 0..n {
-            if let Some(b) = self.free.pop_front() {
-                out.push(b);
+            let Some(b) = self.free.pop_front() else {
+                break;
+            };
+            if let Some(cache) = &mut self.cache {
+                if let Some(h) = self.hash[b as usize].take() {
+                    cache.remove(&h, b);
+                    self.stats.evictions += 1;
+                }
             }
+            self.ref_cnt[b as usize] = 1;
+            out.push(b);
         }
         true
     }
 
-    /// Give a table's blocks back, in this pool's [`ReleaseOrder`].
+    /// Give a table's blocks back: each loses one reference, and those left with none
+    /// return to the free queue in this pool's [`ReleaseOrder`]. With caching, the ones
+    /// that carry a hash are appended at the tail instead (last block first), so that
+    /// cached blocks are evicted least recently freed first, and a chain's tail before its
+    /// parents (vLLM's `BlockPool.free_blocks`).
     pub(crate) fn release(&mut self, blocks: &[BlockId]) {
-        match self.order {
-            ReleaseOrder::Fifo => blocks.iter().for_each(|&b| self.free.push_back(b)),
-            // Pushing each at the head in table order leaves them in reverse order there.
-            ReleaseOrder::Lifo => blocks.iter().for_each(|&b| self.free.push_front(b)),
+        for &b in blocks {
+            let c = &mut self.ref_cnt[b as usize];
+            debug_assert!(*c > 0, "block {b} released while free");
+            *c = c.saturating_sub(1);
         }
+        let freed = |pool: &Self, b: BlockId| pool.ref_cnt[b as usize] == 0;
+        match self.order {
+            ReleaseOrder::Fifo => {
+                for &b in blocks {
+                    if freed(self, b) {
+                        self.free.push_back(b);
+                    }
+                }
+            }
+            ReleaseOrder::Lifo => {
+                for &b in blocks.iter().rev() {
+                    if freed(self, b) && self.block_hash(b).is_some() {
+                        self.free.push_back(b);
+                    }
+                }
+                // Pushed at the head in table order, they end there in reverse order.
+                for &b in blocks {
+                    if freed(self, b) && self.block_hash(b).is_none() {
+                        self.free.push_front(b);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Take a reference on cached blocks a request hits; a free one leaves the free queue.
+    pub(crate) fn touch(&mut self, blocks: &[BlockId]) {
+        for &b in blocks {
+            if self.ref_cnt[b as usize] == 0 {
+                self.free.remove(b);
+            }
+            self.ref_cnt[b as usize] += 1;
+        }
+    }
+
+    /// The cached blocks of the longest prefix of `hashes` (stops at the first miss).
+    pub(crate) fn lookup_into(&self, hashes: &[BlockHash], out: &mut Vec<BlockId>) {
+        let Some(cache) = &self.cache else {
+            return;
+        };
+        for h in hashes {
+            match cache.get(h) {
+                Some(b) => out.push(b),
+                None => break,
+            }
+        }
+    }
+
+    /// How many leading `hashes` are cached.
+    pub(crate) fn count_hits(&self, hashes: &[BlockHash]) -> usize {
+        self.cache.as_ref().map_or(0, |c| {
+            hashes.iter().take_while(|h| c.get(h).is_some()).count()
+        })
+    }
+
+    /// Register `blocks[i]` under `hashes[i]` (blocks that just became full).
+    pub(crate) fn cache_blocks(&mut self, blocks: &[BlockId], hashes: &[BlockHash]) {
+        let Some(cache) = &mut self.cache else {
+            return;
+        };
+        for (&b, &h) in blocks.iter().zip(hashes) {
+            debug_assert!(self.hash[b as usize].is_none(), "block {b} is cached twice");
+            self.hash[b as usize] = Some(h);
+            cache.insert(h, b);
+        }
+    }
+
+    /// Forget every hash (vLLM's `reset_prefix_cache`); the caller checks nothing is held.
+    pub(crate) fn clear_cache(&mut self) {
+        if let Some(cache) = &mut self.cache {
+            cache.map.clear();
+            self.hash.iter_mut().for_each(|h| *h = None);
+        }
+    }
+
+    pub(crate) fn block_hash(&self, b: BlockId) -> Option<BlockHash> {
+        self.hash.get(b as usize).copied().flatten()
+    }
+
+    /// The cache map is consistent with the blocks' hashes: every hashed block is findable
+    /// under its hash, and the map holds nothing else. Returns a description of the first
+    /// inconsistency.
+    pub(crate) fn check_cache(&self) -> Option<String> {
+        let cache = self.cache.as_ref()?;
+        let mut hashed = 0;
+        for (b, h) in self.hash.iter().enumerate() {
+            if let Some(h) = h {
+                hashed += 1;
+                if !cache.holds(h, b as BlockId) {
+                    return Some(format!(
+                        "block {b} carries a hash the cache does not map to it"
+                    ));
+                }
+            }
+        }
+        let mapped = cache.len();
+        (mapped != hashed)
+            .then(|| format!("the cache maps {mapped} blocks but {hashed} carry a hash"))
     }
 
     /// The free queue, head to tail.
@@ -277,7 +535,7 @@ mod tests {
     #[test]
     fn v1_null_block_and_lifo_reuse() {
         // SPEC §5.1 (checks.py): a finished table [3,2,1,6,7] makes the queue start 7,6,1,2,3.
-        let mut pool = BlockPool::new_v1(10);
+        let mut pool = BlockPool::new_v1(10, false);
         assert_eq!(pool.null_block(), Some(0));
         assert_eq!((pool.num_free(), pool.num_usable()), (9, 9));
         assert_eq!(

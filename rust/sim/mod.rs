@@ -500,6 +500,7 @@ impl<'a> Sim<'a> {
             priority: 0,
             predicted_output_tokens: predicted,
             true_output_tokens: Some(self.trace.output_tokens[i] as u64),
+            block_hashes: Vec::new(),
         };
         match rep.sched.add_request(new) {
             Ok(_) => {
