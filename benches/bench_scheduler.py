@@ -115,7 +115,8 @@ def main() -> None:
             ref = [measure("reference", policy, waiting, 10) for _ in range(2)] if waiting <= 10_000 else []
             rows.append((policy, waiting, rust, ref))
             r = statistics.median(rust)
-            line = f"{policy:11} {waiting:>7}  rust {r * 1e6:8.1f} us (runs {min(rust) * 1e6:.1f}-{max(rust) * 1e6:.1f})"
+            line = (f"{policy:11} {waiting:>7}  rust {r * 1e6:8.1f} us "
+                    f"(runs {min(rust) * 1e6:.1f}-{max(rust) * 1e6:.1f})")
             if ref:
                 f = statistics.median(ref)
                 line += f"  reference {f * 1e3:8.2f} ms  ratio {f / r:7.0f}x"

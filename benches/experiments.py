@@ -100,8 +100,8 @@ DEFAULT_ALPHA = 1000.0
 
 METRICS = [
     "ttft_p50", "ttft_p90", "ttft_p99", "ttft_p999", "ttft_max", "ttft_mean", "tpot_p50", "tpot_p99",
-    "e2e_mean", "e2e_p50", "e2e_p99", "e2e_p999", "e2e_max", "starved_share", "throughput_tokens_per_s", "preemptions_per_request", "preempted_share",
-    "goodput_share", "num_rejected", "duration_s",
+    "e2e_mean", "e2e_p50", "e2e_p99", "e2e_p999", "e2e_max", "starved_share", "throughput_tokens_per_s",
+    "preemptions_per_request", "preempted_share", "goodput_share", "num_rejected", "duration_s",
 ]
 KEYS = ["experiment", "setting", "replicas", "policy", "router", "load", "larry_alpha", "sal_beta", "family",
         "variant"]
