@@ -279,7 +279,10 @@ def simulate(arrival_time: npt.NDArray[np.float64], prompt_tokens: npt.NDArray[n
              max_output_tokens: int = 2048, snapshot_interval: float | None = None,
              record_steps: bool = True,
              predicted_output_tokens: npt.NDArray[np.int64] | None = None,
-             sal_beta: float | None = None) -> dict[str, Any]: ...
+             sal_beta: float | None = None,
+             hash_ids: npt.NDArray[np.uint64] | None = None,
+             hash_id_offsets: npt.NDArray[np.uint64] | None = None,
+             hash_block_tokens: int = 512) -> dict[str, Any]: ...
 def measure_capacity(arrival_time: npt.NDArray[np.float64], prompt_tokens: npt.NDArray[np.int64],
                      output_tokens: npt.NDArray[np.int64], *,
                      cost: CostModel, engine: SchedulerConfig | dict[str, Any], max_output_tokens: int = 2048,

@@ -129,6 +129,20 @@ def _trace_key(trace: _traces.Trace) -> str:
     return h.hexdigest()
 
 
+def _hash_columns(trace: _traces.Trace, block_tokens: Any) -> dict[str, Any]:
+    """The trace's prompt block ids, flattened for the core (nothing if it has none)."""
+    if trace.hash_ids is None:
+        return {}
+    if isinstance(block_tokens, bool) or not isinstance(block_tokens, (int, np.integer)) or block_tokens < 1:
+        raise InvalidArgumentError(f"hash_block_tokens must be an int >= 1, got {block_tokens!r}",
+                                   field="hash_block_tokens", value=block_tokens)
+    lengths = np.array([len(ids) for ids in trace.hash_ids], dtype=np.uint64)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.uint64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.fromiter((i for ids in trace.hash_ids for i in ids), dtype=np.uint64, count=int(offsets[-1]))
+    return {"hash_ids": flat, "hash_id_offsets": offsets, "hash_block_tokens": int(block_tokens)}
+
+
 def _columns(trace: _traces.Trace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (
         np.ascontiguousarray(trace.arrival_time, dtype=np.float64),
@@ -195,7 +209,8 @@ class SimResult:
     - ``requests``: per trace row (numpy columns): ``replica`` (-1 if rejected),
       ``arrival_time``, ``first_token_time``, ``finish_time`` (NaN where none),
       ``prompt_tokens``, ``output_tokens``, ``preemptions``, ``status`` (``"finished"`` or
-      ``"rejected"``), ``reject_reason`` ("" unless rejected), and derived ``ttft``,
+      ``"rejected"``), ``reject_reason`` ("" unless rejected), ``cached_tokens`` (prompt
+      tokens found in the prefix cache at its first admission), and derived ``ttft``,
       ``tpot`` (time per output token after the first; NaN with one token), ``e2e``.
     - ``steps``: per engine step: ``time`` (start), ``duration``, ``replica``,
       ``batch_size``, ``prefill_tokens``, ``decode_tokens``, ``kv_blocks_used``,
@@ -210,6 +225,8 @@ class SimResult:
     end_time: float = 0.0
     wall_time_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The replicas' prefix-cache counters, summed (``Scheduler.prefix_cache_stats``).
+    prefix_cache: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.requests["arrival_time"].size)
@@ -280,6 +297,15 @@ class SimResult:
             "duration_s": span,
             "num_steps": self.num_steps,
         }
+        # vLLM's prefix-cache hit rate: cached / queried tokens over first admissions (NaN with
+        # caching off); its cached_token_share counts every admission, re-admissions included
+        pc = self.prefix_cache
+        queries = pc.get("queries", 0)
+        s["prefix_cache_hit_rate"] = pc["hits"] / queries if queries else float("nan")
+        all_queries = queries + pc.get("preempted_queries", 0)
+        s["prefix_cache_evictions"] = pc.get("evictions", 0)
+        s["cached_token_share"] = ((pc["hits"] + pc["preempted_hits"]) / all_queries if all_queries
+                                   else float("nan"))
         for k in ("policy", "router", "preset", "replicas", "load", "rate_scale", "offered_rate",
                   "capacity_requests_per_s"):
             s[k] = self.config.get(k)
@@ -321,6 +347,7 @@ def simulate(
     capacity_requests: int = 2000,
     predictor: Any = None,
     sal_beta: float | None = None,
+    hash_block_tokens: int = 512,
     **engine_config: Any,
 ) -> SimResult:
     """Replay ``trace`` (a ``Trace``, a path, a built-in name; default: the built-in
@@ -337,6 +364,11 @@ def simulate(
       ``exp(N(0, sigma))``, seeded by ``seed``; ``"noisy:0.5"`` also works).
     - ``sal_beta`` fixes SAL's β (KV tokens freed per running request per iteration);
       ``None`` learns it from finished requests.
+    - Prefix caching: pass ``semantics="vllm_v1", enable_prefix_caching=True``; a trace with
+      ``hash_ids`` (Mooncake) then gives each request its prompt's block hashes, each id
+      naming ``hash_block_tokens`` tokens (Mooncake: 512; a multiple of ``block_size``).
+      Cached prompt tokens are not computed again, so they cost no prefill time;
+      ``summary()`` reports the hit rate, ``requests["cached_tokens"]`` each request's hit.
     - ``snapshot_interval``: also push replica snapshots to the router every so many
       seconds (its own bookkeeping of dispatches and finishes is always on). An interval
       giving more than ``MAX_SNAPSHOTS`` (10 million) snapshots over the trace's span of
@@ -408,6 +440,7 @@ def simulate(
         record_steps=record_steps,
         predicted_output_tokens=predicted,
         sal_beta=None if sal_beta is None else _number("sal_beta", sal_beta),
+        **_hash_columns(tr, hash_block_tokens),
     )
     wall = time.perf_counter() - t0
     return _result(raw, config, wall)
@@ -473,6 +506,7 @@ def _result(raw: dict[str, Any], config: dict[str, Any], wall: float) -> SimResu
         "preemptions": raw["preemptions"],
         "status": status,
         "reject_reason": np.array(raw["reject_reason"], dtype=object),
+        "cached_tokens": raw["cached_tokens"],
         "ttft": first - arrival,
         "tpot": tpot,
         "e2e": finish - arrival,
@@ -485,6 +519,7 @@ def _result(raw: dict[str, Any], config: dict[str, Any], wall: float) -> SimResu
         num_steps=int(raw["num_steps"]),
         end_time=float(raw["end_time"]),
         wall_time_s=wall,
+        prefix_cache=dict(raw["prefix_cache"]),
     )
 
 

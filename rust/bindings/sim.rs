@@ -15,7 +15,9 @@ use super::error::IntoPyResult;
 use crate::config::SchedulerConfig;
 use crate::error::Error;
 use crate::limits;
-use crate::sim::{self, CostModel, Linear, Preset, SimConfig, SimOutput, StepShape, TraceView};
+use crate::sim::{
+    self, BlockIds, CostModel, Linear, Preset, SimConfig, SimOutput, StepShape, TraceView,
+};
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyCostModel>()?;
@@ -260,6 +262,8 @@ struct Columns {
     prompt: Vec<i64>,
     output: Vec<i64>,
     predicted: Option<Vec<i64>>,
+    /// (ids, offsets, tokens per id): the trace's prompt block ids, flattened.
+    block_ids: Option<(Vec<u64>, Vec<u64>, u64)>,
 }
 
 impl Columns {
@@ -273,6 +277,7 @@ impl Columns {
             prompt: prompt.as_array().iter().copied().collect(),
             output: output.as_array().iter().copied().collect(),
             predicted: None,
+            block_ids: None,
         }
     }
     fn view(&self) -> TraceView<'_> {
@@ -281,6 +286,14 @@ impl Columns {
             prompt_tokens: &self.prompt,
             output_tokens: &self.output,
             predicted_output_tokens: self.predicted.as_deref(),
+            block_ids: self
+                .block_ids
+                .as_ref()
+                .map(|(ids, offsets, block_tokens)| BlockIds {
+                    ids,
+                    offsets,
+                    block_tokens: *block_tokens,
+                }),
         }
     }
 }
@@ -320,6 +333,21 @@ fn output_dict<'py>(py: Python<'py>, o: SimOutput) -> PyResult<Bound<'py, PyDict
     d.set_item("preemptions", PyArray1::from_vec(py, o.preemptions))?;
     d.set_item("status", PyArray1::from_vec(py, o.status))?;
     d.set_item("reject_reason", PyList::new(py, o.reject_reason)?)?;
+    d.set_item("cached_tokens", PyArray1::from_vec(py, o.cached_tokens))?;
+    let pc = PyDict::new(py);
+    let st = o.prefix_cache;
+    for (k, v) in [
+        ("requests", st.requests),
+        ("queries", st.queries),
+        ("hits", st.hits),
+        ("preempted_requests", st.preempted_requests),
+        ("preempted_queries", st.preempted_queries),
+        ("preempted_hits", st.preempted_hits),
+        ("evictions", st.evictions),
+    ] {
+        pc.set_item(k, v)?;
+    }
+    d.set_item("prefix_cache", pc)?;
     d.set_item("step_time", PyArray1::from_vec(py, o.step_time))?;
     d.set_item("step_duration", PyArray1::from_vec(py, o.step_duration))?;
     d.set_item("step_replica", PyArray1::from_vec(py, o.step_replica))?;
@@ -349,7 +377,7 @@ fn output_dict<'py>(py: Python<'py>, o: SimOutput) -> PyResult<Bound<'py, PyDict
 /// Run a trace (numpy columns) through `replicas` engines behind a router; returns a dict of
 /// numpy columns per request and per step (see `halffull.sim`).
 #[pyfunction]
-#[pyo3(signature = (arrival_time, prompt_tokens, output_tokens, *, replicas, router, cost, engine, seed=0, max_output_tokens=2048, snapshot_interval=None, record_steps=true, predicted_output_tokens=None, sal_beta=None))]
+#[pyo3(signature = (arrival_time, prompt_tokens, output_tokens, *, replicas, router, cost, engine, seed=0, max_output_tokens=2048, snapshot_interval=None, record_steps=true, predicted_output_tokens=None, sal_beta=None, hash_ids=None, hash_id_offsets=None, hash_block_tokens=512))]
 #[allow(clippy::too_many_arguments)]
 fn simulate<'py>(
     py: Python<'py>,
@@ -366,6 +394,9 @@ fn simulate<'py>(
     record_steps: bool,
     predicted_output_tokens: Option<PyReadonlyArray1<'py, i64>>,
     sal_beta: Option<f64>,
+    hash_ids: Option<PyReadonlyArray1<'py, u64>>,
+    hash_id_offsets: Option<PyReadonlyArray1<'py, u64>>,
+    hash_block_tokens: u64,
 ) -> PyResult<Bound<'py, PyDict>> {
     let cfg = sim_config(
         py,
@@ -382,6 +413,21 @@ fn simulate<'py>(
     cfg.sal_beta = sal_beta;
     let mut cols = Columns::new(arrival_time, prompt_tokens, output_tokens);
     cols.predicted = predicted_output_tokens.map(|p| p.as_array().iter().copied().collect());
+    cols.block_ids = match (hash_ids, hash_id_offsets) {
+        (Some(ids), Some(offsets)) => Some((
+            ids.as_array().iter().copied().collect(),
+            offsets.as_array().iter().copied().collect(),
+            hash_block_tokens,
+        )),
+        (None, None) => None,
+        _ => {
+            return Err(Error::invalid(
+                "hash_ids",
+                "give hash_ids and hash_id_offsets together",
+            ))
+            .py(py)
+        }
+    };
     let mut interrupted = None;
     let res = py.detach(|| {
         let mut stop = signal_check(&mut interrupted);

@@ -16,6 +16,7 @@
 //! handed out, never freed, so `N` blocks leave `N - 1` usable.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 
 use crate::hash::BlockHash;
 
@@ -191,6 +192,18 @@ pub struct PrefixCacheStats {
     pub evictions: u64,
 }
 
+impl std::ops::AddAssign for PrefixCacheStats {
+    fn add_assign(&mut self, o: Self) {
+        self.requests += o.requests;
+        self.queries += o.queries;
+        self.hits += o.hits;
+        self.preempted_requests += o.preempted_requests;
+        self.preempted_queries += o.preempted_queries;
+        self.preempted_hits += o.preempted_hits;
+        self.evictions += o.evictions;
+    }
+}
+
 impl PrefixCacheStats {
     /// Record one admission of a request with `queries` known tokens, `hits` of them cached.
     pub(crate) fn record(&mut self, preempted_before: bool, queries: u64, hits: u64) {
@@ -215,10 +228,31 @@ enum Holders {
     Many(Vec<BlockId>),
 }
 
+/// Hashes the map's keys, which are block hashes already: one multiply to spread the bits
+/// (a caller's own `block_hashes` may be small consecutive ints), no SipHash.
+#[derive(Debug, Clone, Copy, Default)]
+struct KeyHasher(u64);
+
+impl std::hash::Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+    fn write_u128(&mut self, h: u128) {
+        let x = (h as u64) ^ ((h >> 64) as u64).rotate_left(32);
+        let x = x.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = x ^ (x >> 32);
+    }
+}
+
 /// The hash -> block map of the prefix cache.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct CacheMap {
-    map: HashMap<BlockHash, Holders>,
+    map: HashMap<BlockHash, Holders, BuildHasherDefault<KeyHasher>>,
 }
 
 impl CacheMap {

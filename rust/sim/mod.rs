@@ -34,9 +34,12 @@ use std::collections::BinaryHeap;
 pub use cost::{preset_names, CostModel, Linear, Preset, Roofline, StepShape};
 
 use crate::error::{Error, Result, Value};
+use crate::hash::{expand_block_ids, BlockHash};
 use crate::limits::{self, Blame, MAX_COUNT, MAX_REPLICAS, MAX_SNAPSHOTS, MAX_TIME};
 use crate::router::{ReplicaSnapshot, ReplicaSpec, RouteRequest, Router, RouterConfig};
-use crate::sched::{blocks_for, NewRequest, RequestId, Scheduler, SchedulerConfig, StepPlan, F64};
+use crate::sched::{
+    blocks_for, NewRequest, PrefixCacheStats, RequestId, Scheduler, SchedulerConfig, StepPlan, F64,
+};
 
 /// Outcome of a trace row.
 pub(crate) const STATUS_FINISHED: u8 = 0;
@@ -140,6 +143,24 @@ impl SimConfig {
     }
 }
 
+/// A trace's own ids for its prompts' KV blocks (Mooncake's `hash_ids`: one id per
+/// `block_tokens` tokens, equal ids for equal prefixes), flattened: row `i`'s ids are
+/// `ids[offsets[i]..offsets[i + 1]]`. With prefix caching they become each request's block
+/// hashes ([`crate::hash::expand_block_ids`]).
+#[derive(Debug, Clone, Copy)]
+pub struct BlockIds<'a> {
+    pub ids: &'a [u64],
+    pub offsets: &'a [u64],
+    pub block_tokens: u64,
+}
+
+impl BlockIds<'_> {
+    fn row(&self, i: usize) -> &[u64] {
+        let (a, b) = (self.offsets[i] as usize, self.offsets[i + 1] as usize);
+        &self.ids[a..b]
+    }
+}
+
 /// The trace, as three aligned columns sorted by arrival.
 #[derive(Debug, Clone, Copy)]
 pub struct TraceView<'a> {
@@ -148,6 +169,8 @@ pub struct TraceView<'a> {
     pub output_tokens: &'a [i64],
     /// A predictor's output length per row (seen by `sjf` and by routers), if any.
     pub predicted_output_tokens: Option<&'a [i64]>,
+    /// The prompts' block ids, if the trace has them.
+    pub block_ids: Option<BlockIds<'a>>,
 }
 
 impl TraceView<'_> {
@@ -182,6 +205,31 @@ impl TraceView<'_> {
             }
             last = t;
         }
+        if let Some(b) = &self.block_ids {
+            let bad = |message: String| Error::InvalidArgument {
+                field: "hash_ids",
+                value: None,
+                index: None,
+                message,
+            };
+            if b.offsets.len() != n + 1
+                || b.offsets.first() != Some(&0)
+                || b.offsets.last() != Some(&(b.ids.len() as u64))
+                || b.offsets.windows(2).any(|w| w[0] > w[1])
+            {
+                return Err(bad(format!(
+                    "hash_ids offsets must rise from 0 to {} over {} rows",
+                    b.ids.len(),
+                    n
+                )));
+            }
+            if b.block_tokens == 0 || b.block_tokens > MAX_COUNT {
+                return Err(bad(format!(
+                    "hash_block_tokens must be in [1, 2**40], got {}",
+                    b.block_tokens
+                )));
+            }
+        }
         for (field, col) in [
             ("prompt_tokens", self.prompt_tokens),
             ("output_tokens", self.output_tokens),
@@ -214,6 +262,10 @@ pub struct SimOutput {
     pub status: Vec<u8>,
     /// Empty unless rejected.
     pub reject_reason: Vec<String>,
+    /// Prompt tokens found in the prefix cache at the request's first admission.
+    pub cached_tokens: Vec<i64>,
+    /// The prefix caches' counters, summed over replicas (all 0 with caching off).
+    pub prefix_cache: PrefixCacheStats,
     // per step
     pub step_time: Vec<f64>,
     pub step_duration: Vec<f64>,
@@ -399,6 +451,7 @@ impl<'a> Sim<'a> {
             preemptions: vec![0; n],
             status: vec![STATUS_REJECTED; n],
             reject_reason: vec![String::new(); n],
+            cached_tokens: vec![0; n],
             ..SimOutput::default()
         };
         // At most one event per replica, the next arrival and the next snapshot.
@@ -444,6 +497,9 @@ impl<'a> Sim<'a> {
             }
         }
         self.out.end_time = now;
+        for rep in &self.replicas {
+            self.out.prefix_cache += rep.sched.prefix_cache_stats();
+        }
         let n = self.trace.arrival_time.len();
         if self.num_done != n {
             return Err(Error::Invariant {
@@ -481,6 +537,7 @@ impl<'a> Sim<'a> {
             .predicted_output_tokens
             .and_then(|p| p.get(i))
             .map(|&p| p.max(0) as u64);
+        let block_hashes = self.block_hashes(i, prompt)?;
         let route = RouteRequest {
             prompt_tokens: prompt,
             max_output_tokens: Some(max_out),
@@ -500,7 +557,7 @@ impl<'a> Sim<'a> {
             priority: 0,
             predicted_output_tokens: predicted,
             true_output_tokens: Some(self.trace.output_tokens[i] as u64),
-            block_hashes: Vec::new(),
+            block_hashes,
         };
         match rep.sched.add_request(new) {
             Ok(_) => {
@@ -518,6 +575,18 @@ impl<'a> Sim<'a> {
             Err(e) => return Err(e),
         }
         Ok(())
+    }
+
+    /// Row `i`'s block hashes for the scheduler's prefix cache: from the trace's block ids
+    /// when caching is on and the trace has them, else none (its blocks are its own).
+    fn block_hashes(&self, i: usize, prompt: u64) -> Result<Vec<BlockHash>> {
+        let engine = &self.config.engine;
+        match &self.trace.block_ids {
+            Some(b) if engine.enable_prefix_caching => {
+                expand_block_ids(b.row(i), b.block_tokens, engine.block_size, prompt)
+            }
+            _ => Ok(Vec::new()),
+        }
     }
 
     fn reject(&mut self, i: usize, message: &str) {
@@ -549,6 +618,13 @@ impl<'a> Sim<'a> {
         );
         rep.scheduled = false;
         let plan = rep.sched.schedule(Some(now))?;
+        for e in plan.scheduled.iter().filter(|e| e.num_cached_tokens > 0) {
+            if let Some(req) = rep.sched.request(e.slot).filter(|q| q.num_preemptions == 0) {
+                if let RequestId::Int(row) = req.id {
+                    self.out.cached_tokens[row as usize] = e.num_cached_tokens as i64;
+                }
+            }
+        }
         let shape = step_shape(&plan);
         if plan.scheduled.is_empty() && shape.swap_blocks == 0 {
             // Nothing can run although requests are live: a bug in the core.
@@ -801,6 +877,7 @@ pub fn measure_capacity_until(
             prompt_tokens: &prompt,
             output_tokens: &output,
             predicted_output_tokens: None,
+            block_ids: None,
         },
         &cfg,
         stop,

@@ -22,6 +22,7 @@ impl Trace {
             prompt_tokens: &self.prompt,
             output_tokens: &self.output,
             predicted_output_tokens: None,
+            block_ids: None,
         }
     }
 }
@@ -286,6 +287,7 @@ fn seeded_runs_match_recorded_fingerprints() {
     for case in &cases {
         let view = TraceView {
             predicted_output_tokens: case.predicted,
+            block_ids: None,
             ..case.trace.view()
         };
         let out = simulate(view, &case.config).unwrap();

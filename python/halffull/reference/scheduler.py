@@ -64,6 +64,7 @@ rule for rule (vLLM's ``vllm/v1/core/sched/scheduler.py``, ``kv_cache_manager.py
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import count
@@ -821,10 +822,10 @@ class Scheduler:
             if sorted(held + list(pool.free)) != pool.all_ids():
                 fail(f"{name} blocks: some block is held twice, held and free, lost, or is the null block")
             if isinstance(pool, VllmBlockPool):
+                holders = Counter(b for t in tables for b in t)
                 for b in pool.all_ids():
-                    holders = sum(b in t for t in tables)
-                    if pool.ref_cnt[b] != holders:
-                        fail(f"{name} block {b}: reference count {pool.ref_cnt[b]}, held by {holders} requests")
+                    if pool.ref_cnt[b] != holders[b]:
+                        fail(f"{name} block {b}: reference count {pool.ref_cnt[b]}, held by {holders[b]} requests")
                 for b, h in pool.block_hash.items():
                     if b not in pool.cache.get(h, []):
                         fail(f"{name} block {b} carries a hash the cache does not map to it")
