@@ -44,6 +44,8 @@ def configs(policy: str, semantics: str = "halffull", caching: bool = False):
         long_prefill_token_threshold=st.sampled_from([0, 0, 1, 3, 8]),
         reserve_full_prompt=st.booleans(),
         enable_prefix_caching=st.just(caching),
+        larry_deadline=st.sampled_from([0.0, 0.5, 1.0, 3.0, 1e9]),
+        larry_slack=st.sampled_from([0.0, 0.5, 1.0, 2.0, 1e9]),
     )
 
 
