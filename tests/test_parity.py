@@ -44,6 +44,8 @@ def configs(policy: str, semantics: str = "halffull", caching: bool = False):
         long_prefill_token_threshold=st.sampled_from([0, 0, 1, 3, 8]),
         reserve_full_prompt=st.booleans(),
         enable_prefix_caching=st.just(caching),
+        larry_deadline=st.sampled_from([0.0, 0.5, 1.0, 3.0, 1e9]),
+        larry_slack=st.sampled_from([0.0, 0.5, 1.0, 2.0, 1e9]),
     )
 
 
@@ -191,7 +193,12 @@ def _machine_for(policy: str, semantics: str = "halffull", caching: bool = False
 def test_rust_matches_reference(policy, semantics):
     semantics, _, caching = semantics.partition("+")
     case = _machine_for(policy, semantics, bool(caching))
-    case.settings = settings(case.settings, stateful_step_count=40)
+    # the profile's examples for halffull (the CI profile: 1,000 per policy); a third of them
+    # for each vllm_v1 variant, whose rules tests/test_vllm_parity.py also checks against vLLM
+    examples = settings().max_examples
+    if semantics != "halffull":
+        examples = max(20, examples // 3)
+    case.settings = settings(case.settings, stateful_step_count=40, max_examples=examples)
     case("runTest").runTest()
 
 

@@ -15,7 +15,8 @@ SUMMARY_KEYS = {
     "num_requests", "num_finished", "num_rejected", "ttft_mean", "ttft_p50", "ttft_p90", "ttft_p99",
     "tpot_mean", "tpot_p90", "tpot_p99", "e2e_mean", "e2e_p50", "e2e_p90", "e2e_p99",
     "throughput_tokens_per_s", "requests_per_s", "preemptions_per_request", "preempted_share",
-    "goodput_requests_per_s",
+    "goodput_requests_per_s", "ttft_p999", "ttft_max", "e2e_p999", "e2e_max", "starved_share",
+    "starvation_threshold_s",
 }
 
 
@@ -50,6 +51,25 @@ def test_every_row_accounted_and_clocks_monotone(small, policy):
     summary = res.summary()
     assert SUMMARY_KEYS <= set(summary)
     assert summary["num_finished"] + summary["num_rejected"] == len(small)
+
+
+def test_summary_tail_metrics_match_the_request_table(small):
+    """The tail figures are the request table's own: p99.9 between p99 and max, max the
+    largest TTFT, the starved share counted against the stated threshold."""
+    res = sim.simulate(small, replicas=1, policy="larry", rate_scale=6.0, **tight())
+    s = res.summary()
+    done = res.requests["status"] == "finished"
+    ttft, e2e = res.requests["ttft"][done], res.requests["e2e"][done]
+    assert s["ttft_max"] == ttft.max() and s["e2e_max"] == e2e.max()
+    assert s["ttft_p99"] <= s["ttft_p999"] <= s["ttft_max"]
+    assert s["e2e_p99"] <= s["e2e_p999"] <= s["e2e_max"]
+    assert s["starvation_threshold_s"] == pytest.approx(sim.STARVATION_FACTOR * np.median(e2e - ttft))
+    assert s["starved_share"] == np.mean(ttft > s["starvation_threshold_s"])
+    # A fixed threshold: the share is what it counts.
+    cut = float(np.median(ttft))
+    fixed = res.summary(starvation_s=cut)
+    assert fixed["starvation_threshold_s"] == cut
+    assert fixed["starved_share"] == np.mean(ttft > cut) > 0
 
 
 def _hand_loop(trace, cost, config, max_output_tokens=2048):

@@ -32,7 +32,7 @@ from .errors import HalffullError
 from .traces import resolve
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__.split("\n\n")[0])
-console = Console(width=max(Console().width, 120))
+console = Console(width=max(Console().width, 160))
 
 DEFAULT_LOAD = 1.2
 DEFAULT_REPLICAS = 4
@@ -46,10 +46,16 @@ _COLUMNS = [
     ("policy", "policy", "{}"),
     ("router", "router", "{}"),
     ("load", "load", "{:.2f}"),
+    ("ttft_mean", "TTFT mean s", "{:.3f}"),
     ("ttft_p50", "TTFT p50 s", "{:.3f}"),
     ("ttft_p99", "TTFT p99 s", "{:.3f}"),
+    ("ttft_p999", "TTFT p99.9 s", "{:.3f}"),
+    ("ttft_max", "TTFT max s", "{:.3f}"),
+    ("starved_share", "starved", "{:.2%}"),
     ("tpot_p99", "TPOT p99 ms", "ms"),
+    ("e2e_mean", "e2e mean s", "{:.2f}"),
     ("e2e_p99", "e2e p99 s", "{:.2f}"),
+    ("e2e_max", "e2e max s", "{:.2f}"),
     ("throughput_tokens_per_s", "tok/s", "{:,.0f}"),
     ("preemptions_per_request", "preempt", "{:.2f}"),
     ("goodput_share", "SLO met", "{:.1%}"),
@@ -72,7 +78,10 @@ def _table(rows: list[dict[str, Any]], title: str) -> Table:
     cols = [c for c in _COLUMNS if c[0] not in ("router", "load") or len({r.get(c[0]) for r in rows}) > 1]
     t = Table(title=title)
     for key, head, _ in cols:
-        t.add_column(head, justify="left" if key in ("policy", "router") else "right")
+        if key in ("policy", "router"):               # names are never cut
+            t.add_column(head, justify="left", min_width=max(len(str(r.get(key))) for r in rows), no_wrap=True)
+        else:
+            t.add_column(head, justify="right")
     for r in rows:
         t.add_row(*[_fmt(r.get(k), spec) for k, _, spec in cols])
     return t
@@ -105,8 +114,9 @@ def _predictor(text: str) -> str | None:
     return None if text.strip().lower() == "none" else text.strip()
 
 
-def _engine_opts(larry_alpha: float | None) -> dict[str, Any]:
-    return {} if larry_alpha is None else {"larry_alpha": larry_alpha}
+def _engine_opts(**opts: float | None) -> dict[str, Any]:
+    """The engine settings given on the command line (the others keep their defaults)."""
+    return {k: v for k, v in opts.items() if v is not None}
 
 
 @app.command()
@@ -128,6 +138,8 @@ def simulate(
                                                    "every this many seconds."),
     predictor: str = typer.Option(DEFAULT_PREDICTOR, help=PREDICTOR_HELP),
     larry_alpha: float | None = typer.Option(None, help="LARRY's alpha (tokens/s)."),
+    larry_slack: float | None = typer.Option(None, help="larry_slack's slack (default 0.75)."),
+    larry_deadline: float | None = typer.Option(None, help="larry_tail's deadline in seconds (default 30)."),
     sal_beta: float | None = typer.Option(None, help="Fix SAL's beta (default: learned)."),
     out: Path = typer.Option(Path("results"), help="Directory for the plot and JSON."),
     json_out: bool = typer.Option(False, "--json", help="Print the summaries as JSON."),
@@ -147,7 +159,8 @@ def simulate(
             res = run(tr, replicas=replicas, policy=p, router=router, preset=preset, model=model, gpu=gpu,
                       load=load, rate_scale=rate_scale, seed=seed, snapshot_interval=snapshot_interval,
                       record_steps=False, predictor=_predictor(predictor), sal_beta=sal_beta,
-                      **_engine_opts(larry_alpha))
+                      **_engine_opts(larry_alpha=larry_alpha, larry_slack=larry_slack,
+                                                   larry_deadline=larry_deadline))
             s = res.summary()
             s["wall_time_s"] = res.wall_time_s
             rows.append(s)
@@ -162,7 +175,8 @@ def simulate(
     console.print(_table(rows, f"{tr.name}: {len(tr)} requests, {replicas} x {first['preset']}, "
                                f"router {router}, {where}"))
     console.print(f"[dim]simulated in {sum(r['wall_time_s'] for r in rows):.2f} s wall; "
-                  f"SLO: TTFT <= {first['slo_ttft']} s, TPOT <= {first['slo_tpot']} s; "
+                  f"SLO: TTFT <= {first['slo_ttft']} s, TPOT <= {first['slo_tpot']} s; starved: TTFT > "
+                  f"{first['starvation_threshold_s']:.3g} s (10x the median service time); "
                   f"predictor: {predictor}[/dim]")
     if len(rows) > 1:
         stem = f"simulate_{tr.name}_{router}_{load if load is not None else rate_scale}"
@@ -185,6 +199,8 @@ def sweep(
     snapshot_interval: float | None = typer.Option(None),
     predictor: str = typer.Option(DEFAULT_PREDICTOR, help=PREDICTOR_HELP),
     larry_alpha: float | None = typer.Option(None, help="LARRY's alpha (tokens/s)."),
+    larry_slack: float | None = typer.Option(None, help="larry_slack's slack (default 0.75)."),
+    larry_deadline: float | None = typer.Option(None, help="larry_tail's deadline in seconds (default 30)."),
     sal_beta: float | None = typer.Option(None, help="Fix SAL's beta (default: learned)."),
     out: Path = typer.Option(Path("results"), help="Directory for CSV, JSON and plots."),
 ) -> None:
@@ -206,7 +222,8 @@ def sweep(
                         res = run(tr, replicas=replicas, policy=p, router=r, preset=preset, model=model,
                                   gpu=gpu, load=x, seed=seed, snapshot_interval=snapshot_interval,
                                   record_steps=False, predictor=_predictor(predictor), sal_beta=sal_beta,
-                                  **_engine_opts(larry_alpha))
+                                  **_engine_opts(larry_alpha=larry_alpha, larry_slack=larry_slack,
+                                                   larry_deadline=larry_deadline))
                         s = res.summary()
                         s["wall_time_s"] = res.wall_time_s
                         rows.append(s)

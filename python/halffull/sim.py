@@ -45,6 +45,8 @@ CostModel = _core.CostModel
 DEFAULT_POLICIES: tuple[str, ...] = ("fcfs", "no_preempt", "sjf", "larry", "oracle_srpt")
 DEFAULT_PRESET = "llama-3-8b/h100"
 DEFAULT_SLO_TTFT = 2.0
+#: ``summary()``'s default starvation threshold: this many times the median service time.
+STARVATION_FACTOR = 10.0
 DEFAULT_SLO_TPOT = 0.1
 
 _CAPACITY_CACHE: dict[tuple[Any, ...], float] = {}
@@ -192,6 +194,10 @@ def _pct(x: np.ndarray, q: float) -> float:
     return float(np.percentile(x, q)) if x.size else float("nan")
 
 
+def _max(x: np.ndarray) -> float:
+    return float(np.max(x)) if x.size else float("nan")
+
+
 def _mean(x: np.ndarray) -> float:
     return float(np.mean(x)) if x.size else float("nan")
 
@@ -225,10 +231,22 @@ class SimResult:
     def __len__(self) -> int:
         return int(self.requests["arrival_time"].size)
 
-    def summary(self, slo_ttft: float = DEFAULT_SLO_TTFT, slo_tpot: float = DEFAULT_SLO_TPOT) -> dict[str, Any]:
+    def summary(
+        self,
+        slo_ttft: float = DEFAULT_SLO_TTFT,
+        slo_tpot: float = DEFAULT_SLO_TPOT,
+        starvation_s: float | None = None,
+    ) -> dict[str, Any]:
         """Latency and throughput in seconds. Latencies are over finished requests;
         rates are over the span from the first arrival to the last finish. ``goodput``:
-        finished requests per second with TTFT <= ``slo_ttft`` and TPOT <= ``slo_tpot``."""
+        finished requests per second with TTFT <= ``slo_ttft`` and TPOT <= ``slo_tpot``.
+
+        The tail: ``ttft_p999`` / ``ttft_max`` and ``e2e_p999`` / ``e2e_max`` beside the
+        percentiles, and starvation: ``starved_share`` is the share of finished requests whose
+        TTFT exceeds ``starvation_s`` (reported as ``starvation_threshold_s``). By default
+        that is ``STARVATION_FACTOR`` (10) times the run's median service time, a request's
+        service time being its time from first token to finish (its decode, which the waiting
+        order hardly changes); pass ``starvation_s`` to compare runs on one fixed threshold."""
         r = self.requests
         done = r["status"] == "finished"
         n, nf = len(self), int(done.sum())
@@ -241,6 +259,10 @@ class SimResult:
         if nf:
             span = float(np.nanmax(r["finish_time"]) - np.min(r["arrival_time"]))
         per_s = (lambda x: x / span) if span > 0 else (lambda x: float("nan"))
+        if starvation_s is None:
+            starvation = STARVATION_FACTOR * _pct(e2e - ttft, 50)
+        else:
+            starvation = float(starvation_s)
         good = (ttft <= slo_ttft) & ((tpot <= slo_tpot) | ~np.isfinite(tpot))
         s: dict[str, Any] = {
             "num_requests": n,
@@ -250,6 +272,8 @@ class SimResult:
             "ttft_p50": _pct(ttft, 50),
             "ttft_p90": _pct(ttft, 90),
             "ttft_p99": _pct(ttft, 99),
+            "ttft_p999": _pct(ttft, 99.9),
+            "ttft_max": _max(ttft),
             "tpot_mean": _mean(tpot_ok),
             "tpot_p50": _pct(tpot_ok, 50),
             "tpot_p90": _pct(tpot_ok, 90),
@@ -258,6 +282,10 @@ class SimResult:
             "e2e_p50": _pct(e2e, 50),
             "e2e_p90": _pct(e2e, 90),
             "e2e_p99": _pct(e2e, 99),
+            "e2e_p999": _pct(e2e, 99.9),
+            "e2e_max": _max(e2e),
+            "starved_share": _mean((ttft > starvation).astype(np.float64)) if nf else float("nan"),
+            "starvation_threshold_s": starvation,
             "throughput_tokens_per_s": per_s(float(out.sum())),
             "requests_per_s": per_s(float(nf)),
             "preemptions_per_request": _mean(pre.astype(np.float64)),
@@ -498,6 +526,7 @@ def _result(raw: dict[str, Any], config: dict[str, Any], wall: float) -> SimResu
 __all__ = [
     "DEFAULT_POLICIES",
     "DEFAULT_PRESET",
+    "STARVATION_FACTOR",
     "CostModel",
     "SimResult",
     "measure_capacity",

@@ -752,7 +752,7 @@ impl Scheduler {
             if self.cfg.larry_load == LarryLoad::Outstanding {
                 load += (self.running.len() + self.swapped.len()) as u64;
             }
-            let Some(slot) = self.policy.peek(load) else {
+            let Some(slot) = self.policy.peek_at(load, self.now) else {
                 break;
             };
             let mut hits = std::mem::take(&mut self.hits_scratch);

@@ -466,6 +466,7 @@ class Scheduler:
         )
         self.requests[request_id] = req
         self.waiting.append(req)
+        self.policy.enqueued(req)
 
     def _prompt(self, prompt_tokens: Any, token_ids: Any, block_hashes: Any) -> tuple[int, list[BlockHash]]:
         """The prompt's length and block hashes from ``add_request``'s arguments."""
@@ -517,6 +518,7 @@ class Scheduler:
         req = self._live(request_id)
         if req.status == WAITING:
             self.waiting.remove(req)
+            self.policy.dequeued(req)
         elif req.status == RUNNING:
             self.running.remove(req)
             if self.policy.reserves_full_output:
@@ -642,7 +644,7 @@ class Scheduler:
             load = len(self.waiting)
             if cfg.larry_load == "outstanding":
                 load += len(self.running) + len(self.swapped)
-            req = min(self.waiting, key=lambda r: self.policy.waiting_key(r, load))
+            req = min(self.waiting, key=lambda r: self.policy.waiting_key(r, load, self.now))
             need = _blocks_for(req.num_tokens, cfg.block_size)
             n = step.chunk(req)
             if self.policy.reserves_full_output:
@@ -652,6 +654,7 @@ class Scheduler:
             elif not self._fits(need):
                 break
             self.waiting.remove(req)
+            self.policy.dequeued(req)
             req.block_table = self.gpu.allocate(need)
             req.status = RUNNING
             step.admitted.append(req.request_id)
@@ -723,7 +726,7 @@ class Scheduler:
             load = len(self.waiting)
             if cfg.larry_load == "outstanding":
                 load += len(self.running)
-            req = self.policy.v1_next_waiting(self.waiting, load)
+            req = self.policy.v1_next_waiting(self.waiting, load, self.now)
             hit = pool.lookup(req.hashes_upto((req.num_tokens - 1) // bs)) if self.caching else []
             cached = len(hit) * bs
             n = step.chunk(req, cached)
@@ -740,6 +743,7 @@ class Scheduler:
                     break
                 self.reserved_blocks += self._max_blocks(req)
             self.waiting.remove(req)
+            self.policy.dequeued(req)
             pool.touch(hit)
             req.block_table = hit + pool.allocate(table_blocks - len(hit))
             req.num_computed_tokens = cached
@@ -941,8 +945,10 @@ class Scheduler:
         req.status = WAITING
         if self.v1:
             self.waiting.insert(0, req)   # the head of vLLM's waiting deque
+            self.policy.enqueued(req)
         else:
             self.waiting.append(req)
+            self.policy.enqueued(req)
         return "recompute"
 
     def _finish(self, req: Request) -> None:
