@@ -230,8 +230,8 @@ def simulate(
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{stem}.json").write_text(json.dumps(json_ready(rows), indent=2, default=str))
     tables = [write_requests(res.requests, out / f"{stem}_{res.config['policy']}_requests") for res in results]
-    path = plots.simulate_figure([(s, res.requests) for s, res in zip(rows, results)], out / f"{stem}.png",
-                                 title=title)
+    pairs = [(s, res.requests) for s, res in zip(rows, results, strict=True)]
+    path = plots.simulate_figure(pairs, out / f"{stem}.png", title=title)
     console.print(f"summary: {out / (stem + '.json')}  plot: {path}  per-request: "
                   + ", ".join(str(t) for t in tables))
 

@@ -287,7 +287,7 @@ def simulate_figure(runs: list[tuple[dict[str, Any], dict[str, Any]]], path: str
         name = str(s["policy"])
         xs = [s.get(k) for k, _ in stats]
         ax.plot(xs, [i] * len(xs), color=look[name]["color"], linewidth=0.8, alpha=0.6)
-        for (_, lab), x, m in zip(stats, xs, ("o", "s", "^", "X")):
+        for (_, lab), x, m in zip(stats, xs, ("o", "s", "^", "X"), strict=False):
             ax.plot([x], [i], marker=m, color=look[name]["color"], linestyle="none", markersize=6,
                     label=lab if i == 0 else None, markeredgecolor="black", markeredgewidth=0.4)
     ax.set_yticks(range(len(runs)), [str(s["policy"]) for s, _ in runs])
@@ -353,7 +353,7 @@ def sweep_grid(rows: list[dict[str, Any]], path: str | Path, title: str, *, pane
                 _log_axis(ax.yaxis)
     handles: dict[str, Any] = {}
     for ax in axes.flat:
-        for h, lab in zip(*ax.get_legend_handles_labels()):
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=False):
             handles.setdefault(lab, h)
     fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False,
                fontsize=8, title=line, title_fontsize=8)

@@ -168,12 +168,13 @@ class SweepSpec:
     save_requests: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return json_ready(asdict(self))  # type: ignore[no-any-return]
+        out: dict[str, Any] = json_ready(asdict(self))
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SweepSpec:
         known = {f for f in cls.__dataclass_fields__}
-        kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
+        kw: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in known}
         return cls(**kw)
 
     def runs(self) -> list[Run]:
@@ -520,7 +521,8 @@ def write_requests(requests: Mapping[str, np.ndarray], stem: Path, *, parquet: b
         os.replace(tmp, path)
         return path
     cols = {k: np.asarray(v).tolist() for k, v in requests.items()}
-    return write_table([dict(zip(cols, vals)) for vals in zip(*cols.values())], stem, parquet=False)
+    rows = [dict(zip(cols, vals, strict=True)) for vals in zip(*cols.values(), strict=True)]
+    return write_table(rows, stem, parquet=False)
 
 
 def read_requests(path: str | Path) -> dict[str, np.ndarray]:
