@@ -25,7 +25,9 @@ cluster, and saved as each one finishes.
   (default: every core); ``ray="auto"|"local"|ADDRESS`` as Ray tasks (Ray is imported only
   then; ``local`` starts a Ray instance on this machine, and a Ray already initialised is
   used as it is). Simulations are deterministic, so every executor gives the same table row
-  for row (only ``wall_time_s`` differs).
+  for row (only ``wall_time_s`` differs). The pool starts its workers with ``spawn`` (no
+  fork of a process that has threads), so a script calling ``run_sweep`` with ``workers > 1``
+  needs the usual ``if __name__ == "__main__":`` guard.
 """
 
 from __future__ import annotations
