@@ -50,6 +50,8 @@ STARVATION_FACTOR = 10.0
 DEFAULT_SLO_TPOT = 0.1
 
 _CAPACITY_CACHE: dict[tuple[Any, ...], float] = {}
+#: ``requests["status"]`` by the core's status code.
+STATUS_NAMES: tuple[str, ...] = ("finished", "rejected", "truncated")
 
 
 def preset_names() -> list[str]:
@@ -208,8 +210,12 @@ class SimResult:
 
     - ``requests``: per trace row (numpy columns): ``replica`` (-1 if rejected),
       ``arrival_time``, ``first_token_time``, ``finish_time`` (NaN where none),
-      ``prompt_tokens``, ``output_tokens``, ``preemptions``, ``status`` (``"finished"`` or
-      ``"rejected"``), ``reject_reason`` ("" unless rejected), ``cached_tokens`` (prompt
+      ``prompt_tokens``, ``output_tokens``, ``preemptions``, ``status`` (``"finished"``,
+      ``"rejected"``: never admitted, or ``"truncated"``: stopped before its true output
+      because prompt plus output cannot fit the KV cache or ``max_model_len``), ``reason``
+      ("" when finished; ``request_too_large: ...``, ``kv_cache: ...`` or
+      ``max_model_len: ...`` with the numbers), ``reject_reason`` (``reason`` where
+      rejected, else ""), ``cached_tokens`` (prompt
       tokens found in the prefix cache at its first admission), and derived ``ttft``,
       ``tpot`` (time per output token after the first; NaN with one token), ``e2e``.
     - ``steps``: per engine step: ``time`` (start), ``duration``, ``replica``,
@@ -237,7 +243,9 @@ class SimResult:
         slo_tpot: float = DEFAULT_SLO_TPOT,
         starvation_s: float | None = None,
     ) -> dict[str, Any]:
-        """Latency and throughput in seconds. Latencies are over finished requests;
+        """Latency and throughput in seconds. Every row is counted once:
+        ``num_finished + num_rejected + num_truncated == num_requests``. Latencies are over
+        finished requests (truncated ones did not produce their true output);
         rates are over the span from the first arrival to the last finish. ``goodput``:
         finished requests per second with TTFT <= ``slo_ttft`` and TPOT <= ``slo_tpot``.
 
@@ -250,6 +258,8 @@ class SimResult:
         r = self.requests
         done = r["status"] == "finished"
         n, nf = len(self), int(done.sum())
+        n_rejected = int((r["status"] == "rejected").sum())
+        n_truncated = int((r["status"] == "truncated").sum())
         ttft, e2e = r["ttft"][done], r["e2e"][done]
         tpot = r["tpot"][done]
         tpot_ok = tpot[np.isfinite(tpot)]
@@ -267,7 +277,8 @@ class SimResult:
         s: dict[str, Any] = {
             "num_requests": n,
             "num_finished": nf,
-            "num_rejected": n - nf,
+            "num_rejected": n_rejected,
+            "num_truncated": n_truncated,
             "ttft_mean": _mean(ttft),
             "ttft_p50": _pct(ttft, 50),
             "ttft_p90": _pct(ttft, 90),
@@ -491,7 +502,8 @@ def predict_output_tokens(true_output: np.ndarray, predictor: Any, seed: int = 0
 
 
 def _result(raw: dict[str, Any], config: dict[str, Any], wall: float) -> SimResult:
-    status = np.where(raw["status"] == 0, "finished", "rejected")
+    status = np.asarray(STATUS_NAMES, dtype=object)[np.asarray(raw["status"], dtype=np.int64)].astype(str)
+    reason = np.array(raw["reject_reason"], dtype=object)
     arrival, first, finish = raw["arrival_time"], raw["first_token_time"], raw["finish_time"]
     out = raw["output_tokens"]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -505,7 +517,8 @@ def _result(raw: dict[str, Any], config: dict[str, Any], wall: float) -> SimResu
         "output_tokens": out,
         "preemptions": raw["preemptions"],
         "status": status,
-        "reject_reason": np.array(raw["reject_reason"], dtype=object),
+        "reason": reason,
+        "reject_reason": np.where(status == "rejected", reason, ""),
         "cached_tokens": raw["cached_tokens"],
         "ttft": first - arrival,
         "tpot": tpot,
