@@ -52,6 +52,16 @@ fn digest(
     xxh3_128(buf)
 }
 
+/// [`digest`] of two words, on the stack (the per-block hashes the scheduler makes as it runs).
+fn digest2(tag: u8, parent: BlockHash, a: u64, b: u64) -> BlockHash {
+    let mut buf = [0u8; 33];
+    buf[0] = tag;
+    buf[1..17].copy_from_slice(&parent.to_le_bytes());
+    buf[17..25].copy_from_slice(&a.to_le_bytes());
+    buf[25..33].copy_from_slice(&b.to_le_bytes());
+    xxh3_128(&buf)
+}
+
 /// The chained hashes of the full blocks of `tokens` (`tokens.len() / block_size` of them).
 pub fn hash_token_blocks(tokens: &[u32], block_size: u64) -> Result<Vec<BlockHash>> {
     let bs = check_block_size(block_size)?;
@@ -109,8 +119,7 @@ pub fn expand_block_ids(
 /// The hash of block `index` of the request numbered `nonce`, whose content no other request
 /// shares (child of `parent`).
 pub fn own_block_hash(parent: BlockHash, nonce: u64, index: u64) -> BlockHash {
-    let mut buf = Vec::with_capacity(33);
-    digest(TAG_OWN, parent, [nonce, index].into_iter(), &mut buf)
+    digest2(TAG_OWN, parent, nonce, index)
 }
 
 /// A caller's opaque block hash given as bytes (vLLM's SHA-256 digests, say), as 128 bits.

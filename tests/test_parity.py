@@ -44,6 +44,8 @@ def configs(policy: str, semantics: str = "halffull", caching: bool = False):
         long_prefill_token_threshold=st.sampled_from([0, 0, 1, 3, 8]),
         reserve_full_prompt=st.booleans(),
         enable_prefix_caching=st.just(caching),
+        larry_deadline=st.sampled_from([0.0, 0.5, 1.0, 3.0, 1e9]),
+        larry_slack=st.sampled_from([0.0, 0.5, 1.0, 2.0, 1e9]),
     )
 
 
@@ -121,6 +123,19 @@ class ParityMachine(RuleBasedStateMachine):
         self.both("abort", rid)
         self.ended.append(rid)
 
+    @precondition(lambda self: self.ref is not None and len(self.ref.requests) > 0)
+    @rule(data=st.data(), late=st.booleans(), extra=st.integers(0, 1), prefix=st.integers(0, 1))
+    def extend_block_hashes(self, data, late, extra, prefix):
+        # name generated blocks as an engine would (vLLM's Request.block_hashes): some continue
+        # a shared prefix's hashes, so other requests can hit them; a wrong start or one block
+        # too many must fail the same way in both
+        rid = data.draw(st.sampled_from(sorted(self.ref.requests, key=repr)), label="extend")
+        req = self.ref.requests[rid]
+        held, full = len(req.block_hashes), req.num_tokens // self.block_size
+        n = data.draw(st.integers(0, max(full - held, 0) + extra), label="n")
+        start = held + 1 if late and data.draw(st.booleans(), label="wrong start") else held
+        self.both("extend_block_hashes", rid, [prefix * 1000 + held + j for j in range(n)], start=start)
+
     @rule()
     def reset_prefix_cache(self):
         (a, _), (b, _) = self.both("reset_prefix_cache")
@@ -178,7 +193,12 @@ def _machine_for(policy: str, semantics: str = "halffull", caching: bool = False
 def test_rust_matches_reference(policy, semantics):
     semantics, _, caching = semantics.partition("+")
     case = _machine_for(policy, semantics, bool(caching))
-    case.settings = settings(case.settings, stateful_step_count=40)
+    # the profile's examples for halffull (the CI profile: 1,000 per policy); a third of them
+    # for each vllm_v1 variant, whose rules tests/test_vllm_parity.py also checks against vLLM
+    examples = settings().max_examples
+    if semantics != "halffull":
+        examples = max(20, examples // 3)
+    case.settings = settings(case.settings, stateful_step_count=40, max_examples=examples)
     case("runTest").runTest()
 
 

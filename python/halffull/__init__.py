@@ -21,6 +21,7 @@ from .errors import (
     InvariantError,
     RequestTooLargeError,
     StalePlanError,
+    SweepError,
     TraceError,
     UnknownRequestError,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "SchedulerConfig",
     "StalePlanError",
     "StepPlan",
+    "SweepError",
     "TraceError",
     "UnknownRequestError",
     "block_hashes",

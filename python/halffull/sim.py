@@ -45,9 +45,13 @@ CostModel = _core.CostModel
 DEFAULT_POLICIES: tuple[str, ...] = ("fcfs", "no_preempt", "sjf", "larry", "oracle_srpt")
 DEFAULT_PRESET = "llama-3-8b/h100"
 DEFAULT_SLO_TTFT = 2.0
+#: ``summary()``'s default starvation threshold: this many times the median service time.
+STARVATION_FACTOR = 10.0
 DEFAULT_SLO_TPOT = 0.1
 
 _CAPACITY_CACHE: dict[tuple[Any, ...], float] = {}
+#: ``requests["status"]`` by the core's status code.
+STATUS_NAMES: tuple[str, ...] = ("finished", "rejected", "truncated")
 
 
 def preset_names() -> list[str]:
@@ -192,6 +196,10 @@ def _pct(x: np.ndarray, q: float) -> float:
     return float(np.percentile(x, q)) if x.size else float("nan")
 
 
+def _max(x: np.ndarray) -> float:
+    return float(np.max(x)) if x.size else float("nan")
+
+
 def _mean(x: np.ndarray) -> float:
     return float(np.mean(x)) if x.size else float("nan")
 
@@ -202,8 +210,12 @@ class SimResult:
 
     - ``requests``: per trace row (numpy columns): ``replica`` (-1 if rejected),
       ``arrival_time``, ``first_token_time``, ``finish_time`` (NaN where none),
-      ``prompt_tokens``, ``output_tokens``, ``preemptions``, ``status`` (``"finished"`` or
-      ``"rejected"``), ``reject_reason`` ("" unless rejected), ``cached_tokens`` (prompt
+      ``prompt_tokens``, ``output_tokens``, ``preemptions``, ``status`` (``"finished"``,
+      ``"rejected"``: never admitted, or ``"truncated"``: stopped before its true output
+      because prompt plus output cannot fit the KV cache or ``max_model_len``), ``reason``
+      ("" when finished; ``request_too_large: ...``, ``kv_cache: ...`` or
+      ``max_model_len: ...`` with the numbers), ``reject_reason`` (``reason`` where
+      rejected, else ""), ``cached_tokens`` (prompt
       tokens found in the prefix cache at its first admission), and derived ``ttft``,
       ``tpot`` (time per output token after the first; NaN with one token), ``e2e``.
     - ``steps``: per engine step: ``time`` (start), ``duration``, ``replica``,
@@ -225,13 +237,29 @@ class SimResult:
     def __len__(self) -> int:
         return int(self.requests["arrival_time"].size)
 
-    def summary(self, slo_ttft: float = DEFAULT_SLO_TTFT, slo_tpot: float = DEFAULT_SLO_TPOT) -> dict[str, Any]:
-        """Latency and throughput in seconds. Latencies are over finished requests;
+    def summary(
+        self,
+        slo_ttft: float = DEFAULT_SLO_TTFT,
+        slo_tpot: float = DEFAULT_SLO_TPOT,
+        starvation_s: float | None = None,
+    ) -> dict[str, Any]:
+        """Latency and throughput in seconds. Every row is counted once:
+        ``num_finished + num_rejected + num_truncated == num_requests``. Latencies are over
+        finished requests (truncated ones did not produce their true output);
         rates are over the span from the first arrival to the last finish. ``goodput``:
-        finished requests per second with TTFT <= ``slo_ttft`` and TPOT <= ``slo_tpot``."""
+        finished requests per second with TTFT <= ``slo_ttft`` and TPOT <= ``slo_tpot``.
+
+        The tail: ``ttft_p999`` / ``ttft_max`` and ``e2e_p999`` / ``e2e_max`` beside the
+        percentiles, and starvation: ``starved_share`` is the share of finished requests whose
+        TTFT exceeds ``starvation_s`` (reported as ``starvation_threshold_s``). By default
+        that is ``STARVATION_FACTOR`` (10) times the run's median service time, a request's
+        service time being its time from first token to finish (its decode, which the waiting
+        order hardly changes); pass ``starvation_s`` to compare runs on one fixed threshold."""
         r = self.requests
         done = r["status"] == "finished"
         n, nf = len(self), int(done.sum())
+        n_rejected = int((r["status"] == "rejected").sum())
+        n_truncated = int((r["status"] == "truncated").sum())
         ttft, e2e = r["ttft"][done], r["e2e"][done]
         tpot = r["tpot"][done]
         tpot_ok = tpot[np.isfinite(tpot)]
@@ -241,15 +269,22 @@ class SimResult:
         if nf:
             span = float(np.nanmax(r["finish_time"]) - np.min(r["arrival_time"]))
         per_s = (lambda x: x / span) if span > 0 else (lambda x: float("nan"))
+        if starvation_s is None:
+            starvation = STARVATION_FACTOR * _pct(e2e - ttft, 50)
+        else:
+            starvation = float(starvation_s)
         good = (ttft <= slo_ttft) & ((tpot <= slo_tpot) | ~np.isfinite(tpot))
         s: dict[str, Any] = {
             "num_requests": n,
             "num_finished": nf,
-            "num_rejected": n - nf,
+            "num_rejected": n_rejected,
+            "num_truncated": n_truncated,
             "ttft_mean": _mean(ttft),
             "ttft_p50": _pct(ttft, 50),
             "ttft_p90": _pct(ttft, 90),
             "ttft_p99": _pct(ttft, 99),
+            "ttft_p999": _pct(ttft, 99.9),
+            "ttft_max": _max(ttft),
             "tpot_mean": _mean(tpot_ok),
             "tpot_p50": _pct(tpot_ok, 50),
             "tpot_p90": _pct(tpot_ok, 90),
@@ -258,6 +293,10 @@ class SimResult:
             "e2e_p50": _pct(e2e, 50),
             "e2e_p90": _pct(e2e, 90),
             "e2e_p99": _pct(e2e, 99),
+            "e2e_p999": _pct(e2e, 99.9),
+            "e2e_max": _max(e2e),
+            "starved_share": _mean((ttft > starvation).astype(np.float64)) if nf else float("nan"),
+            "starvation_threshold_s": starvation,
             "throughput_tokens_per_s": per_s(float(out.sum())),
             "requests_per_s": per_s(float(nf)),
             "preemptions_per_request": _mean(pre.astype(np.float64)),
@@ -470,7 +509,8 @@ def predict_output_tokens(true_output: np.ndarray, predictor: Any, seed: int = 0
 
 
 def _result(raw: dict[str, Any], config: dict[str, Any], wall: float) -> SimResult:
-    status = np.where(raw["status"] == 0, "finished", "rejected")
+    status = np.asarray(STATUS_NAMES, dtype=object)[np.asarray(raw["status"], dtype=np.int64)].astype(str)
+    reason = np.array(raw["reject_reason"], dtype=object)
     arrival, first, finish = raw["arrival_time"], raw["first_token_time"], raw["finish_time"]
     out = raw["output_tokens"]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -484,7 +524,8 @@ def _result(raw: dict[str, Any], config: dict[str, Any], wall: float) -> SimResu
         "output_tokens": out,
         "preemptions": raw["preemptions"],
         "status": status,
-        "reject_reason": np.array(raw["reject_reason"], dtype=object),
+        "reason": reason,
+        "reject_reason": np.where(status == "rejected", reason, ""),
         "cached_tokens": raw["cached_tokens"],
         "ttft": first - arrival,
         "tpot": tpot,
@@ -505,6 +546,7 @@ def _result(raw: dict[str, Any], config: dict[str, Any], wall: float) -> SimResu
 __all__ = [
     "DEFAULT_POLICIES",
     "DEFAULT_PRESET",
+    "STARVATION_FACTOR",
     "CostModel",
     "SimResult",
     "measure_capacity",

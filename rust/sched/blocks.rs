@@ -219,17 +219,8 @@ impl PrefixCacheStats {
     }
 }
 
-/// The blocks registered under one hash, oldest first: lookups return the first. Two blocks
-/// share a hash when two requests computed the same content before either was cached
-/// (vLLM's `BlockHashToBlockMap` does not deduplicate either).
-#[derive(Debug, Clone)]
-enum Holders {
-    One(BlockId),
-    Many(Vec<BlockId>),
-}
-
-/// Hashes the map's keys, which are block hashes already: one multiply to spread the bits
-/// (a caller's own `block_hashes` may be small consecutive ints), no SipHash.
+/// Hashes the map's keys, which are folded block hashes already: one multiply to spread the
+/// bits (a caller's own `block_hashes` may be small consecutive ints), no SipHash.
 #[derive(Debug, Clone, Copy, Default)]
 struct KeyHasher(u64);
 
@@ -242,72 +233,91 @@ impl std::hash::Hasher for KeyHasher {
             self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         }
     }
-    fn write_u128(&mut self, h: u128) {
-        let x = (h as u64) ^ ((h >> 64) as u64).rotate_left(32);
-        let x = x.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    fn write_u64(&mut self, k: u64) {
+        let x = k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
         self.0 = x ^ (x >> 32);
     }
 }
 
-/// The hash -> block map of the prefix cache.
+/// The map's key for a hash: its two halves folded (a smaller table than 128-bit keys). Two
+/// hashes with the same key are told apart by the block's own full hash ([`BlockPool::hash`]),
+/// so a fold collision (about 1 in 2**64 per pair) can cost a hit, never give a wrong one.
+#[inline]
+fn key(h: BlockHash) -> u64 {
+    (h as u64) ^ ((h >> 64) as u64)
+}
+
+/// The hash -> block map of the prefix cache. Several blocks may share a hash when two
+/// requests computed the same content before either was cached (vLLM's `BlockHashToBlockMap`
+/// does not deduplicate either): the first registered is in `first` and is what a lookup
+/// finds; later ones wait in `more`, oldest first, and move up when it leaves. Keys are
+/// [`key`]s; every entry's block carries the full hash.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct CacheMap {
-    map: HashMap<BlockHash, Holders, BuildHasherDefault<KeyHasher>>,
+    first: HashMap<u64, BlockId, BuildHasherDefault<KeyHasher>>,
+    more: HashMap<u64, Vec<BlockId>, BuildHasherDefault<KeyHasher>>,
 }
 
 impl CacheMap {
+    fn with_capacity(n: usize) -> Self {
+        CacheMap {
+            first: HashMap::with_capacity_and_hasher(n, BuildHasherDefault::default()),
+            more: HashMap::default(),
+        }
+    }
+
     fn insert(&mut self, h: BlockHash, b: BlockId) {
-        match self.map.get_mut(&h) {
-            None => {
-                self.map.insert(h, Holders::One(b));
+        let k = key(h);
+        if let Some(&first) = self.first.get(&k) {
+            if first != b {
+                self.more.entry(k).or_default().push(b);
             }
-            Some(Holders::One(first)) => {
-                let first = *first;
-                self.map.insert(h, Holders::Many(vec![first, b]));
-            }
-            Some(Holders::Many(v)) => v.push(b),
+        } else {
+            self.first.insert(k, b);
         }
     }
 
-    /// The block a lookup of `h` finds: the oldest registered.
+    /// The block registered first under `k`, if any (the caller checks its full hash).
     #[inline]
-    fn get(&self, h: &BlockHash) -> Option<BlockId> {
-        match self.map.get(h)? {
-            Holders::One(b) => Some(*b),
-            Holders::Many(v) => v.first().copied(),
-        }
+    fn get(&self, h: BlockHash) -> Option<BlockId> {
+        self.first.get(&key(h)).copied()
     }
 
-    fn remove(&mut self, h: &BlockHash, b: BlockId) {
-        let empty = match self.map.get_mut(h) {
-            Some(Holders::One(x)) => *x == b,
-            Some(Holders::Many(v)) => {
-                v.retain(|&x| x != b);
-                v.is_empty()
+    fn remove(&mut self, h: BlockHash, b: BlockId) {
+        let k = key(h);
+        if self.first.get(&k) == Some(&b) {
+            match self.more.get_mut(&k) {
+                Some(v) if !v.is_empty() => {
+                    let next = v.remove(0);
+                    if v.is_empty() {
+                        self.more.remove(&k);
+                    }
+                    self.first.insert(k, next);
+                }
+                _ => {
+                    self.first.remove(&k);
+                }
             }
-            None => false,
-        };
-        if empty {
-            self.map.remove(h);
+        } else if let Some(v) = self.more.get_mut(&k) {
+            v.retain(|&x| x != b);
+            if v.is_empty() {
+                self.more.remove(&k);
+            }
         }
     }
 
-    fn holds(&self, h: &BlockHash, b: BlockId) -> bool {
-        match self.map.get(h) {
-            Some(Holders::One(x)) => *x == b,
-            Some(Holders::Many(v)) => v.contains(&b),
-            None => false,
-        }
+    fn holds(&self, h: BlockHash, b: BlockId) -> bool {
+        let k = key(h);
+        self.first.get(&k) == Some(&b) || self.more.get(&k).is_some_and(|v| v.contains(&b))
     }
 
     fn len(&self) -> usize {
-        self.map
-            .values()
-            .map(|e| match e {
-                Holders::One(_) => 1,
-                Holders::Many(v) => v.len(),
-            })
-            .sum()
+        self.first.len() + self.more.values().map(Vec::len).sum::<usize>()
+    }
+
+    fn clear(&mut self) {
+        self.first.clear();
+        self.more.clear();
     }
 }
 
@@ -355,7 +365,9 @@ impl BlockPool {
             order: ReleaseOrder::Lifo,
             null_block,
             ref_cnt: vec![0; num_blocks as usize],
-            cache: caching.then(CacheMap::default),
+            // A block carries at most one hash, so the map never outgrows the pool; sized up
+            // front (to a point) so that filling the cache never rehashes.
+            cache: caching.then(|| CacheMap::with_capacity((num_blocks as usize).min(1 << 12))),
             hash: if caching {
                 vec![None; num_blocks as usize]
             } else {
@@ -415,7 +427,7 @@ impl BlockPool {
             };
             if let Some(cache) = &mut self.cache {
                 if let Some(h) = self.hash[b as usize].take() {
-                    cache.remove(&h, b);
+                    cache.remove(h, b);
                     self.stats.evictions += 1;
                 }
             }
@@ -476,8 +488,8 @@ impl BlockPool {
         let Some(cache) = &self.cache else {
             return;
         };
-        for h in hashes {
-            match cache.get(h) {
+        for &h in hashes {
+            match cache.get(h).filter(|&b| self.hash[b as usize] == Some(h)) {
                 Some(b) => out.push(b),
                 None => break,
             }
@@ -487,7 +499,10 @@ impl BlockPool {
     /// How many leading `hashes` are cached.
     pub(crate) fn count_hits(&self, hashes: &[BlockHash]) -> usize {
         self.cache.as_ref().map_or(0, |c| {
-            hashes.iter().take_while(|h| c.get(h).is_some()).count()
+            hashes
+                .iter()
+                .take_while(|&&h| c.get(h).is_some_and(|b| self.hash[b as usize] == Some(h)))
+                .count()
         })
     }
 
@@ -506,7 +521,7 @@ impl BlockPool {
     /// Forget every hash (vLLM's `reset_prefix_cache`); the caller checks nothing is held.
     pub(crate) fn clear_cache(&mut self) {
         if let Some(cache) = &mut self.cache {
-            cache.map.clear();
+            cache.clear();
             self.hash.iter_mut().for_each(|h| *h = None);
         }
     }
@@ -524,7 +539,7 @@ impl BlockPool {
         for (b, h) in self.hash.iter().enumerate() {
             if let Some(h) = h {
                 hashed += 1;
-                if !cache.holds(h, b as BlockId) {
+                if !cache.holds(*h, b as BlockId) {
                     return Some(format!(
                         "block {b} carries a hash the cache does not map to it"
                     ));

@@ -44,6 +44,9 @@ use crate::sched::{
 /// Outcome of a trace row.
 pub(crate) const STATUS_FINISHED: u8 = 0;
 pub(crate) const STATUS_REJECTED: u8 = 1;
+/// Ran, but stopped before its true output (capped at `min(true, max_output_tokens)`)
+/// because prompt plus output cannot fit the KV cache (or `max_model_len`): not finished.
+pub(crate) const STATUS_TRUNCATED: u8 = 2;
 
 /// How to run a simulation.
 #[derive(Debug, Clone, PartialEq)]
@@ -265,7 +268,8 @@ pub struct SimOutput {
     pub output_tokens: Vec<i64>,
     pub preemptions: Vec<i64>,
     pub status: Vec<u8>,
-    /// Empty unless rejected.
+    /// Empty unless rejected (`request_too_large: ...`) or truncated (`kv_cache: ...` or
+    /// `max_model_len: ...`).
     pub reject_reason: Vec<String>,
     /// Prompt tokens found in the prefix cache at the request's first admission.
     pub cached_tokens: Vec<i64>,
@@ -725,7 +729,15 @@ impl<'a> Sim<'a> {
                 self.out.finish_time[i] = now;
                 self.out.output_tokens[i] = count as i64;
                 self.out.preemptions[i] = i64::from(req.num_preemptions);
-                self.out.status[i] = STATUS_FINISHED;
+                let wanted =
+                    (self.trace.output_tokens[i] as u64).min(self.config.max_output_tokens);
+                if count < wanted {
+                    self.out.status[i] = STATUS_TRUNCATED;
+                    self.out.reject_reason[i] =
+                        truncate_reason(&self.config.engine, req.prompt_tokens, wanted, count);
+                } else {
+                    self.out.status[i] = STATUS_FINISHED;
+                }
                 self.num_done += 1;
                 if count < req.max_output_tokens {
                     self.finished_ids.push(req.id.clone());
@@ -746,6 +758,22 @@ impl<'a> Sim<'a> {
             self.queue.push(now, Event::Start { replica: r });
         }
         Ok(())
+    }
+}
+
+/// Why a request stopped after `count` of the `wanted` output tokens: the cap that bound,
+/// the KV cache (`capacity_tokens`) or `max_model_len`, with the numbers.
+fn truncate_reason(engine: &SchedulerConfig, prompt: u64, wanted: u64, count: u64) -> String {
+    let cache = engine.capacity_tokens();
+    match engine.max_model_len {
+        Some(mml) if mml < cache => format!(
+            "max_model_len: prompt {prompt} + output {wanted} tokens exceed max_model_len={mml}; \
+             stopped after {count} output tokens"
+        ),
+        _ => format!(
+            "kv_cache: prompt {prompt} + output {wanted} tokens exceed the KV cache of {cache} tokens; \
+             stopped after {count} output tokens"
+        ),
     }
 }
 

@@ -132,6 +132,24 @@ fn too_large_requests_are_rejected_rows() {
 }
 
 #[test]
+fn outputs_the_cache_cannot_hold_are_truncated_rows() {
+    let mut tr = trace(50, 10.0);
+    tr.prompt[5] = 3000; // 200 blocks * 16 tokens = 3200: room for about 200 output tokens
+    tr.output[5] = 484;
+    let cfg = config(2, "round_robin", "fcfs", 200);
+    let out = simulate(tr.view(), &cfg).unwrap();
+    assert_eq!(out.status[5], STATUS_TRUNCATED);
+    assert!(out.output_tokens[5] < 484, "{}", out.output_tokens[5]);
+    assert!(
+        out.reject_reason[5].starts_with("kv_cache: prompt 3000 + output 484"),
+        "{}",
+        out.reject_reason[5]
+    );
+    let finished = out.status.iter().filter(|&&s| s == STATUS_FINISHED).count();
+    assert_eq!(finished, 49);
+}
+
+#[test]
 fn bad_config_is_an_error() {
     let tr = trace(5, 1.0);
     assert!(matches!(

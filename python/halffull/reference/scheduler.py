@@ -466,6 +466,7 @@ class Scheduler:
         )
         self.requests[request_id] = req
         self.waiting.append(req)
+        self.policy.enqueued(req)
 
     def _prompt(self, prompt_tokens: Any, token_ids: Any, block_hashes: Any) -> tuple[int, list[BlockHash]]:
         """The prompt's length and block hashes from ``add_request``'s arguments."""
@@ -486,11 +487,38 @@ class Scheduler:
             return declared, []
         return declared, [given_block_hash(h) for h in _check_block_hashes(block_hashes)]
 
+    def extend_block_hashes(self, request_id: RequestId, block_hashes: Iterable[int | bytes], *,
+                            start: int) -> None:
+        """Prefix caching: name the request's next full blocks, from block ``start``, with the
+        caller's hashes (vLLM's ``Request.block_hashes`` as generated tokens fill blocks), so
+        generated blocks are found by content rather than by the request's own hashes.
+        ``start`` must be the number of hashes it holds now; the blocks must be full of known
+        tokens. No-op with caching off."""
+        _check_id(request_id)
+        start = _check_count("start", start, 0)
+        hashes = [given_block_hash(h) for h in _check_block_hashes(block_hashes)]
+        req = self._live(request_id)
+        if not self.caching:
+            return
+        held = len(req.block_hashes)
+        if start != held:
+            raise InvalidArgumentError(
+                f"request {request_id!r}: hashes must continue at block {held} (it holds {held} block hashes), "
+                f"not {start}", field="start", value=start)
+        full = req.num_tokens // self.config.block_size
+        if held + len(hashes) > full:
+            raise InvalidArgumentError(
+                f"request {request_id!r}: {len(hashes)} more block hashes after {held}, but its {req.num_tokens} "
+                f"known tokens fill {full} blocks of {self.config.block_size}", field="block_hashes",
+                value=len(hashes))
+        req.block_hashes.extend(hashes)
+
     def abort(self, request_id: RequestId) -> None:
         """End a live request now, wherever it is; its blocks are freed at once."""
         req = self._live(request_id)
         if req.status == WAITING:
             self.waiting.remove(req)
+            self.policy.dequeued(req)
         elif req.status == RUNNING:
             self.running.remove(req)
             if self.policy.reserves_full_output:
@@ -616,7 +644,7 @@ class Scheduler:
             load = len(self.waiting)
             if cfg.larry_load == "outstanding":
                 load += len(self.running) + len(self.swapped)
-            req = min(self.waiting, key=lambda r: self.policy.waiting_key(r, load))
+            req = min(self.waiting, key=lambda r: self.policy.waiting_key(r, load, self.now))
             need = _blocks_for(req.num_tokens, cfg.block_size)
             n = step.chunk(req)
             if self.policy.reserves_full_output:
@@ -626,6 +654,7 @@ class Scheduler:
             elif not self._fits(need):
                 break
             self.waiting.remove(req)
+            self.policy.dequeued(req)
             req.block_table = self.gpu.allocate(need)
             req.status = RUNNING
             step.admitted.append(req.request_id)
@@ -697,7 +726,7 @@ class Scheduler:
             load = len(self.waiting)
             if cfg.larry_load == "outstanding":
                 load += len(self.running)
-            req = self.policy.v1_next_waiting(self.waiting, load)
+            req = self.policy.v1_next_waiting(self.waiting, load, self.now)
             hit = pool.lookup(req.hashes_upto((req.num_tokens - 1) // bs)) if self.caching else []
             cached = len(hit) * bs
             n = step.chunk(req, cached)
@@ -714,6 +743,7 @@ class Scheduler:
                     break
                 self.reserved_blocks += self._max_blocks(req)
             self.waiting.remove(req)
+            self.policy.dequeued(req)
             pool.touch(hit)
             req.block_table = hit + pool.allocate(table_blocks - len(hit))
             req.num_computed_tokens = cached
@@ -915,8 +945,10 @@ class Scheduler:
         req.status = WAITING
         if self.v1:
             self.waiting.insert(0, req)   # the head of vLLM's waiting deque
+            self.policy.enqueued(req)
         else:
             self.waiting.append(req)
+            self.policy.enqueued(req)
         return "recompute"
 
     def _finish(self, req: Request) -> None:
