@@ -13,6 +13,7 @@ from . import errors, sim, traces
 from ._core import Router, Scheduler, StepPlan, policy_names, router_names
 from .config import PREEMPTION_MODES, SchedulerConfig
 from .errors import (
+    BusyError,
     ClockError,
     ConfigError,
     DuplicateRequestError,
@@ -20,6 +21,7 @@ from .errors import (
     InvalidArgumentError,
     InvalidUpdateError,
     InvariantError,
+    OutOfMemoryError,
     RequestTooLargeError,
     StalePlanError,
     TraceError,
@@ -40,6 +42,7 @@ __all__ = [
     "CostModel",
     "Router",
     "SimResult",
+    "BusyError",
     "ClockError",
     "ConfigError",
     "DuplicateRequestError",
@@ -47,6 +50,7 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidUpdateError",
     "InvariantError",
+    "OutOfMemoryError",
     "RequestTooLargeError",
     "Scheduler",
     "SchedulerConfig",

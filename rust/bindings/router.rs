@@ -8,9 +8,11 @@ use numpy::PyArray1;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString};
 
-use super::convert::{count, opt_count, opt_value, request_id as to_id, value};
-use super::error::IntoPyResult;
-use crate::error::{Error, Value};
+use super::convert::{
+    config_items, count, items, name, opt_count, opt_value, request_id as to_id, value,
+};
+use super::error::{to_pyerr, IntoPyResult};
+use crate::error::Error;
 use crate::id::RequestId;
 use crate::limits::{self, Blame};
 use crate::router::{
@@ -33,7 +35,8 @@ fn replica_index(py: Python<'_>, ob: &Bound<'_, PyAny>, num_replicas: usize) -> 
     limits::replica_index(&value(ob), num_replicas).py(py)
 }
 
-/// An int, or a sequence of `n` ints (one per replica); `None` gives `default` everywhere.
+/// An int, or a sequence of `n` ints (one per replica; not a mapping, a str or bytes);
+/// `None` gives `default` everywhere.
 fn per_replica(
     py: Python<'_>,
     field: &'static str,
@@ -44,14 +47,19 @@ fn per_replica(
     let Some(ob) = ob.filter(|o| !o.is_none()) else {
         return Ok(vec![default; n]);
     };
-    if ob.is_instance_of::<PyString>() || !ob.hasattr("__len__")? {
+    if !ob.hasattr("__iter__").unwrap_or(false) || ob.is_instance_of::<PyString>() {
         return limits::config_count(field, &value(ob))
             .map(|v| vec![v; n])
             .py(py);
     }
-    let values = ob
-        .try_iter()?
-        .map(|item| limits::config_count(field, &value(&item?)).py(py))
+    let values = config_items(field, ob, "ints (one per replica)")?
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            limits::config_count(field, &value(item))
+                .map_err(|e| e.at(i))
+                .py(py)
+        })
         .collect::<PyResult<Vec<u64>>>()?;
     if values.len() != n {
         let message = format!(
@@ -85,9 +93,24 @@ fn load_dict<'py>(py: Python<'py>, load: &ReplicaLoad) -> PyResult<Bound<'py, Py
 ///
 /// Capacity arguments take one int for every replica or a sequence of one per replica.
 /// Errors leave the router unchanged.
+///
+/// Safe to share between threads: each call converts its arguments, then holds the router
+/// only while Rust runs, then builds its result; calls apply one at a time. Pickles and copies
+/// with its whole state (`__getstate__`), so a restored router makes the same decisions.
 #[pyclass(module = "halffull._core", name = "Router")]
 pub struct PyRouter {
     core: Router<RequestId>,
+}
+
+/// The router for one call into the core: held only while Rust runs.
+fn hold<'py>(slf: &Bound<'py, PyRouter>) -> PyResult<PyRefMut<'py, PyRouter>> {
+    slf.try_borrow_mut()
+        .map_err(|_| to_pyerr(slf.py(), Error::Busy { what: "Router" }))
+}
+
+fn hold_ref<'py>(slf: &Bound<'py, PyRouter>) -> PyResult<PyRef<'py, PyRouter>> {
+    slf.try_borrow()
+        .map_err(|_| to_pyerr(slf.py(), Error::Busy { what: "Router" }))
 }
 
 #[pymethods]
@@ -107,10 +130,7 @@ impl PyRouter {
         prior_input_tokens: Option<&Bound<'_, PyAny>>,
         prior_output_tokens: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let policy = match value(policy) {
-            Value::Str(name) => name,
-            other => other.to_string(),
-        };
+        let policy = name(py, Blame::Config, "policy", policy)?;
         // Check the policy name and replica count before per-replica lists (clearer errors).
         crate::router::make_policy(&policy, 0).py(py)?;
         let n = limits::replicas("num_replicas", &value(num_replicas)).py(py)?;
@@ -153,7 +173,7 @@ impl PyRouter {
     /// replica's index. Raises `DuplicateRequestError` if `request_id` is live.
     #[pyo3(signature = (request_id, prompt_tokens, max_output_tokens=None, predicted_output_tokens=None))]
     fn route(
-        &mut self,
+        slf: &Bound<'_, Self>,
         py: Python<'_>,
         request_id: &Bound<'_, PyAny>,
         prompt_tokens: &Bound<'_, PyAny>,
@@ -171,21 +191,23 @@ impl PyRouter {
                 0,
             )?,
         };
-        self.core.route(id, request).py(py)
+        let result = hold(slf)?.core.route(id, request);
+        result.py(py)
     }
 
     /// `route` for many requests at once (same results as calling it in order); returns an
-    /// int64 array of replica indices. Everything is checked first: on error nothing is routed.
+    /// int64 array of replica indices. The arguments are iterables (not a str, bytes or a
+    /// mapping). Everything is checked first: on error nothing is routed.
     #[pyo3(signature = (request_ids, prompt_tokens, max_output_tokens=None, predicted_output_tokens=None))]
     fn route_many<'py>(
-        &mut self,
+        slf: &Bound<'py, Self>,
         py: Python<'py>,
         request_ids: &Bound<'py, PyAny>,
         prompt_tokens: &Bound<'py, PyAny>,
         max_output_tokens: Option<&Bound<'py, PyAny>>,
         predicted_output_tokens: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyArray1<i64>>> {
-        let ids: Vec<Bound<'py, PyAny>> = request_ids.try_iter()?.collect::<PyResult<_>>()?;
+        let ids = items("request_ids", request_ids, "request ids")?;
         let column = |field: &'static str,
                       ob: Option<&Bound<'py, PyAny>>,
                       min: u64|
@@ -193,10 +215,11 @@ impl PyRouter {
             let Some(ob) = ob.filter(|o| !o.is_none()) else {
                 return Ok(None);
             };
-            let mut values = Vec::with_capacity(ids.len());
-            for (i, item) in ob.try_iter()?.enumerate() {
+            let column = items(field, ob, "ints")?;
+            let mut values = Vec::with_capacity(column.len());
+            for (i, item) in column.iter().enumerate() {
                 values.push(
-                    limits::count(field, &value(&item?), min)
+                    limits::count(field, &value(item), min)
                         .map_err(|e| e.at(i))
                         .py(py)?,
                 );
@@ -223,44 +246,51 @@ impl PyRouter {
             };
             requests.push((to_id(ob).map_err(|e| e.at(i)).py(py)?, request));
         }
-        let chosen = self.core.route_many(requests).py(py)?;
+        let chosen = hold(slf)?.core.route_many(requests);
         Ok(PyArray1::from_vec(
             py,
-            chosen.into_iter().map(|i| i as i64).collect(),
+            chosen.py(py)?.into_iter().map(|i| i as i64).collect(),
         ))
     }
 
     /// The request has started (prefill done) and generated `output_tokens` tokens so far
     /// (cumulative; never decreasing; at most its `max_output_tokens`).
     fn on_progress(
-        &mut self,
+        slf: &Bound<'_, Self>,
         py: Python<'_>,
         request_id: &Bound<'_, PyAny>,
         output_tokens: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let id = to_id(request_id).py(py)?;
         let out = count(py, "output_tokens", output_tokens, 0)?;
-        self.core.on_progress(&id, out).py(py)
+        let result = hold(slf)?.core.on_progress(&id, out);
+        result.py(py)
     }
 
     /// The request finished with `output_tokens` generated tokens: its load leaves its
     /// replica and its lengths feed SAL's β and the default decode estimate.
     fn on_finish(
-        &mut self,
+        slf: &Bound<'_, Self>,
         py: Python<'_>,
         request_id: &Bound<'_, PyAny>,
         output_tokens: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let id = to_id(request_id).py(py)?;
         let out = count(py, "output_tokens", output_tokens, 0)?;
-        self.core.on_finish(&id, out).py(py)
+        let result = hold(slf)?.core.on_finish(&id, out);
+        result.py(py)
     }
 
     /// The request ended early (cancelled, failed): its load leaves its replica; β does not
     /// learn from it.
-    fn on_abort(&mut self, py: Python<'_>, request_id: &Bound<'_, PyAny>) -> PyResult<()> {
+    fn on_abort(
+        slf: &Bound<'_, Self>,
+        py: Python<'_>,
+        request_id: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
         let id = to_id(request_id).py(py)?;
-        self.core.on_abort(&id).py(py)
+        let result = hold(slf)?.core.on_abort(&id);
+        result.py(py)
     }
 
     /// Overwrite replica `index`'s load with an engine's report; omitted fields keep their
@@ -268,7 +298,7 @@ impl PyRouter {
     #[pyo3(signature = (index, *, waiting=None, running=None, queued_prefill_tokens=None, remaining_decode_tokens=None, free_blocks=None))]
     #[allow(clippy::too_many_arguments)]
     fn update_replica(
-        &mut self,
+        slf: &Bound<'_, Self>,
         py: Python<'_>,
         index: &Bound<'_, PyAny>,
         waiting: Option<&Bound<'_, PyAny>>,
@@ -277,7 +307,8 @@ impl PyRouter {
         remaining_decode_tokens: Option<&Bound<'_, PyAny>>,
         free_blocks: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let i = replica_index(py, index, self.core.num_replicas())?;
+        let n = hold_ref(slf)?.core.num_replicas();
+        let i = replica_index(py, index, n)?;
         let snapshot = ReplicaSnapshot {
             waiting: opt_count(py, "waiting", waiting, 0)?,
             running: opt_count(py, "running", running, 0)?,
@@ -295,25 +326,26 @@ impl PyRouter {
             )?,
             free_blocks: opt_count(py, "free_blocks", free_blocks, 0)?,
         };
-        self.core.update_replica(i, snapshot).py(py)
+        let result = hold(slf)?.core.update_replica(i, snapshot);
+        result.py(py)
     }
 
     /// Replica `index`'s load as the router sees it (a fresh dict).
     fn replica<'py>(
-        &self,
+        slf: &Bound<'py, Self>,
         py: Python<'py>,
         index: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let i = replica_index(py, index, self.core.num_replicas())?;
-        let load = self.core.replica(i).py(py)?;
-        load_dict(py, load)
+        let n = hold_ref(slf)?.core.num_replicas();
+        let i = replica_index(py, index, n)?;
+        let load = hold_ref(slf)?.core.replica(i).copied();
+        load_dict(py, &load.py(py)?)
     }
 
     /// Every replica's load, in index order.
-    fn replica_loads<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let dicts = self
-            .core
-            .replicas()
+    fn replica_loads<'py>(slf: &Bound<'py, Self>, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let loads = hold_ref(slf)?.core.replicas().to_vec();
+        let dicts = loads
             .iter()
             .map(|l| load_dict(py, l))
             .collect::<PyResult<Vec<_>>>()?;
@@ -321,23 +353,33 @@ impl PyRouter {
     }
 
     /// The replica a live request was routed to.
-    fn replica_of(&self, py: Python<'_>, request_id: &Bound<'_, PyAny>) -> PyResult<usize> {
+    fn replica_of(
+        slf: &Bound<'_, Self>,
+        py: Python<'_>,
+        request_id: &Bound<'_, PyAny>,
+    ) -> PyResult<usize> {
         let id = to_id(request_id).py(py)?;
-        self.core.replica_of(&id).py(py)
+        let result = hold_ref(slf)?.core.replica_of(&id);
+        result.py(py)
     }
 
     /// Raise `InvariantError` if a replica's counters disagree with its live requests
     /// (replicas that got a snapshot are exempt).
-    fn check_invariants(&self, py: Python<'_>) -> PyResult<()> {
-        self.core.check_invariants().py(py)
+    fn check_invariants(slf: &Bound<'_, Self>, py: Python<'_>) -> PyResult<()> {
+        let result = hold_ref(slf)?.core.check_invariants();
+        result.py(py)
     }
 
     fn __len__(&self) -> usize {
         self.core.num_live()
     }
 
-    fn __contains__(&self, request_id: &Bound<'_, PyAny>) -> bool {
-        to_id(request_id).is_ok_and(|id| self.core.contains(&id))
+    /// Is `request_id` live here? (False for anything that is not a valid id.)
+    fn __contains__(slf: &Bound<'_, Self>, request_id: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let Ok(id) = to_id(request_id) else {
+            return Ok(false);
+        };
+        Ok(hold_ref(slf)?.core.contains(&id))
     }
 
     #[getter]

@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from .._util import check_text_id, items
 from ..errors import (
     ConfigError,
     DuplicateRequestError,
@@ -296,7 +297,7 @@ def _is_int(value: Any) -> bool:
 
 def _check_id(request_id: Any) -> RequestId:
     if isinstance(request_id, str):
-        return str(request_id)
+        return str(check_text_id(request_id, InvalidArgumentError))
     if isinstance(request_id, int) and not isinstance(request_id, bool):
         if not -(2**63) <= request_id < 2**63:
             raise InvalidArgumentError("an int request_id must fit in 64 bits", field="request_id")
@@ -321,9 +322,10 @@ def _optional_count(name: str, value: Any, minimum: int) -> int | None:
 def _per_replica(name: str, value: Any, n: int, default: int) -> list[int]:
     if value is None:
         return [default] * n
-    if isinstance(value, str) or not hasattr(value, "__len__"):
+    if isinstance(value, str) or not hasattr(value, "__iter__"):
         return [_check_count(name, value, 1, ConfigError)] * n
-    values = [_check_count(name, v, 1, ConfigError) for v in value]
+    values = [_check_count(name, v, 1, ConfigError)
+              for v in items(name, value, "ints (one per replica)", ConfigError)]
     if len(values) != n:
         raise ConfigError(f"{name} has {len(values)} entries; expected one per replica ({n})",
                           field=name, value=value)
@@ -483,12 +485,12 @@ class Router:
         predicted_output_tokens: Iterable[int] | None = None,
     ) -> np.ndarray:
         """``route`` for each request in order; everything is checked first."""
-        ids = list(request_ids)
+        ids = items("request_ids", request_ids, "request ids", InvalidArgumentError)
 
         def column(name: str, values: Iterable[int] | None, minimum: int) -> list[int] | None:
             if values is None:
                 return None
-            out = [_check_count(name, v, minimum) for v in values]
+            out = [_check_count(name, v, minimum) for v in items(name, values, "ints", InvalidArgumentError)]
             if len(out) != len(ids):
                 raise InvalidArgumentError(f"{name} has {len(out)} entries but request_ids has {len(ids)}",
                                            field=name, value=values)

@@ -71,6 +71,7 @@ from typing import Any
 
 import numpy as np
 
+from .._util import check_text_id, items
 from ..config import SchedulerConfig
 from ..errors import (
     ClockError,
@@ -223,6 +224,8 @@ def _check_id(request_id: Any) -> RequestId:
             field="request_id", value=request_id)
     if isinstance(request_id, int) and not -(2**63) <= request_id < 2**63:
         raise InvalidArgumentError("an int request_id must fit in 64 bits", field="request_id", value=request_id)
+    if isinstance(request_id, str):
+        check_text_id(request_id, InvalidArgumentError)
     return request_id
 
 
@@ -608,7 +611,8 @@ class Scheduler:
             step.schedule(req, n)
             self.running.append(req)
 
-    def update(self, plan: StepPlan, finished: Iterable[RequestId] = (), now: float | None = None) -> list[RequestId]:
+    def update(self, plan: StepPlan, finished: Iterable[RequestId] | None = (),
+               now: float | None = None) -> list[RequestId]:
         """Apply what the step produced; returns the ids that finished, in plan order.
 
         Every scheduled request whose known tokens are all computed after the step sampled one
@@ -640,13 +644,16 @@ class Scheduler:
         self._ended_since_plan.extend(ended)
         return ended
 
-    def _early_finishers(self, step: int, finished: Iterable[RequestId]) -> set[RequestId]:
+    def _early_finishers(self, step: int, finished: Iterable[RequestId] | None) -> set[RequestId]:
         """The live requests that ``finished`` names (EOS in step ``step``), each checked to
         have sampled in the pending plan; ids aborted during the step are skipped. Changes
         nothing."""
+        if finished is None:
+            return set()
         if isinstance(finished, (str, int)):
             raise InvalidArgumentError("finished must be a list of request ids, not a single id",
                                        field="finished", value=finished)
+        finished = items("finished", finished, "request ids", InvalidArgumentError)
         sampling = {r.request_id for r, n in self._pending_scheduled
                     if r.num_computed_tokens + n == r.num_tokens}
         early: set[RequestId] = set()
