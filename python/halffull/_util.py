@@ -6,6 +6,8 @@
   of ``valid``, worded and attributed the same way everywhere.
 - ``items(field, value, what, error)``: the items of a "list" argument, read the way the Rust
   bindings read them (``rust/bindings/convert.rs``).
+- ``as_float(value)``: a number as a float, huge ints as infinities.
+- ``shown(value)``: a caller's value in a message (short, and never raising).
 - ``check_text_id(request_id, error)``: a str request id Rust can hold (no lone surrogates).
 """
 
@@ -46,6 +48,25 @@ def unknown_name(cls: type[E], what: str, name: Any, valid: Iterable[str], *, fi
     return cls(f"unknown {what} {name!r}; valid: {', '.join(names)}", field=field, value=name, valid=names)
 
 
+def as_float(value: Any) -> float:
+    """``float(value)`` for a number, with an int beyond float range as an infinity of its
+    sign (rather than ``OverflowError``)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` for an error message: cut to ``limit`` characters (a 300-digit int),
+    and never raising (an object whose ``__repr__`` raises is shown by its type)."""
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a message must not fail
+        text = f"<{type(value).__name__} object>"
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def items(field: str, value: Any, what: str, error: type[E]) -> list[Any]:
     """The items of a "list" argument: any iterable but a str, bytes, bytearray or mapping
     (their items would be characters, byte values or keys), read whole, up front. Those,
@@ -82,4 +103,4 @@ def check_text_id(request_id: str, error: type[E]) -> str:
     return request_id
 
 
-__all__ = ["check_text_id", "items", "json_ready", "unknown_name"]
+__all__ = ["as_float", "check_text_id", "items", "json_ready", "shown", "unknown_name"]

@@ -36,6 +36,7 @@ import numpy as np
 
 from . import _core
 from . import traces as _traces
+from ._util import as_float, shown
 from .errors import ConfigError, InvalidArgumentError
 from .limits import MAX_COUNT, MAX_REPLICAS
 
@@ -59,6 +60,7 @@ def presets(block_size: int = 16) -> list[dict[str, Any]]:
     """Every preset with its numbers: model shape, GPU peak FLOP/s, bandwidth, memory, and
     the derived KV capacity (``num_gpu_blocks`` of ``block_size`` tokens). Sources of the
     numbers: comments in ``rust/sim/cost.rs``."""
+    block_size = _int("block_size", block_size, 1, MAX_COUNT)
     return [dict(_core.sim_preset(name, block_size)) for name in preset_names()]
 
 
@@ -90,15 +92,12 @@ def _as_trace(trace: Any) -> _traces.Trace:
 def _number(name: str, value: Any, *, positive: bool = True,
             error: type[ConfigError] | type[InvalidArgumentError] = InvalidArgumentError) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise error(f"{name} must be a number, got {type(value).__name__} {value!r}"[:200],
+        raise error(f"{name} must be a number, got {type(value).__name__} {shown(value)}",
                     field=name, value=value)
-    try:
-        v = float(value)
-    except OverflowError:                               # an int beyond float range
-        v = math.inf
+    v = as_float(value)
     if not math.isfinite(v) or (v <= 0 if positive else v < 0):
         raise error(
-            f"{name} must be finite and {'> 0' if positive else '>= 0'}, got {value!r}"[:200],
+            f"{name} must be finite and {'> 0' if positive else '>= 0'}, got {shown(value)}",
             field=name,
             value=value,
         )
@@ -108,23 +107,23 @@ def _number(name: str, value: Any, *, positive: bool = True,
 def _int(name: str, value: Any, lo: int, hi: int) -> int:
     """An int (Python's or numpy's, not a bool) in ``[lo, hi]``, or ``ConfigError``."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ConfigError(f"{name} must be an int, got {type(value).__name__} {value!r}"[:200],
+        raise ConfigError(f"{name} must be an int, got {type(value).__name__} {shown(value)}",
                           field=name, value=value)
     if not lo <= int(value) <= hi:
-        raise ConfigError(f"{name} must be in [{lo}, {hi}], got {value}"[:200], field=name, value=value)
+        raise ConfigError(f"{name} must be in [{lo}, {hi}], got {shown(value)}", field=name, value=value)
     return int(value)
 
 
 def _flag(name: str, value: Any) -> bool:
     if not isinstance(value, (bool, np.bool_)):
-        raise ConfigError(f"{name} must be a bool, got {type(value).__name__} {value!r}"[:200],
+        raise ConfigError(f"{name} must be a bool, got {type(value).__name__} {shown(value)}",
                           field=name, value=value)
     return bool(value)
 
 
 def _name(name: str, value: Any, valid: list[str]) -> str:
     if not isinstance(value, str) or value not in valid:
-        what = f"{value!r}" if isinstance(value, str) else f"{type(value).__name__} {value!r}"
+        what = shown(value) if isinstance(value, str) else f"{type(value).__name__} {shown(value)}"
         raise ConfigError(f"{name} must be one of {', '.join(valid)}; got {what}"[:300],
                           field=name, value=value, valid=tuple(valid))
     return value
@@ -375,6 +374,12 @@ def simulate(
         sal_beta = _number("sal_beta", sal_beta)
     if load is not None and rate_scale is not None:
         raise InvalidArgumentError("give load or rate_scale, not both", field="load")
+    if load is not None:
+        _number("load", load)
+    if rate_scale is not None:
+        _number("rate_scale", rate_scale)
+    if not (predictor is None or (isinstance(predictor, str) and predictor in ("none", "oracle"))):
+        _predictor_sigma(predictor)
     name = preset_name(preset, model, gpu)
     engine, cost = _setup(name, cost_model, {**engine_config, "policy": policy})
     config: dict[str, Any] = {
@@ -401,10 +406,10 @@ def simulate(
             raise InvalidArgumentError(
                 "load needs a trace whose arrivals span time (its rate is undefined)", field="load"
             )
-        tr = tr.scale_rate(x * capacity / rate)
+        tr = _scaled(tr, x * capacity / rate, "load", load)
         config.update(load=x, capacity_requests_per_s=capacity)
     elif rate_scale is not None:
-        tr = tr.scale_rate(_number("rate_scale", rate_scale))
+        tr = _scaled(tr, _number("rate_scale", rate_scale), "rate_scale", rate_scale)
         config["rate_scale"] = float(rate_scale)
     config["offered_rate"] = tr.rate
     predicted = predict_output_tokens(tr.output_tokens, predictor, seed)
@@ -428,6 +433,14 @@ def simulate(
     return _result(raw, config, wall)
 
 
+def _scaled(tr: _traces.Trace, factor: float, field: str, given: Any) -> _traces.Trace:
+    """``tr.scale_rate(factor)``, its error naming ``field`` (what the caller gave)."""
+    try:
+        return tr.scale_rate(factor)
+    except InvalidArgumentError as e:
+        raise InvalidArgumentError(f"{field}={shown(given)}: {e}", field=field, value=given) from None
+
+
 #: Largest noise level ``sigma`` of the ``noisy`` predictor: at 100 a prediction is already
 #: off by a factor e**100 at one standard deviation (clipped to ``[1, MAX_COUNT]``).
 MAX_PREDICTOR_SIGMA = 100.0
@@ -445,11 +458,11 @@ def _predictor_sigma(predictor: Any) -> float:
         except ValueError:
             pass
     elif isinstance(text, (int, float, np.integer, np.floating)) and not isinstance(text, (bool, np.bool_)):
-        sigma = float(text)
+        sigma = as_float(text)
     if not (math.isfinite(sigma) and 0.0 <= sigma <= MAX_PREDICTOR_SIGMA):
         raise InvalidArgumentError(
             "predictor must be None, 'oracle', or a noise level sigma in [0, "
-            f"{MAX_PREDICTOR_SIGMA:g}] (a number or 'noisy:0.5'), got {predictor!r}",
+            f"{MAX_PREDICTOR_SIGMA:g}] (a number or 'noisy:0.5'), got {shown(predictor)}",
             field="predictor", value=predictor)
     return sigma + 0.0                                  # -0.0 is 0.0
 

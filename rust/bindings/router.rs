@@ -35,8 +35,9 @@ fn replica_index(py: Python<'_>, ob: &Bound<'_, PyAny>, num_replicas: usize) -> 
     limits::replica_index(&value(ob), num_replicas).py(py)
 }
 
-/// An int, or a sequence of `n` ints (one per replica; not a mapping, a str or bytes);
-/// `None` gives `default` everywhere.
+/// An int (for all `n` replicas), or a sequence of ints (one per replica; not a mapping, a
+/// str or bytes; its length is checked by [`one_per_replica`]); `None` gives `default`
+/// everywhere.
 fn per_replica(
     py: Python<'_>,
     field: &'static str,
@@ -61,6 +62,11 @@ fn per_replica(
                 .py(py)
         })
         .collect::<PyResult<Vec<u64>>>()?;
+    Ok(values)
+}
+
+/// `ConfigError` unless `values` has one entry per replica.
+fn one_per_replica(py: Python<'_>, field: &'static str, values: &[u64], n: usize) -> PyResult<()> {
     if values.len() != n {
         let message = format!(
             "{field} has {} entries; expected one per replica ({n})",
@@ -68,7 +74,7 @@ fn per_replica(
         );
         return Err(Error::config(field, message)).py(py);
     }
-    Ok(values)
+    Ok(())
 }
 
 fn load_dict<'py>(py: Python<'py>, load: &ReplicaLoad) -> PyResult<Bound<'py, PyDict>> {
@@ -152,6 +158,16 @@ impl PyRouter {
             n,
             d.max_num_batched_tokens,
         )?;
+        if let Some(v) = opt_value(prior_input_tokens) {
+            config.prior_input_tokens = limits::config_count("prior_input_tokens", &v).py(py)?;
+        }
+        if let Some(v) = opt_value(prior_output_tokens) {
+            config.prior_output_tokens = limits::config_count("prior_output_tokens", &v).py(py)?;
+        }
+        // Every value checked, then the lengths (a bad value is named before a short list).
+        one_per_replica(py, "num_gpu_blocks", &blocks, n)?;
+        one_per_replica(py, "block_size", &sizes, n)?;
+        one_per_replica(py, "max_num_batched_tokens", &budgets, n)?;
         config.replicas = (0..n)
             .map(|i| ReplicaSpec {
                 num_gpu_blocks: blocks[i],
@@ -159,12 +175,6 @@ impl PyRouter {
                 max_num_batched_tokens: budgets[i],
             })
             .collect();
-        if let Some(v) = opt_value(prior_input_tokens) {
-            config.prior_input_tokens = limits::config_count("prior_input_tokens", &v).py(py)?;
-        }
-        if let Some(v) = opt_value(prior_output_tokens) {
-            config.prior_output_tokens = limits::config_count("prior_output_tokens", &v).py(py)?;
-        }
         let core = Router::new(config).py(py)?;
         Ok(PyRouter { core })
     }
@@ -207,12 +217,17 @@ impl PyRouter {
         max_output_tokens: Option<&Bound<'py, PyAny>>,
         predicted_output_tokens: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyArray1<i64>>> {
-        let ids = items("request_ids", request_ids, "request ids")?;
+        let ids = items("request_ids", request_ids, "request ids")?
+            .iter()
+            .enumerate()
+            .map(|(i, ob)| to_id(ob).map_err(|e| e.at(i)).py(py))
+            .collect::<PyResult<Vec<_>>>()?;
+        // `None` is no column, except for prompt_tokens, which is required.
         let column = |field: &'static str,
                       ob: Option<&Bound<'py, PyAny>>,
                       min: u64|
          -> PyResult<Option<Vec<u64>>> {
-            let Some(ob) = ob.filter(|o| !o.is_none()) else {
+            let Some(ob) = ob.filter(|o| field == "prompt_tokens" || !o.is_none()) else {
                 return Ok(None);
             };
             let column = items(field, ob, "ints")?;
@@ -224,28 +239,40 @@ impl PyRouter {
                         .py(py)?,
                 );
             }
-            if values.len() != ids.len() {
+            Ok(Some(values))
+        };
+        // Every value first, then the lengths (a bad value is named before a short column).
+        let prompts = column("prompt_tokens", Some(prompt_tokens), 1)?.unwrap_or_default();
+        let caps = column("max_output_tokens", max_output_tokens, 1)?;
+        let predictions = column("predicted_output_tokens", predicted_output_tokens, 0)?;
+        for (field, len) in [
+            ("prompt_tokens", Some(prompts.len())),
+            ("max_output_tokens", caps.as_ref().map(Vec::len)),
+            (
+                "predicted_output_tokens",
+                predictions.as_ref().map(Vec::len),
+            ),
+        ] {
+            if let Some(len) = len.filter(|&len| len != ids.len()) {
                 let message = format!(
-                    "{field} has {} entries but request_ids has {}",
-                    values.len(),
+                    "{field} has {len} entries but request_ids has {}",
                     ids.len()
                 );
                 return Err(Error::invalid(field, message)).py(py);
             }
-            Ok(Some(values))
-        };
-        let prompts = column("prompt_tokens", Some(prompt_tokens), 1)?.unwrap_or_default();
-        let caps = column("max_output_tokens", max_output_tokens, 1)?;
-        let predictions = column("predicted_output_tokens", predicted_output_tokens, 0)?;
-        let mut requests = Vec::with_capacity(ids.len());
-        for (i, ob) in ids.iter().enumerate() {
-            let request = RouteRequest {
-                prompt_tokens: prompts.get(i).copied().unwrap_or(0),
-                max_output_tokens: caps.as_ref().and_then(|c| c.get(i).copied()),
-                predicted_output_tokens: predictions.as_ref().and_then(|p| p.get(i).copied()),
-            };
-            requests.push((to_id(ob).map_err(|e| e.at(i)).py(py)?, request));
         }
+        let requests = ids
+            .into_iter()
+            .enumerate()
+            .map(|(i, id)| {
+                let request = RouteRequest {
+                    prompt_tokens: prompts.get(i).copied().unwrap_or(0),
+                    max_output_tokens: caps.as_ref().and_then(|c| c.get(i).copied()),
+                    predicted_output_tokens: predictions.as_ref().and_then(|p| p.get(i).copied()),
+                };
+                (id, request)
+            })
+            .collect();
         let chosen = hold(slf)?.core.route_many(requests);
         Ok(PyArray1::from_vec(
             py,

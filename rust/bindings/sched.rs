@@ -348,8 +348,8 @@ impl PyScheduler {
                 ))
                 .py(py);
             }
-            for item in items("finished", f, "request ids")? {
-                early.push(to_id(&item).py(py)?);
+            for (i, item) in items("finished", f, "request ids")?.iter().enumerate() {
+                early.push(to_id(item).map_err(|e| e.at(i)).py(py)?);
             }
         }
         let now = time(py, "now", now)?;

@@ -34,10 +34,15 @@ fn sim_preset_names() -> Vec<&'static str> {
     sim::preset_names()
 }
 
-/// A preset by name (a str in `sim_preset_names()`).
-fn preset_by_name(py: Python<'_>, ob: &Bound<'_, PyAny>) -> PyResult<Preset> {
-    let name = name(py, Blame::Config, "preset", ob)?;
-    Preset::by_name(&name).py(py)
+/// A preset by name (a str in `sim_preset_names()`; `field`: the argument).
+fn preset_by_name(py: Python<'_>, field: &'static str, ob: &Bound<'_, PyAny>) -> PyResult<Preset> {
+    let name = name(py, Blame::Config, field, ob)?;
+    Preset::by_name(&name)
+        .map_err(|e| match e {
+            Error::UnknownName { name, valid, .. } => Error::UnknownName { field, name, valid },
+            other => other,
+        })
+        .py(py)
 }
 
 /// A block size: an int in `[1, 2**40]`.
@@ -68,7 +73,7 @@ fn sim_preset<'py>(
     name: &Bound<'py, PyAny>,
     block_size: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let p = preset_by_name(py, name)?;
+    let p = preset_by_name(py, "name", name)?;
     let block_size = match block_size.filter(|b| !b.is_none()) {
         Some(b) => self::block_size(py, b)?,
         None => 16,
@@ -199,7 +204,7 @@ impl PyCostModel {
         eff_memory: Option<&Bound<'_, PyAny>>,
         host_bw: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let p = preset_by_name(py, name)?;
+        let p = preset_by_name(py, "name", name)?;
         let block_size = match block_size.filter(|b| !b.is_none()) {
             Some(b) => self::block_size(py, b)?,
             None => 16,
@@ -452,7 +457,7 @@ fn sim_setup(
     cost: Option<&Bound<'_, PyAny>>,
     settings: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<(PySchedulerConfig, PyCostModel)> {
-    let p = preset_by_name(py, preset)?;
+    let p = preset_by_name(py, "preset", preset)?;
     let cost = cost
         .filter(|c| !c.is_none())
         .map(|c| cost_model(py, c))

@@ -71,7 +71,7 @@ from typing import Any
 
 import numpy as np
 
-from .._util import check_text_id, items
+from .._util import as_float, check_text_id, items, shown
 from ..config import SchedulerConfig
 from ..errors import (
     ClockError,
@@ -231,7 +231,7 @@ def _check_id(request_id: Any) -> RequestId:
 
 def _check_count(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise InvalidArgumentError(f"{name} must be an int, got {type(value).__name__} {value!r}",
+        raise InvalidArgumentError(f"{name} must be an int, got {type(value).__name__} {shown(value)}",
                                    field=name, value=value)
     value = int(value)
     if value < minimum or value > _MAX_INT:
@@ -241,11 +241,11 @@ def _check_count(name: str, value: Any, minimum: int) -> int:
 
 def _check_time(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise InvalidArgumentError(f"{name} must be a number, got {type(value).__name__} {value!r}",
+        raise InvalidArgumentError(f"{name} must be a number, got {type(value).__name__} {shown(value)}",
                                    field=name, value=value)
-    v = float(value)
+    v = as_float(value)
     if not math.isfinite(v) or v < 0.0 or v > _MAX_TIME:
-        raise InvalidArgumentError(f"{name} must be finite and in [0, 1e12] seconds, got {value!r}",
+        raise InvalidArgumentError(f"{name} must be finite and in [0, 1e12] seconds, got {shown(value)}",
                                    field=name, value=value)
     return v
 
@@ -346,7 +346,7 @@ class Scheduler:
         arrival = self.now if arrival_time is None else _check_time("arrival_time", arrival_time)
         if isinstance(priority, bool) or not isinstance(priority, (int, np.integer)) \
                 or not -(2**63) <= int(priority) < 2**63:
-            raise InvalidArgumentError(f"priority must be a 64-bit int, got {priority!r}",
+            raise InvalidArgumentError(f"priority must be a 64-bit int, got {shown(priority)}",
                                        field="priority", value=priority)
         if predicted_output_tokens is not None:
             predicted_output_tokens = _check_count("predicted_output_tokens", predicted_output_tokens, 0)
