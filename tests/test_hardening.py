@@ -1,4 +1,4 @@
-"""Issue 11 regressions: each test is built from the issue's reproducer (items 1, 2, 4, 5, 6)."""
+"""Issue 11 regressions: each test is built from the issue's reproducer (items 1, 2, 3, 4, 5, 6)."""
 
 from __future__ import annotations
 
@@ -295,3 +295,52 @@ def test_a_bad_utf8_byte_mid_file_names_its_line(tmp_path, kind, gz):
     path = tmp_path / f"t.{kind}{'.gz' if gz else ''}"
     path.write_bytes(gzip.compress(data) if gz else data)
     assert_trace_error(path, 4000, "not UTF-8")
+
+
+# ------------------------------------------------------------------ 3. allocation failures
+
+OOM_SCRIPT = """
+import resource, sys
+import halffull
+from halffull import sim, traces
+def vm_size():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmSize"):
+            return int(line.split()[1]) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (vm_size() + 2 * 2**30, resource.RLIM_INFINITY))  # 2 GiB more
+cases = {
+    "scheduler": lambda: halffull.Scheduler(halffull.SchedulerConfig(num_gpu_blocks=2**32 - 2, block_size=1)),
+    "cpu_blocks": lambda: halffull.Scheduler(halffull.SchedulerConfig(num_gpu_blocks=8, num_cpu_blocks=2**32 - 2,
+                                                                      preemption_mode="swap")),
+    "replicas": lambda: sim.simulate(traces.builtin("default").head(10), replicas=65536),
+}
+for name, make in cases.items():
+    try:
+        make()
+        print(name, "allocated")
+    except MemoryError as e:
+        print(name, type(e).__name__, isinstance(e, halffull.HalffullError), e.field, e.bytes)
+s = halffull.Scheduler(halffull.SchedulerConfig(num_gpu_blocks=64))
+s.add_request(1, prompt_tokens=5, max_output_tokens=2)
+print("after", len(s), sim.simulate(traces.builtin("default").head(10), replicas=2).summary()["num_finished"])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS and /proc are Linux's")
+def test_allocations_beyond_a_memory_limit_raise_memory_error_not_abort():
+    proc = subprocess.run([sys.executable, "-c", OOM_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]   # no SIGABRT ("memory allocation ... failed")
+    lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
+    assert lines["scheduler"] == f"OutOfMemoryError True num_gpu_blocks {(2**32 - 2) * 9}"
+    assert lines["cpu_blocks"] == f"OutOfMemoryError True num_cpu_blocks {(2**32 - 2 + 8) * 9}"
+    assert lines["replicas"].startswith("OutOfMemoryError True replicas ")
+    assert lines["after"] == "1 10"                     # the interpreter is fine afterwards
+
+
+def test_out_of_memory_error_is_a_memory_error_and_pickles():
+    import pickle
+
+    e = halffull.OutOfMemoryError("no room", field="num_gpu_blocks", bytes=9)
+    assert isinstance(e, MemoryError) and isinstance(e, halffull.HalffullError)
+    back = pickle.loads(pickle.dumps(e))
+    assert (type(back), back.field, back.bytes, str(back)) == (type(e), "num_gpu_blocks", 9, "no room")

@@ -485,18 +485,38 @@ struct Columns {
     predicted: Option<Vec<i64>>,
 }
 
+/// A numpy column copied into a Vec, allocated fallibly (`OutOfMemory` naming the column).
+fn copy_column<T: Element + Copy>(
+    field: &'static str,
+    a: &PyReadonlyArray1<'_, T>,
+) -> crate::error::Result<Vec<T>> {
+    let view = a.as_array();
+    let mut v = Vec::new();
+    v.try_reserve_exact(view.len()).map_err(|_| {
+        Error::out_of_memory(
+            field,
+            "a copy of the trace column",
+            view.len() as u64,
+            std::mem::size_of::<T>() as u64,
+        )
+    })?;
+    v.extend(view.iter().copied());
+    Ok(v)
+}
+
 impl Columns {
     fn new(
+        py: Python<'_>,
         arrival: PyReadonlyArray1<'_, f64>,
         prompt: PyReadonlyArray1<'_, i64>,
         output: PyReadonlyArray1<'_, i64>,
-    ) -> Self {
-        Columns {
-            arrival: arrival.as_array().iter().copied().collect(),
-            prompt: prompt.as_array().iter().copied().collect(),
-            output: output.as_array().iter().copied().collect(),
+    ) -> PyResult<Self> {
+        Ok(Columns {
+            arrival: copy_column("arrival_time", &arrival).py(py)?,
+            prompt: copy_column("prompt_tokens", &prompt).py(py)?,
+            output: copy_column("output_tokens", &output).py(py)?,
             predicted: None,
-        }
+        })
     }
     fn view(&self) -> TraceView<'_> {
         TraceView {
@@ -631,13 +651,14 @@ fn simulate<'py>(
         },
     )?;
     let mut cols = Columns::new(
+        py,
         column(py, "arrival_time", arrival_time)?,
         column(py, "prompt_tokens", prompt_tokens)?,
         column(py, "output_tokens", output_tokens)?,
-    );
+    )?;
     if let Some(p) = given(predicted_output_tokens) {
         let p = column::<i64>(py, "predicted_output_tokens", p)?;
-        cols.predicted = Some(p.as_array().iter().copied().collect());
+        cols.predicted = Some(copy_column("predicted_output_tokens", &p).py(py)?);
     }
     let mut interrupted = None;
     let res = py.detach(|| {
@@ -691,10 +712,11 @@ fn measure_capacity<'py>(
         None => 2000,
     };
     let cols = Columns::new(
+        py,
         column(py, "arrival_time", arrival_time)?,
         column(py, "prompt_tokens", prompt_tokens)?,
         column(py, "output_tokens", output_tokens)?,
-    );
+    )?;
     let mut interrupted = None;
     let res = py.detach(|| {
         let mut stop = signal_check(&mut interrupted);

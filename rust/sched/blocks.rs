@@ -15,9 +15,17 @@
 //! In `vllm_v1` block 0 is vLLM's null block: taken out of the queue at construction, never
 //! handed out, never freed, so `N` blocks leave `N - 1` usable.
 
+use std::collections::TryReserveError;
+
+use crate::error::{Error, Result};
+use crate::limits::can_allocate;
+
 pub type BlockId = u32;
 
 const NIL: u32 = u32::MAX;
+
+/// Bytes a [`LinkedIds`] (a block pool's free queue) holds per id: two links and a flag.
+pub const BYTES_PER_ID: u64 = 9;
 
 /// An intrusive doubly linked list over the ids `0..n` (each id at most once). Also the
 /// deque of `vllm_v1`'s FCFS waiting queue (over request slots).
@@ -49,14 +57,19 @@ impl LinkedIds {
         }
     }
 
-    /// The list `0, 1, ..., n - 1`, head to tail.
-    pub(crate) fn with_range(n: u32) -> Self {
+    /// The list `0, 1, ..., n - 1`, head to tail; `Err` (allocating nothing) if its
+    /// [`BYTES_PER_ID`]` * n` bytes cannot be had.
+    pub(crate) fn with_range(n: u32) -> std::result::Result<Self, TryReserveError> {
         let mut l = LinkedIds::new();
+        let len = n as usize;
+        l.prev.try_reserve_exact(len)?;
+        l.next.try_reserve_exact(len)?;
+        l.linked.try_reserve_exact(len)?;
         l.grow(n);
         for id in 0..n {
             l.push_back(id);
         }
-        l
+        Ok(l)
     }
 
     fn grow(&mut self, n: u32) {
@@ -180,26 +193,27 @@ pub(crate) struct BlockPool {
 }
 
 impl BlockPool {
-    /// halffull's pool: every block free, FIFO reuse.
-    pub(crate) fn new(num_blocks: u32) -> Self {
-        BlockPool {
+    /// halffull's pool: every block free, FIFO reuse. `OutOfMemory` (naming `field`, the
+    /// setting that sized it) if its free queue cannot be allocated.
+    pub(crate) fn new(num_blocks: u32, field: &'static str) -> Result<Self> {
+        Ok(BlockPool {
             num_blocks,
-            free: LinkedIds::with_range(num_blocks),
+            free: free_queue(num_blocks, field)?,
             order: ReleaseOrder::Fifo,
             null_block: None,
-        }
+        })
     }
 
     /// vLLM V1's pool: block 0 is the null block, the free queue is `1..N`, LIFO reuse.
-    pub(crate) fn new_v1(num_blocks: u32) -> Self {
-        let mut free = LinkedIds::with_range(num_blocks);
+    pub(crate) fn new_v1(num_blocks: u32, field: &'static str) -> Result<Self> {
+        let mut free = free_queue(num_blocks, field)?;
         let null_block = free.pop_front();
-        BlockPool {
+        Ok(BlockPool {
             num_blocks,
             free,
             order: ReleaseOrder::Lifo,
             null_block,
-        }
+        })
     }
 
     pub(crate) fn num_blocks(&self) -> u32 {
@@ -250,6 +264,32 @@ impl BlockPool {
     }
 }
 
+/// `OutOfMemory` unless the free queues of a GPU and a CPU pool fit together.
+pub(crate) fn check_pools_fit(num_gpu_blocks: u64, num_cpu_blocks: u64) -> Result<()> {
+    let blocks = num_gpu_blocks.saturating_add(num_cpu_blocks);
+    if can_allocate(blocks.saturating_mul(BYTES_PER_ID)) {
+        return Ok(());
+    }
+    let field = if num_gpu_blocks >= num_cpu_blocks {
+        "num_gpu_blocks"
+    } else {
+        "num_cpu_blocks"
+    };
+    Err(Error::out_of_memory(
+        field,
+        "the block pools (num_gpu_blocks + num_cpu_blocks blocks)",
+        blocks,
+        BYTES_PER_ID,
+    ))
+}
+
+/// Every block of a pool free, allocated fallibly.
+fn free_queue(num_blocks: u32, field: &'static str) -> Result<LinkedIds> {
+    LinkedIds::with_range(num_blocks).map_err(|_| {
+        Error::out_of_memory(field, "a block pool", u64::from(num_blocks), BYTES_PER_ID)
+    })
+}
+
 /// Blocks needed to hold `num_tokens` tokens: `ceil(num_tokens / block_size)`.
 #[inline]
 pub fn blocks_for(num_tokens: u64, block_size: u64) -> u64 {
@@ -262,7 +302,7 @@ mod tests {
 
     #[test]
     fn fifo_reuse_order() {
-        let mut pool = BlockPool::new(4);
+        let mut pool = BlockPool::new(4, "num_gpu_blocks").unwrap();
         let mut a = Vec::new();
         assert!(pool.allocate_into(3, &mut a));
         assert_eq!(a, vec![0, 1, 2]);
@@ -277,7 +317,7 @@ mod tests {
     #[test]
     fn v1_null_block_and_lifo_reuse() {
         // SPEC §5.1 (checks.py): a finished table [3,2,1,6,7] makes the queue start 7,6,1,2,3.
-        let mut pool = BlockPool::new_v1(10);
+        let mut pool = BlockPool::new_v1(10, "num_gpu_blocks").unwrap();
         assert_eq!(pool.null_block(), Some(0));
         assert_eq!((pool.num_free(), pool.num_usable()), (9, 9));
         assert_eq!(
@@ -301,7 +341,7 @@ mod tests {
 
     #[test]
     fn linked_ids_unlink_from_the_middle() {
-        let mut l = LinkedIds::with_range(5);
+        let mut l = LinkedIds::with_range(5).unwrap();
         assert!(l.remove(2) && !l.remove(2));
         l.push_front(2);
         l.remove(4);

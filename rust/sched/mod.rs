@@ -43,7 +43,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::Semantics;
 use blocks::BlockPool;
-pub use blocks::{blocks_for, BlockId};
+pub use blocks::{blocks_for, BlockId, BYTES_PER_ID as BYTES_PER_BLOCK};
 use policy::Policy;
 pub use policy::{policy_names, F64};
 pub use request::{NewRequest, Request, RequestId, Status};
@@ -250,14 +250,15 @@ impl Scheduler {
     pub fn new(cfg: SchedulerConfig) -> Result<Self> {
         cfg.validate()?;
         let policy = policy::make_policy(&cfg);
+        blocks::check_pools_fit(cfg.num_gpu_blocks, cfg.num_cpu_blocks)?;
         let gpu = match cfg.semantics {
-            Semantics::Halffull => BlockPool::new(cfg.num_gpu_blocks as u32),
-            Semantics::VllmV1 => BlockPool::new_v1(cfg.num_gpu_blocks as u32),
+            Semantics::Halffull => BlockPool::new(cfg.num_gpu_blocks as u32, "num_gpu_blocks")?,
+            Semantics::VllmV1 => BlockPool::new_v1(cfg.num_gpu_blocks as u32, "num_gpu_blocks")?,
         };
         Ok(Scheduler {
             rules: Rules::new(&cfg),
             gpu,
-            cpu: BlockPool::new(cfg.num_cpu_blocks as u32),
+            cpu: BlockPool::new(cfg.num_cpu_blocks as u32, "num_cpu_blocks")?,
             policy,
             id: SCHEDULER_IDS.fetch_add(1, Ordering::Relaxed),
             slab: Vec::new(),

@@ -80,6 +80,7 @@ from ..errors import (
     InvalidArgumentError,
     InvalidUpdateError,
     InvariantError,
+    OutOfMemoryError,
     RequestTooLargeError,
     StalePlanError,
     UnknownRequestError,
@@ -263,8 +264,13 @@ class Scheduler:
         self.policy = make_policy(config)
         self.scheduler_id = next(_scheduler_ids)
         self.v1 = config.semantics == VLLM_V1
-        self.gpu = VllmBlockPool(config.num_gpu_blocks) if self.v1 else BlockPool(config.num_gpu_blocks)
-        self.cpu = BlockPool(config.num_cpu_blocks)
+        try:
+            self.gpu = VllmBlockPool(config.num_gpu_blocks) if self.v1 else BlockPool(config.num_gpu_blocks)
+            self.cpu = BlockPool(config.num_cpu_blocks)
+        except MemoryError:                               # as the core: a typed error, not an abort
+            field = "num_gpu_blocks" if config.num_gpu_blocks >= config.num_cpu_blocks else "num_cpu_blocks"
+            raise OutOfMemoryError(f"cannot allocate the block pools ({config.num_gpu_blocks} + "
+                                   f"{config.num_cpu_blocks} blocks)", field=field) from None
         self.requests: dict[RequestId, Request] = {}     # live requests only
         self.waiting: list[Request] = []                  # unordered: the policy orders it
         self.running: list[Request] = []                  # admission order
