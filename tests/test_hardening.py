@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import gzip
 import signal
 import subprocess
 import sys
 import time
+import weakref
 from fractions import Fraction
 
 import numpy as np
@@ -344,3 +346,80 @@ def test_out_of_memory_error_is_a_memory_error_and_pickles():
     assert isinstance(e, MemoryError) and isinstance(e, halffull.HalffullError)
     back = pickle.loads(pickle.dumps(e))
     assert (type(back), back.field, back.bytes, str(back)) == (type(e), "num_gpu_blocks", 9, "no room")
+
+
+# ------------------------------------------------------------------ 8. id objects released
+
+class Token:
+    """A weakref-able object an id can carry, to see whether the id was collected."""
+
+
+class CyclicId(str):
+    """A str id (a subclass, so it has a ``__dict__``) that can point back at its scheduler."""
+
+
+def drain(s, now: float = 0.0, finish=lambda plan: ()) -> float:
+    while s.has_unfinished_requests():
+        plan = s.schedule(now=now)
+        now += 0.01
+        s.update(plan, finished=finish(plan), now=now)
+        del plan
+    return now
+
+
+def test_id_objects_are_released_when_requests_finish_or_are_aborted():
+    s = halffull.Scheduler(halffull.SchedulerConfig(num_gpu_blocks=64, block_size=4, max_num_seqs=4))
+    ids = ["".join(["req-", str(i)]) for i in range(40)]          # unique objects, not interned
+    base = [sys.getrefcount(i) for i in ids]
+    now = 0.0
+    for cycle in range(50):                                       # many add/finish/abort cycles
+        for k, rid in enumerate(ids):
+            s.add_request(rid, prompt_tokens=3 + k % 5, max_output_tokens=2 + cycle % 3, arrival_time=now)
+        assert all(sys.getrefcount(i) > b for i, b in zip(ids, base, strict=True))   # held while live
+        for rid in ids[::3]:
+            s.abort(rid)
+        now = drain(s, now, finish=lambda plan: [r for r, f in zip(plan.req_ids, plan.samples, strict=True) if f][:1])
+        s.check_invariants()
+    del rid                                                       # the loop's own reference
+    assert [sys.getrefcount(i) for i in ids] == base              # every one released
+
+
+def test_large_ids_do_not_keep_memory_after_they_finish():
+    import tracemalloc
+
+    s = halffull.Scheduler(halffull.SchedulerConfig(num_gpu_blocks=64, block_size=4, max_num_seqs=64))
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        for i in range(50):
+            s.add_request(f"{i:02d}" * 1_000_000, prompt_tokens=1, max_output_tokens=1)
+        held = tracemalloc.get_traced_memory()[0] - start
+        drain(s)
+        left = tracemalloc.get_traced_memory()[0] - start
+    finally:
+        tracemalloc.stop()
+    assert held > 50 * 1_900_000                                   # the 50 ids (2 MB each) were held
+    assert left < 1_000_000, left                                  # and nothing of them remains
+
+
+def test_an_id_referring_back_to_its_scheduler_is_collected():
+    gc.collect()
+    s = halffull.Scheduler(halffull.SchedulerConfig(num_gpu_blocks=16, block_size=4))
+    rid = CyclicId("loop")
+    rid.scheduler, rid.token = s, Token()
+    alive = weakref.ref(rid.token)
+    s.add_request(rid, prompt_tokens=4, max_output_tokens=2)
+    del s, rid
+    gc.collect()
+    assert alive() is None                                         # the cycle id <-> scheduler was freed
+
+
+def test_routers_hold_no_python_objects():
+    r = halffull.Router("round_robin", 2)
+    ids = ["".join(["r", str(i)]) for i in range(20)]
+    base = [sys.getrefcount(i) for i in ids]
+    r.route_many(ids, [5] * 20)
+    for rid in ids:
+        r.on_finish(rid, 1)
+    del rid
+    assert [sys.getrefcount(i) for i in ids] == base and len(r) == 0
