@@ -423,3 +423,105 @@ def test_routers_hold_no_python_objects():
         r.on_finish(rid, 1)
     del rid
     assert [sys.getrefcount(i) for i in ids] == base and len(r) == 0
+
+
+# ------------------------------------------------------------------ 10. threads
+
+def hammer(n_threads: int, work, seconds: float = 1.0) -> list[BaseException]:
+    """Run ``work(thread_index, deadline)`` on ``n_threads`` threads with the interpreter
+    switching threads as often as it can; returns what escaped (should be nothing)."""
+    import threading
+
+    escaped: list[BaseException] = []
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        deadline = time.monotonic() + seconds           # a bound on the work, not a timing assertion
+        def run(k: int) -> None:
+            try:
+                work(k, deadline)
+            except BaseException as e:  # noqa: BLE001 - reported below
+                escaped.append(e)
+        threads = [threading.Thread(target=run, args=(k,)) for k in range(n_threads)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    return escaped
+
+
+def slow_ids(ids):
+    """A generator that runs Python code between items (the interpreter may switch threads)."""
+    for rid in ids:
+        sum(range(50))
+        yield rid
+
+
+def test_one_scheduler_hammered_from_several_threads_stays_consistent():
+    s = halffull.Scheduler(halffull.SchedulerConfig(num_gpu_blocks=64, block_size=4, num_cpu_blocks=16,
+                                                    max_num_seqs=8, max_num_batched_tokens=32,
+                                                    preemption_mode="swap", watermark=0.0))
+    t0 = time.monotonic()
+    added: list[set] = [set() for _ in range(4)]
+    ended, aborted = set(), set()
+    refused: dict[str, int] = {}
+
+    def work(k: int, deadline: float) -> None:
+        i = 0
+        while time.monotonic() < deadline:
+            i += 1
+            rid = f"t{k}-{i}"
+            try:
+                s.add_request(rid, prompt_tokens=1 + i % 9, max_output_tokens=1 + i % 5,
+                              arrival_time=time.monotonic() - t0)
+                added[k].add(rid)
+                if i % 7 == 0:
+                    s.abort(rid)
+                    aborted.add(rid)
+                s.request_info(rid)
+                plan = s.schedule(now=time.monotonic() - t0)
+                early = [r for r, f in zip(plan.req_ids, plan.samples, strict=True) if f][:1]
+                ended.update(s.update(plan, finished=slow_ids(early), now=time.monotonic() - t0))
+            except halffull.BusyError:
+                raise                                   # never: no Python code runs under a hold
+            except halffull.HalffullError as e:         # another thread's plan is pending, its
+                refused[type(e).__name__] = refused.get(type(e).__name__, 0) + 1  # clock moved ...
+
+    escaped = hammer(4, work)
+    assert escaped == [], escaped[:3]                   # no RuntimeError("Already borrowed"), no crash
+    s.check_invariants()
+    everything = set().union(*added)
+    now = s.now
+    for _ in range(100_000):                            # drain on one thread: a stranded plan would
+        if not s.has_unfinished_requests():             # raise StalePlanError here
+            break
+        plan = s.schedule(now=now)
+        ended.update(s.update(plan, now=now))
+    assert not s.has_unfinished_requests()
+    assert ended | aborted == everything and not ended & aborted   # each request ended exactly once
+    assert set(refused) <= {"StalePlanError", "ClockError", "UnknownRequestError", "InvalidUpdateError"}, refused
+
+
+def test_one_router_hammered_from_several_threads_stays_consistent():
+    r = halffull.Router("sal", 4, num_gpu_blocks=256, block_size=4)
+
+    def work(k: int, deadline: float) -> None:
+        i = 0
+        while time.monotonic() < deadline:
+            i += 1
+            ids = [f"t{k}-{i}-{j}" for j in range(3)]
+            r.route_many(slow_ids(ids), [4 + j for j in range(3)], max_output_tokens=[8, 8, 8])
+            r.on_progress(ids[0], 1)
+            r.on_finish(ids[0], 2)
+            r.on_abort(ids[1])
+            r.replica_of(ids[2])
+            r.update_replica(k, waiting=1)
+            r.replica_loads()
+            r.on_abort(ids[2])
+
+    escaped = hammer(4, work)
+    assert escaped == [], escaped[:3]
+    assert len(r) == 0
+    r.check_invariants()
