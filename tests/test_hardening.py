@@ -525,3 +525,125 @@ def test_one_router_hammered_from_several_threads_stays_consistent():
     assert escaped == [], escaped[:3]
     assert len(r) == 0
     r.check_invariants()
+
+
+# ------------------------------------------------------------------ 11. pickling
+
+def _busy_router(policy: str):
+    r = halffull.Router(policy, 3, seed=11, num_gpu_blocks=[64, 32, 128], block_size=4, prior_output_tokens=20)
+    for i in range(30):
+        r.route(f"r{i}" if i % 2 else i, prompt_tokens=3 + 11 * i % 40, max_output_tokens=16,
+                predicted_output_tokens=None if i % 3 else 5)
+    for i in range(0, 30, 4):
+        r.on_progress(f"r{i + 1}", 2)
+    for i in range(0, 30, 5):
+        r.on_finish(i if i % 2 == 0 else f"r{i}", 3)
+    r.on_abort(28)
+    r.update_replica(2, waiting=1, free_blocks=100)
+    return r
+
+
+def _same_decisions(a, b, n: int = 60) -> None:
+    for i in range(n):
+        rid = f"next-{i}"
+        assert a.route(rid, 2 + 13 * i % 50, 8) == b.route(rid, 2 + 13 * i % 50, 8)
+        if i % 3 == 0:
+            a.on_progress(rid, 1)
+            b.on_progress(rid, 1)
+        if i % 4 == 0:
+            a.on_finish(rid, 2)
+            b.on_finish(rid, 2)
+    assert a.__reduce__()[1] == b.__reduce__()[1]
+    assert (a.beta, a.mean_output_tokens, a.replica_loads()) == (b.beta, b.mean_output_tokens, b.replica_loads())
+
+
+@pytest.mark.parametrize("policy", halffull.ROUTERS)
+def test_router_pickles_and_copies_with_its_whole_state(policy):
+    import copy
+    import pickle
+
+    a = _busy_router(policy)
+    for restored in (pickle.loads(pickle.dumps(a)), copy.copy(a), copy.deepcopy(a)):
+        assert type(restored) is halffull.Router and restored is not a
+        assert restored.__reduce__()[1] == a.__reduce__()[1]          # round trip equal
+        restored.check_invariants()
+        twin = _busy_router(policy)
+        _same_decisions(twin, restored)                               # and decides as the original would
+    assert a.__reduce__()[1] == _busy_router(policy).__reduce__()[1]  # copies are independent
+
+
+def test_a_corrupt_router_state_is_refused():
+    state = _busy_router("random").__reduce__()[1][0]
+    for change in (dict(loads=state["loads"][:2]), dict(live=[("x", 7, 1, None, 1, 0, False, 0)]),
+                   dict(live=state["live"] + state["live"][:1]), dict(policy="fastest"), dict(seed=-1),
+                   dict(loads=[(99, 0, 0, 0, 0)] * 3), dict(replicas="abc")):
+        with pytest.raises(halffull.HalffullError):
+            halffull.Router._from_state({**state, **change})
+
+
+def test_step_plan_pickles_and_the_copy_is_the_plan():
+    import pickle
+
+    def pair():
+        out = []
+        for _ in range(2):
+            s = halffull.Scheduler(halffull.SchedulerConfig(num_gpu_blocks=8, block_size=4, num_cpu_blocks=8,
+                                                            max_num_seqs=4, max_num_batched_tokens=16,
+                                                            preemption_mode="swap", watermark=0.0))
+            for i in range(5):
+                s.add_request(f"r{i}", prompt_tokens=4 + i, max_output_tokens=6, arrival_time=0.0)
+            out.append(s)
+        return out
+
+    a, b = pair()
+    t = 0.0
+    for _ in range(40):
+        if not a.has_unfinished_requests():
+            break
+        pa, pb = a.schedule(now=t), b.schedule(now=t)
+        restored = pickle.loads(pickle.dumps(pa))
+        assert restored.to_dict() == pa.to_dict() and (restored.step, restored.scheduler_id) == (pa.step,
+                                                                                                 pa.scheduler_id)
+        assert restored.req_ids.dtype == pa.req_ids.dtype and restored.num_new_tokens.dtype == np.int64
+        t += 0.01
+        assert a.update(restored, now=t) == b.update(pb, now=t)       # the copy is the plan
+        a.check_invariants()
+        with pytest.raises(halffull.StalePlanError):
+            a.update(pa, now=t)                                        # and the original is now applied
+    assert not a.has_unfinished_requests() and a.num_preemptions == b.num_preemptions > 0
+
+
+def _price(model, shape):
+    return model.step_time(*shape)
+
+
+def test_cost_model_pickles_equal_and_prices_identically_in_another_process():
+    import concurrent.futures
+    import copy
+    import multiprocessing
+    import pickle
+
+    models = [halffull.CostModel.preset(name, block_size=32, eff_compute=0.5) for name in sim.preset_names()]
+    models.append(halffull.CostModel.linear(0.01, 2e-5, 3e-4, 1e-7, swap_s_per_block=1e-4))
+    shape = ([512, 1, 1], [0, 900, 40], [True, False, False], 3)
+    for m in models:
+        for back in (pickle.loads(pickle.dumps(m)), copy.copy(m), copy.deepcopy(m)):
+            assert back == m and hash(back) == hash(m) and back.params() == m.params()
+            assert back.step_time(*shape) == m.step_time(*shape)
+    assert models[0] != models[1] and models[-1] != halffull.CostModel.linear(0.01, 2e-5, 3e-4, 1e-7)
+    ctx = multiprocessing.get_context("spawn")                        # what multiprocessing / Ray users do
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        remote = list(pool.map(_price, models, [shape] * len(models)))
+    assert remote == [m.step_time(*shape) for m in models]
+    with pytest.raises(halffull.ConfigError):
+        halffull.CostModel._from_params("linear", (1.0, 2.0))        # a wrong parameter count
+
+
+def test_scheduler_pickling_is_refused_clearly():
+    import copy
+    import pickle
+
+    s = halffull.Scheduler(halffull.SchedulerConfig(num_gpu_blocks=8))
+    for attempt in (lambda: pickle.dumps(s), lambda: copy.copy(s), lambda: copy.deepcopy(s)):
+        with pytest.raises(TypeError, match="cannot be pickled or copied yet"):
+            attempt()

@@ -6,17 +6,19 @@
 
 use numpy::PyArray1;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString};
+use pyo3::types::{PyDict, PyList, PyString, PyTuple};
+use pyo3::IntoPyObjectExt;
 
 use super::convert::{
     config_items, count, items, name, opt_count, opt_value, request_id as to_id, value,
 };
-use super::error::{to_pyerr, IntoPyResult};
+use super::error::{id_to_py, to_pyerr, IntoPyResult};
 use crate::error::Error;
 use crate::id::RequestId;
 use crate::limits::{self, Blame};
 use crate::router::{
-    policy_names, ReplicaLoad, ReplicaSnapshot, ReplicaSpec, RouteRequest, Router, RouterConfig,
+    policy_names, Live, ReplicaLoad, ReplicaSnapshot, ReplicaSpec, RouteRequest, Router,
+    RouterConfig, RouterState,
 };
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -75,6 +77,91 @@ fn one_per_replica(py: Python<'_>, field: &'static str, values: &[u64], n: usize
         return Err(Error::config(field, message)).py(py);
     }
     Ok(())
+}
+
+/// A router's configuration and state from `Router.__reduce__`'s dict (any mistake is a
+/// Python error, which `_from_state` turns into `InvalidArgumentError`).
+fn router_state(d: &Bound<'_, PyAny>) -> PyResult<(RouterConfig, RouterState<RequestId>)> {
+    let get = |key: &str| d.get_item(key);
+    let specs: Vec<(u64, u64, u64)> = get("replicas")?.extract()?;
+    let mut config = RouterConfig::new(&get("policy")?.extract::<String>()?, specs.len());
+    config.seed = get("seed")?.extract()?;
+    config.replicas = specs
+        .iter()
+        .map(
+            |&(num_gpu_blocks, block_size, max_num_batched_tokens)| ReplicaSpec {
+                num_gpu_blocks,
+                block_size,
+                max_num_batched_tokens,
+            },
+        )
+        .collect();
+    config.beta = get("beta")?.extract()?;
+    config.prior_input_tokens = get("prior_input_tokens")?.extract()?;
+    config.prior_output_tokens = get("prior_output_tokens")?.extract()?;
+    let loads: Vec<(u64, u64, u64, u64, u64)> = get("loads")?.extract()?;
+    let replicas = loads
+        .iter()
+        .zip(&config.replicas)
+        .map(|(&(w, r, q, rd, u), spec)| ReplicaLoad {
+            waiting: w,
+            running: r,
+            queued_prefill_tokens: q,
+            remaining_decode_tokens: rd,
+            used_blocks: u,
+            ..ReplicaLoad::new(*spec)
+        })
+        .collect();
+    let mut live = Vec::new();
+    for row in get("live")?.try_iter()? {
+        let row = row?;
+        let id = to_id(&row.get_item(0)?).map_err(|e| to_pyerr(d.py(), e))?;
+        let (
+            _,
+            replica,
+            prompt_tokens,
+            max_output_tokens,
+            decode_estimate,
+            output_tokens,
+            started,
+            used_blocks,
+        ): (
+            Bound<'_, PyAny>,
+            usize,
+            u64,
+            Option<u64>,
+            u64,
+            u64,
+            bool,
+            u64,
+        ) = row.extract()?;
+        live.push((
+            id,
+            Live {
+                replica,
+                prompt_tokens,
+                max_output_tokens,
+                decode_estimate,
+                output_tokens,
+                started,
+                used_blocks,
+            },
+        ));
+    }
+    let mut snapshotted: Vec<bool> = get("snapshotted")?.extract()?;
+    if loads.len() != config.replicas.len() {
+        snapshotted.clear(); // from_state names the mismatch
+    }
+    let state = RouterState {
+        policy_state: get("policy_state")?.extract()?,
+        replicas,
+        snapshotted,
+        live,
+        num_finished: get("num_finished")?.extract()?,
+        sum_input_tokens: get("sum_input_tokens")?.extract()?,
+        sum_output_tokens: get("sum_output_tokens")?.extract()?,
+    };
+    Ok((config, state))
 }
 
 fn load_dict<'py>(py: Python<'py>, load: &ReplicaLoad) -> PyResult<Bound<'py, PyDict>> {
@@ -395,6 +482,81 @@ impl PyRouter {
     fn check_invariants(slf: &Bound<'_, Self>, py: Python<'_>) -> PyResult<()> {
         let result = hold_ref(slf)?.core.check_invariants();
         result.py(py)
+    }
+
+    /// Pickles (and copies) as `Router._from_state(state)`: the configuration and everything
+    /// learned since (loads, live requests, β's sums, the generator's state), as plain data.
+    fn __reduce__<'py>(
+        slf: &Bound<'py, Self>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+        let py = slf.py();
+        let (config, state) = {
+            let me = hold_ref(slf)?;
+            (me.core.config().clone(), me.core.state())
+        };
+        let d = PyDict::new(py);
+        d.set_item("policy", &config.policy)?;
+        d.set_item("seed", config.seed)?;
+        let specs: Vec<(u64, u64, u64)> = config
+            .replicas
+            .iter()
+            .map(|r| (r.num_gpu_blocks, r.block_size, r.max_num_batched_tokens))
+            .collect();
+        d.set_item("replicas", specs)?;
+        d.set_item("beta", config.beta)?;
+        d.set_item("prior_input_tokens", config.prior_input_tokens)?;
+        d.set_item("prior_output_tokens", config.prior_output_tokens)?;
+        d.set_item("policy_state", state.policy_state)?;
+        let loads: Vec<(u64, u64, u64, u64, u64)> = state
+            .replicas
+            .iter()
+            .map(|l| {
+                (
+                    l.waiting,
+                    l.running,
+                    l.queued_prefill_tokens,
+                    l.remaining_decode_tokens,
+                    l.used_blocks,
+                )
+            })
+            .collect();
+        d.set_item("loads", loads)?;
+        d.set_item("snapshotted", state.snapshotted)?;
+        let live = PyList::empty(py);
+        for (id, l) in &state.live {
+            let row: Vec<Py<PyAny>> = vec![
+                id_to_py(py, id)?,
+                l.replica.into_py_any(py)?,
+                l.prompt_tokens.into_py_any(py)?,
+                l.max_output_tokens.into_py_any(py)?,
+                l.decode_estimate.into_py_any(py)?,
+                l.output_tokens.into_py_any(py)?,
+                l.started.into_py_any(py)?,
+                l.used_blocks.into_py_any(py)?,
+            ];
+            live.append(PyTuple::new(py, row)?)?;
+        }
+        d.set_item("live", live)?;
+        d.set_item("num_finished", state.num_finished)?;
+        d.set_item("sum_input_tokens", state.sum_input_tokens)?;
+        d.set_item("sum_output_tokens", state.sum_output_tokens)?;
+        let rebuild = slf.get_type().getattr("_from_state")?;
+        Ok((rebuild, PyTuple::new(py, [d])?))
+    }
+
+    /// Rebuild a pickled router (`__reduce__`'s state, checked against its configuration);
+    /// not public API.
+    #[staticmethod]
+    fn _from_state(py: Python<'_>, state: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let bad = |e: PyErr| {
+            to_pyerr(
+                py,
+                Error::invalid("state", format!("not a router state: {e}")),
+            )
+        };
+        let (config, state) = router_state(state).map_err(bad)?;
+        let core = Router::from_state(config, state).py(py)?;
+        Ok(PyRouter { core })
     }
 
     fn __len__(&self) -> usize {
