@@ -27,6 +27,12 @@ test-vllm: ## Parity with vLLM 0.33's own scheduler (needs the vLLM venv; see RE
 test-rust: ## Rust unit tests in a debug build (debug_asserts on; no Python needed)
 	cargo test --lib
 
+FUZZ_SECONDS ?= 3600
+
+.PHONY: fuzz
+fuzz: ## Coverage-guided fuzzing of the core API for FUZZ_SECONDS (cargo-fuzz, nightly; not in CI)
+	cd fuzz && cargo +nightly fuzz run core_api -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096
+
 .PHONY: lint
 lint: ## cargo fmt --check, clippy, ruff, mypy, the stub check
 	cargo fmt --all -- --check

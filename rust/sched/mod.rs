@@ -398,6 +398,9 @@ impl Scheduler {
     /// `max_output_tokens` exceeds the cache. The rule `add_request` applies; a router or
     /// simulator can ask it before dispatching.
     pub fn check_fits(&self, id: &RequestId, prompt: u64, max_output_tokens: u64) -> Result<()> {
+        // Public: the counts may come unchecked (a fuzzed u64::MAX made `prompt + 1` wrap).
+        check_count("prompt_tokens", prompt, 1)?;
+        check_count("max_output_tokens", max_output_tokens, 1)?;
         let cfg = &self.cfg;
         let usable = cfg.usable_gpu_blocks();
         let too_large = |need: u64, capacity: u64, message: String| Error::RequestTooLarge {
