@@ -19,7 +19,7 @@
 
 #![no_main]
 
-use halffull::config::SchedulerConfig;
+use halffull::config::{PolicyKind, SchedulerConfig, Semantics};
 use halffull::error::{Error, Value};
 use halffull::router::{ReplicaSnapshot, ReplicaSpec, RouteRequest, Router, RouterConfig};
 use halffull::sched::{NewRequest, RequestId, Scheduler, StepPlan};
@@ -182,11 +182,25 @@ fn time(b: &mut Bytes<'_>, now: f64) -> Option<f64> {
     }
 }
 
+/// `FUZZ_TRACE=1 cargo fuzz run core_api <artifact>` prints what a failing input did.
+fn tracing() -> bool {
+    std::env::var_os("FUZZ_TRACE").is_some_and(|v| !v.is_empty())
+}
+
 fn scheduler(b: &mut Bytes<'_>) {
     let pairs = config(b);
+    if tracing() {
+        eprintln!("config: {pairs:?}");
+    }
     let Ok(cfg) = SchedulerConfig::from_values(pairs.iter().map(|(k, v)| (*k, v.clone()))) else {
         return; // an invalid configuration is refused: fine
     };
+    // Liveness is halffull's invariant. vLLM 0.33's priority scheduler can thrash: when two
+    // running requests tie on (priority, arrival_time) and the cache cannot hold both, its
+    // `max()` picks the one admitted first, the furthest along, so each preempts the other
+    // before it finishes (found by this target; vLLM itself does the same, decision for
+    // decision). `vllm_v1` reproduces that, so liveness is not asserted there.
+    let expect_live = !(cfg.semantics == Semantics::VllmV1 && cfg.policy == PolicyKind::Priority);
     let mut s = match Scheduler::new(cfg.clone()) {
         Ok(s) => s,
         Err(Error::OutOfMemory { .. }) => return,
@@ -226,6 +240,9 @@ fn scheduler(b: &mut Bytes<'_>) {
                     predicted_output_tokens: b.bool().then(|| b.count(30)),
                     true_output_tokens: b.bool().then(|| b.count(16)),
                 };
+                if tracing() {
+                    eprintln!("add {new:?}");
+                }
                 s.add_request(new).map(|_| ())
             }
             2 => s.abort(&b.pick(&ids)),
@@ -266,6 +283,9 @@ fn scheduler(b: &mut Bytes<'_>) {
                 s.check_fits(&id, b.count(200), b.count(200))
             }
         };
+        if tracing() {
+            eprintln!("op {op}: {result:?} -> {:?}", view(&s, &ids));
+        }
         if result.is_err() {
             assert_eq!(
                 before,
@@ -286,6 +306,9 @@ fn scheduler(b: &mut Bytes<'_>) {
     let mut steps = 0u32;
     while s.num_live() > 0 {
         steps += 1;
+        if !expect_live && steps >= 2_000 {
+            return;
+        }
         assert!(
             steps < 20_000,
             "not live: {} requests left after 20000 steps ({} waiting, {} running, {} swapped)",
@@ -298,6 +321,9 @@ fn scheduler(b: &mut Bytes<'_>) {
         let p = s
             .schedule(Some(now))
             .unwrap_or_else(|e| panic!("schedule failed while draining: {e}"));
+        if tracing() && steps < 30 {
+            eprintln!("drain {steps}: {p:?}");
+        }
         s.update(p.step, p.scheduler_id, &[], Some(now))
             .unwrap_or_else(|e| panic!("update failed while draining: {e}"));
         if let Err(e) = s.check_invariants() {
