@@ -3,6 +3,8 @@
 Steady state: 256 running requests decode; each step 8 of them finish on EOS and 8 new
 requests arrive, so every step admits 8 from the waiting queue in policy order. The waiting
 queue holds N = 100 ... 100,000 requests (varied prompt sizes, so LARRY's order matters).
+``larry_tail`` runs with a 1 s deadline, so after 50 steps its admissions take the due
+(oldest-first) path; ``larry_slack`` with its default slack takes LARRY's.
 
     pytest benches/bench_scheduler.py --benchmark-enable      # pytest-benchmark tables
     python benches/bench_scheduler.py                         # one-run ratio table (README)
@@ -29,7 +31,7 @@ class Workload:
     def __init__(self, impl, policy: str, waiting: int, seed: int = 0) -> None:
         cfg = halffull.SchedulerConfig(
             num_gpu_blocks=1 << 20, block_size=16, max_num_seqs=RUNNING, max_num_batched_tokens=1 << 20,
-            policy=policy, larry_alpha=10.0,
+            policy=policy, larry_alpha=10.0, larry_deadline=1.0,
         )
         self.s = impl(cfg)
         self.t = 0.0
@@ -79,7 +81,8 @@ def check(w: Workload) -> None:
 
 
 # The O(n) reference takes seconds per step at 100,000 waiting; the target compares at 10,000.
-CASES = [(impl, policy, waiting) for impl in ("rust", "reference") for policy in ("fcfs", "larry")
+POLICIES = ("fcfs", "larry", "larry_tail", "larry_slack")
+CASES = [(impl, policy, waiting) for impl in ("rust", "reference") for policy in POLICIES
          for waiting in (100, 1_000, 10_000, 100_000) if impl == "rust" or waiting <= 10_000]
 
 
@@ -106,18 +109,19 @@ def measure(impl: str, policy: str, waiting: int, rounds: int) -> float:
 
 def main() -> None:
     rows = []
-    for policy in ("fcfs", "larry"):
+    for policy in POLICIES:
         for waiting in (100, 1_000, 10_000, 100_000):
             rust = [measure("rust", policy, waiting, 300) for _ in range(3)]
             ref = [measure("reference", policy, waiting, 10) for _ in range(2)] if waiting <= 10_000 else []
             rows.append((policy, waiting, rust, ref))
             r = statistics.median(rust)
-            line = f"{policy:6} {waiting:>7}  rust {r * 1e6:8.1f} us (runs {min(rust) * 1e6:.1f}-{max(rust) * 1e6:.1f})"
+            line = (f"{policy:11} {waiting:>7}  rust {r * 1e6:8.1f} us "
+                    f"(runs {min(rust) * 1e6:.1f}-{max(rust) * 1e6:.1f})")
             if ref:
                 f = statistics.median(ref)
                 line += f"  reference {f * 1e3:8.2f} ms  ratio {f / r:7.0f}x"
             print(line, flush=True)
-    for policy in ("fcfs", "larry"):
+    for policy in POLICIES:
         times = {w: statistics.median(r) for p, w, r, _ in rows if p == policy}
         print(f"{policy}: rust 100,000 / 100 waiting = {times[100_000] / times[100]:.2f}x")
 

@@ -13,6 +13,10 @@ On the shared Azure conversation trace and the Mooncake synthetic trace
   ``least_tokens``, ``llumnix``, ``sal``, each with ``fcfs`` and with ``larry``, at loads
   0.7 ... 1.1;
 - LARRY's alpha (one replica) and SAL's beta (eight replicas) sensitivity;
+- (t) the tail: one replica, ``fcfs``, ``larry`` and the tail-safe ``larry_tail``
+  (deadline) and ``larry_slack`` (slack 0.5, 0.75 = the default, 1.0) at loads 0.5 ... 1.1,
+  every figure as a ratio to FCFS on the same trace variant: TTFT mean, p50, p99, p99.9, max,
+  e2e mean and p99, preemptions per request;
 - a robustness check of the headline comparisons on Poisson resamples of each trace.
 
 Settings (``SETTINGS``): Llama-3-8B on H100 with its full KV cache (25,720 blocks), and two
@@ -95,11 +99,24 @@ BETAS: list[float | None] = [None, 1.1, 1.5, 2.0, 4.0, 8.0]
 DEFAULT_ALPHA = 1000.0
 
 METRICS = [
-    "ttft_p50", "ttft_p90", "ttft_p99", "ttft_mean", "tpot_p50", "tpot_p99", "e2e_mean", "e2e_p50",
-    "e2e_p99", "throughput_tokens_per_s", "preemptions_per_request", "preempted_share",
-    "goodput_share", "num_rejected", "duration_s",
+    "ttft_p50", "ttft_p90", "ttft_p99", "ttft_p999", "ttft_max", "ttft_mean", "tpot_p50", "tpot_p99",
+    "e2e_mean", "e2e_p50", "e2e_p99", "e2e_p999", "e2e_max", "starved_share", "throughput_tokens_per_s",
+    "preemptions_per_request", "preempted_share", "goodput_share", "num_rejected", "duration_s",
 ]
-KEYS = ["experiment", "setting", "replicas", "policy", "router", "load", "larry_alpha", "sal_beta", "family"]
+KEYS = ["experiment", "setting", "replicas", "policy", "router", "load", "larry_alpha", "sal_beta", "family",
+        "variant"]
+# (t): the tail-safe LARRYs against FCFS and LARRY; (label, policy, engine settings).
+T_SETTINGS = ["azure-h100", "azure-h100-kv2k", "mooncake-h100"]
+T_VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
+    ("fcfs", "fcfs", {}),
+    ("larry", "larry", {}),
+    ("larry_tail", "larry_tail", {}),
+    ("larry_slack 0.5", "larry_slack", {"larry_slack": 0.5}),
+    ("larry_slack", "larry_slack", {}),
+    ("larry_slack 1.0", "larry_slack", {"larry_slack": 1.0}),
+]
+T_METRICS = [("ttft_mean", "TTFT mean"), ("ttft_p50", "p50"), ("ttft_p99", "p99"), ("ttft_p999", "p99.9"),
+             ("ttft_max", "max"), ("e2e_mean", "e2e mean"), ("e2e_p99", "e2e p99")]
 
 
 # ----------------------------------------------------------------------------------------
@@ -144,10 +161,10 @@ class Lab:
 
     def run(self, experiment: str, setting: str, *, replicas: int, policy: str, router: str, load: float,
             larry_alpha: float | None = None, sal_beta: float | None = None,
-            family: str = "trace") -> list[dict[str, Any]]:
+            family: str = "trace", variant: str = "", extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         s = SETTINGS[setting]
         cap = self.capacity_per_replica(setting)
-        engine = dict(s.engine)
+        engine = dict(s.engine, **(extra or {}))
         if larry_alpha is not None:
             engine["larry_alpha"] = larry_alpha
         out = []
@@ -167,9 +184,9 @@ class Lab:
                 "num_gpu_blocks": res.config["engine"]["num_gpu_blocks"], "replicas": replicas,
                 "policy": policy, "router": router, "load": load,
                 "larry_alpha": ((larry_alpha if larry_alpha is not None else DEFAULT_ALPHA)
-                                if policy == "larry" else None),
+                                if policy.startswith("larry") else None),
                 "sal_beta": ("learned" if sal_beta is None else sal_beta) if router == "sal" else None,
-                "replicate": k, "seed": k, "family": family, "offered_rate": offered,
+                "replicate": k, "seed": k, "family": family, "variant": variant, "offered_rate": offered,
                 "capacity_per_replica": cap,
                 "predictor": SJF_PREDICTOR if policy == "sjf" else None,
             }
@@ -365,6 +382,58 @@ def experiment_poisson(lab: Lab, loads: list[float]) -> None:
                     lab.run("poisson8", setting, replicas=8, policy=policy, router=router, load=load,
                             family="poisson")
         log(lab, f"poisson resamples {setting}: {time.perf_counter() - t0:.1f} s")
+
+
+def experiment_tail(lab: Lab, loads: list[float]) -> None:
+    for setting in T_SETTINGS:
+        t0 = time.perf_counter()
+        for load in loads:
+            for label, policy, extra in T_VARIANTS:
+                lab.run("t", setting, replicas=1, policy=policy, router="round_robin", load=load,
+                        variant=label, extra=extra)
+        log(lab, f"(t) {setting}: {len(loads) * len(T_VARIANTS) * lab.replicates} runs "
+                 f"in {time.perf_counter() - t0:.1f} s")
+
+
+def report_tail(agg: list[dict[str, Any]], raw: list[dict[str, Any]], loads: list[float],
+                out: Path) -> tuple[list[str], dict[str, Any]]:
+    """Per setting and load: FCFS's figures in seconds, every other variant's as the mean
+    over replicates of its ratio to FCFS on the same trace variant (* every replicate on the
+    same side of 1)."""
+    md, comp, plot_rows = [], {}, []
+    for setting in T_SETTINGS:
+        md.append(f"### (t) the tail: {SETTINGS[setting].about}; 1 replica\n")
+        md.append("FCFS in seconds; the others as ratio to FCFS (< 1 better; * every replicate agrees). "
+                  "Columns: TTFT mean / p50 / p99 / p99.9 / max, e2e mean / p99, preemptions per request.\n")
+        body, c = [], {}
+        for load in loads:
+            base = dict(experiment="t", setting=setting, load=load, variant="fcfs")
+            f = one(agg, **base)
+            body.append([f"{load:.1f}", "fcfs"] + [pm(f, m) for m, _ in T_METRICS]
+                        + [fmt(f["preemptions_per_request"], "s")])
+            for label, _, _ in T_VARIANTS[1:]:
+                r = one(agg, experiment="t", setting=setting, load=load, variant=label)
+                cells = [f"{load:.1f}", label]
+                prow = {"setting": setting, "load": load, "variant": label}
+                for m, _ in T_METRICS:
+                    p = paired(raw, m, dict(experiment="t", setting=setting, load=load, variant=label), base)
+                    c[f"{label}/fcfs {m} @{load}"] = p
+                    cells.append(ratio_cell(p))
+                    prow[f"{m}_ratio"] = p["ratio"]
+                cells.append(fmt(r["preemptions_per_request"], "s"))
+                body.append(cells)
+                plot_rows.append(prow)
+        md.append(md_table(["load", "policy"] + [h for _, h in T_METRICS] + ["preempt/req"], body) + "\n")
+        comp[setting] = c
+        plots.sweep_panels(
+            [r for r in plot_rows if r["setting"] == setting],
+            [("ttft_mean_ratio", "TTFT mean / FCFS"), ("ttft_p99_ratio", "TTFT p99 / FCFS"),
+             ("ttft_p999_ratio", "TTFT p99.9 / FCFS"), ("ttft_max_ratio", "TTFT max / FCFS")],
+            out / f"t_{setting}.png", label=lambda r: r["variant"],
+            logy=("ttft_mean_ratio", "ttft_p99_ratio", "ttft_p999_ratio", "ttft_max_ratio"),
+            hlines={k: 1.0 for k in ("ttft_mean_ratio", "ttft_p99_ratio", "ttft_p999_ratio", "ttft_max_ratio")},
+            title=f"(t) tail-safe LARRY, one replica: {SETTINGS[setting].about} (ratio to FCFS)")
+    return md, comp
 
 
 def log(lab: Lab, msg: str) -> None:
@@ -636,6 +705,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="one replicate, fewer loads; writes to /tmp unless --out")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default benches/results)")
     ap.add_argument("--replicates", type=int, default=None, help="trace variants per configuration (default 3)")
+    ap.add_argument("--only", choices=["tail"], default=None,
+                    help="run one experiment (tail: the tail-safe LARRYs) and write its tables to tables_tail.md")
     args = ap.parse_args(argv)
 
     missing = [str(p) for p in TRACE_FILES.values() if not p.is_file()]
@@ -656,6 +727,8 @@ def main(argv: list[str] | None = None) -> int:
     show_a = [0.5, 0.8, 1.1] if quick else [0.7, 0.9, 1.1]
     show_b = [0.8, 1.0]
 
+    loads_t = [0.7, 1.0] if quick else [0.5, 0.7, 0.8, 0.9, 1.0, 1.1]
+
     t_start = time.perf_counter()
     lab = Lab(replicates)
     print(f"halffull {halffull.__version__}: preset {PRESET}, cap {MAX_OUTPUT_TOKENS} output tokens, "
@@ -667,11 +740,25 @@ def main(argv: list[str] | None = None) -> int:
     for s in A_SETTINGS:
         print(f"  capacity {s}: {lab.capacity_per_replica(s):.3g} req/s per replica")
 
+    if args.only == "tail":
+        experiment_tail(lab, loads_t)
+        md_t, comp_t = report_tail(aggregate(lab.rows), lab.rows, loads_t, out)
+        tables = "\n".join(["# The tail-safe LARRYs (generated by benches/experiments.py --only tail)\n",
+                            f"Preset {PRESET}; mean over {replicates} replicate(s) (the trace and jittered "
+                            "copies, other seeds).\n"] + md_t)
+        (out / "tables_tail.md").write_text(tables)
+        write_csv(out / "experiments_tail.csv", lab.rows)
+        (out / "experiments_tail.json").write_text(json.dumps(json_ready({"tail": comp_t}, digits=4),
+                                                              separators=(",", ":")))
+        print(tables)
+        print(f"{len(lab.rows)} simulations in {time.perf_counter() - t_start:.1f} s; wrote {out}")
+        return 0
     experiment_a(lab, loads_a)
     experiment_b(lab, loads_b)
     experiment_alpha(lab, loads_alpha)
     experiment_beta(lab, loads_beta)
     experiment_poisson(lab, loads_poisson)
+    experiment_tail(lab, loads_t)
     sat = {s: {p: saturated_rate(lab, s, p) for p in A_POLICIES} for s in A_SETTINGS}
 
     raw = lab.rows
@@ -681,6 +768,7 @@ def main(argv: list[str] | None = None) -> int:
     md_alpha = report_alpha(agg, loads_alpha, out)
     md_beta, comp_beta = report_beta(agg, loads_beta, out, lab)
     md_poisson, comp_poisson = report_poisson(agg, raw, loads_poisson)
+    md_t, comp_t = report_tail(agg, raw, loads_t, out)
 
     sat_md = ["### Saturated throughput per policy (one replica, 2,000 requests of the mix at t=0: "
               "output tokens/s over the makespan, and / FCFS)\n"]
@@ -696,7 +784,7 @@ def main(argv: list[str] | None = None) -> int:
         f"unless swept. Values: mean over {replicates} replicate(s) (the trace, and jittered copies "
         "with other seeds); `±` half the range when it exceeds 2%.\n",
     ]
-    tables = "\n".join(header + sat_md + md_a + md_b + md_alpha + md_beta + md_poisson)
+    tables = "\n".join(header + sat_md + md_a + md_b + md_alpha + md_beta + md_poisson + md_t)
     (out / "tables.md").write_text(tables)
     print()
     print(tables)
@@ -711,12 +799,13 @@ def main(argv: list[str] | None = None) -> int:
         "traces": {k: str(v) for k, v in TRACE_FILES.items()},
         "capacity_per_replica": lab.capacity,
         "saturated_rate": sat,
-        "loads": {"a": loads_a, "b": loads_b, "alpha": loads_alpha, "beta": loads_beta, "poisson": loads_poisson},
+        "loads": {"a": loads_a, "b": loads_b, "alpha": loads_alpha, "beta": loads_beta, "poisson": loads_poisson,
+                  "t": loads_t},
         "runs": len(raw), "simulated_wall_s": lab.sim_wall, "total_wall_s": total,
     }
     (out / "experiments.json").write_text(json.dumps(json_ready({
         "meta": meta,
-        "comparisons": {"a": comp_a, "b": comp_b, "beta": comp_beta, "poisson": comp_poisson},
+        "comparisons": {"a": comp_a, "b": comp_b, "beta": comp_beta, "poisson": comp_poisson, "t": comp_t},
     }, digits=4), separators=(",", ":")))
     sizes = {p.name: p.stat().st_size for p in sorted(out.glob("*.png"))}
     print(f"\n{len(raw)} simulations ({lab.sim_wall:.1f} s inside the simulator), {total:.1f} s in all; "

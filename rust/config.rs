@@ -6,7 +6,7 @@
 //! load signal) are parsed once into enums, so the hot loop compares enums.
 
 use crate::error::{Error, Result, Value};
-use crate::limits::{self, Blame, MAX_BLOCKS, MAX_COUNT, MAX_RATE};
+use crate::limits::{self, Blame, MAX_BLOCKS, MAX_COUNT, MAX_RATE, MAX_TIME};
 
 /// An enum with a registry of names: one table of `(variant, name)`, in registry order.
 pub trait Named: Copy + PartialEq + 'static {
@@ -61,6 +61,8 @@ pub enum PolicyKind {
     Sjf,
     OracleSrpt,
     Larry,
+    LarryTail,
+    LarrySlack,
 }
 
 impl Named for PolicyKind {
@@ -72,6 +74,8 @@ impl Named for PolicyKind {
         (PolicyKind::Sjf, "sjf"),
         (PolicyKind::OracleSrpt, "oracle_srpt"),
         (PolicyKind::Larry, "larry"),
+        (PolicyKind::LarryTail, "larry_tail"),
+        (PolicyKind::LarrySlack, "larry_slack"),
     ];
 }
 
@@ -144,6 +148,12 @@ impl Semantics {
     }
 }
 
+/// `larry_tail`'s deadline (s) when none is given (chosen on the shared traces: README).
+pub const DEFAULT_LARRY_DEADLINE: f64 = 30.0;
+
+/// `larry_slack`'s slack when none is given (chosen on the shared traces: README).
+pub const DEFAULT_LARRY_SLACK: f64 = 0.75;
+
 /// Block size when none is given.
 pub const DEFAULT_BLOCK_SIZE: u64 = 16;
 
@@ -170,6 +180,15 @@ pub const DEFAULT_BLOCK_SIZE: u64 = 16;
 /// - `reserve_full_prompt`: vLLM's `scheduler_reserve_full_isl`: admission needs blocks for
 ///   the whole sequence, not just the first chunk. `vllm_v1` only (halffull allocates the
 ///   whole sequence at admission anyway, so it is ignored there).
+/// - `enable_prefix_caching`: blocks full of known tokens are kept findable by their hash
+///   (`crate::hash`) after their request frees them, and an admitted request starts from
+///   the longest cached prefix of its blocks (vLLM's automatic prefix caching). `vllm_v1`
+///   only; off by default (vLLM's engine turns it on by default).
+/// - `larry_deadline` (s): `larry_tail`'s starvation bound. A waiting request that has
+///   waited this long is *due*: due requests go first, oldest first; LARRY orders the rest.
+/// - `larry_slack`: `larry_slack`'s bound, relative to the backlog. A waiting request is due
+///   once the tokens that left the waiting queue since it joined reach `larry_slack` times
+///   the tokens waiting now; due requests go first, in the order they joined.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SchedulerConfig {
     pub num_gpu_blocks: u64,
@@ -187,6 +206,9 @@ pub struct SchedulerConfig {
     pub max_model_len: Option<u64>,
     pub long_prefill_token_threshold: u64,
     pub reserve_full_prompt: bool,
+    pub enable_prefix_caching: bool,
+    pub larry_deadline: f64,
+    pub larry_slack: f64,
 }
 
 /// The field names, in declaration order (also the positional order in Python).
@@ -206,6 +228,9 @@ pub const FIELDS: &[&str] = &[
     "max_model_len",
     "long_prefill_token_threshold",
     "reserve_full_prompt",
+    "enable_prefix_caching",
+    "larry_deadline",
+    "larry_slack",
 ];
 
 /// A field's value, typed (for `to_dict`, getters and `repr`).
@@ -238,6 +263,9 @@ impl SchedulerConfig {
             max_model_len: None,
             long_prefill_token_threshold: 0,
             reserve_full_prompt: true,
+            enable_prefix_caching: false,
+            larry_deadline: DEFAULT_LARRY_DEADLINE,
+            larry_slack: DEFAULT_LARRY_SLACK,
         }
     }
 
@@ -318,7 +346,16 @@ impl SchedulerConfig {
             "reserve_full_prompt" => {
                 self.reserve_full_prompt = limits::flag(Blame::Config, "reserve_full_prompt", v)?
             }
+            "enable_prefix_caching" => {
+                self.enable_prefix_caching =
+                    limits::flag(Blame::Config, "enable_prefix_caching", v)?
+            }
             "larry_alpha" => self.larry_alpha = rate("larry_alpha")?,
+            "larry_slack" => self.larry_slack = rate("larry_slack")?,
+            "larry_deadline" => {
+                self.larry_deadline =
+                    limits::float_in(Blame::Config, "larry_deadline", v, 0.0, MAX_TIME, false)?
+            }
             "sjf_aging" => self.sjf_aging = rate("sjf_aging")?,
             other => {
                 return Err(Error::UnknownName {
@@ -367,6 +404,16 @@ impl SchedulerConfig {
                 });
             }
         }
+        if self.enable_prefix_caching && self.semantics != Semantics::VllmV1 {
+            return Err(Error::Config {
+                field: "enable_prefix_caching",
+                value: Some(Value::Bool(true)),
+                message:
+                    "prefix caching is modelled in semantics=\"vllm_v1\" only (vLLM V1's block \
+                          pool): set semantics=\"vllm_v1\""
+                        .into(),
+            });
+        }
         if self.num_gpu_blocks.saturating_mul(self.block_size) >= MAX_COUNT {
             return Err(Error::Config {
                 field: "num_gpu_blocks",
@@ -395,6 +442,9 @@ impl SchedulerConfig {
             "max_model_len" => self.max_model_len.map_or(FieldValue::None, FieldValue::Int),
             "long_prefill_token_threshold" => FieldValue::Int(self.long_prefill_token_threshold),
             "reserve_full_prompt" => FieldValue::Bool(self.reserve_full_prompt),
+            "enable_prefix_caching" => FieldValue::Bool(self.enable_prefix_caching),
+            "larry_deadline" => FieldValue::Float(self.larry_deadline),
+            "larry_slack" => FieldValue::Float(self.larry_slack),
             _ => return None,
         })
     }

@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: the engine scheduler's configuration (one type, enums for names).
 //! - [`error`], [`limits`], [`id`]: the one error enum, the validated ranges, request ids.
+//! - [`hash`]: prefix-cache block hashes (chained over full blocks).
 //! - [`sched`]: the engine scheduler (requests, KV block pools, policies, the step).
 //! - [`router`]: cluster load balancers (which replica gets a request).
 //! - [`sim`]: the trace-driven cluster simulator (replicas behind a router, a cost model).
@@ -13,6 +14,7 @@
 
 pub mod config;
 pub mod error;
+pub mod hash;
 pub mod id;
 pub mod limits;
 pub mod router;

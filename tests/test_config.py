@@ -24,7 +24,7 @@ def test_is_the_core_class_with_its_defaults():
         "max_num_batched_tokens": 8192, "policy": "fcfs", "preemption_mode": "recompute",
         "watermark": None, "larry_alpha": 1000.0, "larry_load": "waiting", "sjf_aging": 10.0,
         "semantics": "halffull", "max_model_len": None, "long_prefill_token_threshold": 0,
-        "reserve_full_prompt": True,
+        "reserve_full_prompt": True, "enable_prefix_caching": False, "larry_deadline": 30.0, "larry_slack": 0.75,
     }
     assert cfg.watermark == 0.01  # None in to_dict: the semantics' default, read as the effective value
     assert halffull.SchedulerConfig(64, 4) == cfg.replace(block_size=4)

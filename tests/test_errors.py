@@ -140,7 +140,8 @@ def test_time_going_backwards(Sched):
 @pytest.mark.parametrize("field, value", [
     ("num_gpu_blocks", 0), ("max_num_seqs", 0), ("max_num_batched_tokens", 0), ("block_size", 0),
     ("num_cpu_blocks", -1), ("num_gpu_blocks", 2.5), ("watermark", 1.0), ("watermark", math.nan),
-    ("larry_alpha", -1.0), ("sjf_aging", math.inf),
+    ("larry_alpha", -1.0), ("sjf_aging", math.inf), ("larry_deadline", -1.0), ("larry_deadline", math.inf),
+    ("larry_slack", math.nan), ("larry_slack", -0.5),
 ])
 def test_bad_config_values(field, value):
     with pytest.raises(halffull.ConfigError) as info:

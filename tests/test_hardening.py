@@ -333,8 +333,9 @@ def test_allocations_beyond_a_memory_limit_raise_memory_error_not_abort():
     proc = subprocess.run([sys.executable, "-c", OOM_SCRIPT], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]   # no SIGABRT ("memory allocation ... failed")
     lines = dict(line.split(" ", 1) for line in proc.stdout.splitlines())
-    assert lines["scheduler"] == f"OutOfMemoryError True num_gpu_blocks {(2**32 - 2) * 9}"
-    assert lines["cpu_blocks"] == f"OutOfMemoryError True num_cpu_blocks {(2**32 - 2 + 8) * 9}"
+    bytes_per_block = 13                                # free queue (9) + reference count (4)
+    assert lines["scheduler"] == f"OutOfMemoryError True num_gpu_blocks {(2**32 - 2) * bytes_per_block}"
+    assert lines["cpu_blocks"] == f"OutOfMemoryError True num_cpu_blocks {(2**32 - 2 + 8) * bytes_per_block}"
     assert lines["replicas"].startswith("OutOfMemoryError True replicas ")
     assert lines["after"] == "1 10"                     # the interpreter is fine afterwards
 

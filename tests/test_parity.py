@@ -3,9 +3,14 @@
 A Hypothesis state machine adds requests (random sizes, priorities, predictions, str and int
 ids, reused ids), schedules, updates with random early finishes, and aborts, on tiny configs
 for every policy, both semantics ("halffull" with both preemption modes; "vllm_v1" with
-reserve_full_prompt both ways) and sometimes a max_model_len and a long-prefill threshold,
-comparing plans (block ids included), return values, errors, counters and every live
-request's block table after every operation and checking both schedulers' invariants.
+reserve_full_prompt both ways, prefix caching off and on) and sometimes a max_model_len and a
+long-prefill threshold, comparing plans (block ids and cache hits included), return values,
+errors, counters and every live request's block table after every operation and checking both
+schedulers' invariants (reference counts and the cache map included).
+
+With prefix caching, prompts are drawn from two shared prefixes over a four-token vocabulary,
+given as token ids or as precomputed block hashes, so hits, shared blocks and evictions are
+common; ``reset_prefix_cache`` and ``prefix_hit_blocks`` are compared too.
 """
 
 from __future__ import annotations
@@ -19,11 +24,11 @@ import halffull
 from halffull import reference
 
 
-def configs(policy: str, semantics: str = "halffull"):
+def configs(policy: str, semantics: str = "halffull", caching: bool = False):
     v1 = semantics == "vllm_v1"
     return st.builds(
         halffull.SchedulerConfig,
-        num_gpu_blocks=st.integers(1, 12),
+        num_gpu_blocks=st.integers(1, 24 if caching else 12),   # caching: room for blocks to stay cached
         block_size=st.sampled_from([1, 2, 3, 4]),
         num_cpu_blocks=st.just(0) if v1 else st.integers(0, 10),
         max_num_seqs=st.integers(1, 5),
@@ -38,6 +43,9 @@ def configs(policy: str, semantics: str = "halffull"):
         max_model_len=st.none() | st.integers(1, 48),
         long_prefill_token_threshold=st.sampled_from([0, 0, 1, 3, 8]),
         reserve_full_prompt=st.booleans(),
+        enable_prefix_caching=st.just(caching),
+        larry_deadline=st.sampled_from([0.0, 0.5, 1.0, 3.0, 1e9]),
+        larry_slack=st.sampled_from([0.0, 0.5, 1.0, 2.0, 1e9]),
     )
 
 
@@ -52,6 +60,7 @@ def outcome(fn, *args, **kwargs):
 class ParityMachine(RuleBasedStateMachine):
     policy = "fcfs"
     semantics = "halffull"
+    caching = False
 
     def __init__(self) -> None:
         super().__init__()
@@ -62,9 +71,13 @@ class ParityMachine(RuleBasedStateMachine):
 
     @initialize(data=st.data())
     def setup(self, data):
-        cfg = data.draw(configs(self.policy, self.semantics), label="config")
+        cfg = data.draw(configs(self.policy, self.semantics, self.caching), label="config")
         self.rust = halffull.Scheduler(cfg)
         self.ref = reference.Scheduler(cfg)
+        self.block_size = cfg.block_size
+        # two prefixes over a tiny vocabulary: shared blocks are common
+        self.prefixes = [data.draw(st.lists(st.integers(0, 3), min_size=40, max_size=40), label=f"prefix {k}")
+                         for k in range(2)]
 
     def both(self, method, *args, **kwargs):
         a = outcome(getattr(self.rust, method), *args, **kwargs)
@@ -73,7 +86,7 @@ class ParityMachine(RuleBasedStateMachine):
         return a, b
 
     @rule(
-        prompt=st.integers(1, 40),
+        prompt=st.integers(1, 40) | st.integers(1, 10),   # half of them short: they fit the tiny caches
         max_out=st.integers(1, 12),
         back=st.sampled_from([0.0, 0.0, 0.3, 2.0]),
         priority=st.integers(-2, 2),
@@ -81,16 +94,27 @@ class ParityMachine(RuleBasedStateMachine):
         true=st.none() | st.integers(1, 12),
         as_str=st.booleans(),
         reuse=st.booleans(),
+        content=st.sampled_from(["none", "ids", "ids", "hashes"]),
+        prefix=st.integers(0, 1),
+        shared=st.sampled_from([0, 4, 8, 12, 40, 40]),
+        tail=st.lists(st.integers(0, 3), max_size=6),
     )
-    def add(self, prompt, max_out, back, priority, pred, true, as_str, reuse):
+    def add(self, prompt, max_out, back, priority, pred, true, as_str, reuse, content, prefix, shared, tail):
         if reuse and self.ended:
             rid = self.ended.pop(0)
         else:
             rid = f"r{self.next_id}" if as_str else self.next_id
             self.next_id += 1
-        self.both("add_request", rid, prompt_tokens=prompt, max_output_tokens=max_out,
-                  arrival_time=max(0.0, self.t - back), priority=priority,
-                  predicted_output_tokens=pred, true_output_tokens=true)
+        kwargs = dict(prompt_tokens=prompt, max_output_tokens=max_out, arrival_time=max(0.0, self.t - back),
+                      priority=priority, predicted_output_tokens=pred, true_output_tokens=true)
+        tokens = (self.prefixes[prefix][:shared] + tail + [0] * prompt)[:prompt]
+        if content == "ids":
+            kwargs["prompt_token_ids"] = tokens
+        elif content == "hashes":
+            # precomputed hashes of the shared part only; the rest of the prompt is the request's own
+            bs = self.block_size
+            kwargs["block_hashes"] = [prefix * 1000 + j for j in range(min(shared, prompt) // bs)]
+        self.both("add_request", rid, **kwargs)
 
     @precondition(lambda self: self.ref is not None and len(self.ref.requests) > 0)
     @rule(data=st.data())
@@ -98,6 +122,16 @@ class ParityMachine(RuleBasedStateMachine):
         rid = data.draw(st.sampled_from(sorted(self.ref.requests, key=repr)), label="abort")
         self.both("abort", rid)
         self.ended.append(rid)
+
+    @rule()
+    def reset_prefix_cache(self):
+        (a, _), (b, _) = self.both("reset_prefix_cache")
+        assert a == b
+
+    @rule(prefix=st.integers(0, 1), n=st.integers(0, 12))
+    def prefix_hit_blocks(self, prefix, n):
+        (a, _), (b, _) = self.both("prefix_hit_blocks", [prefix * 1000 + j for j in range(n)])
+        assert a == b
 
     @rule(dt=st.sampled_from([0.0, 0.01, 0.5, 3.0]), data=st.data())
     def step(self, dt, data):
@@ -130,21 +164,28 @@ class ParityMachine(RuleBasedStateMachine):
             assert getattr(self.rust, name) == getattr(self.ref, name), name
         assert len(self.rust) == len(self.ref)
         assert self.rust.free_gpu_block_ids() == self.ref.free_gpu_block_ids()
+        assert self.rust.prefix_cache_stats() == self.ref.prefix_cache_stats()
         for rid in self.ref.requests:
             assert self.rust.request_info(rid) == self.ref.request_info(rid), rid
 
 
-def _machine_for(policy: str, semantics: str = "halffull"):
-    machine = type(f"Parity_{policy}_{semantics}", (ParityMachine,),
-                   {"policy": policy, "semantics": semantics})
+def _machine_for(policy: str, semantics: str = "halffull", caching: bool = False):
+    machine = type(f"Parity_{policy}_{semantics}{'_cached' if caching else ''}", (ParityMachine,),
+                   {"policy": policy, "semantics": semantics, "caching": caching})
     return machine.TestCase
 
 
-@pytest.mark.parametrize("semantics", ["halffull", "vllm_v1"])
+@pytest.mark.parametrize("semantics", ["halffull", "vllm_v1", "vllm_v1+prefix_caching"])
 @pytest.mark.parametrize("policy", halffull.POLICIES)
 def test_rust_matches_reference(policy, semantics):
-    case = _machine_for(policy, semantics)
-    case.settings = settings(case.settings, stateful_step_count=40)
+    semantics, _, caching = semantics.partition("+")
+    case = _machine_for(policy, semantics, bool(caching))
+    # the profile's examples for halffull (the CI profile: 1,000 per policy); a third of them
+    # for each vllm_v1 variant, whose rules tests/test_vllm_parity.py also checks against vLLM
+    examples = settings().max_examples
+    if semantics != "halffull":
+        examples = max(20, examples // 3)
+    case.settings = settings(case.settings, stateful_step_count=40, max_examples=examples)
     case("runTest").runTest()
 
 

@@ -124,6 +124,73 @@ def test_larry_waiting_time_bounds_starvation(Sched):
     assert admitted_at is not None
 
 
+def _big_then_stream(s, steps=60):
+    """A 40-token request at t=0, then one 1-token request per step: with one seat and one
+    output token each, a step admits one request. Returns (step admitting "big" or None,
+    [(tokens admitted since big joined, tokens waiting) before each step])."""
+    s.add_request("big", prompt_tokens=40, max_output_tokens=1, arrival_time=0.0)
+    left, waiting, seen = 0, 40, []
+    for t in range(1, steps):
+        s.add_request(f"s{t}", prompt_tokens=1, max_output_tokens=1, arrival_time=float(t))
+        waiting += 1
+        seen.append((left, waiting))
+        admitted = step(s, float(t)).admitted
+        if "big" in admitted:
+            return t, seen
+        left += len(admitted)
+        waiting -= len(admitted)
+    return None, seen
+
+
+def _cfg(policy, **kw):
+    return make_config(num_gpu_blocks=64, policy=policy, max_num_seqs=1, larry_alpha=0.0, **kw)
+
+
+def test_larry_without_aging_starves_a_large_request(Sched):
+    # alpha = 0: shortest prompt first, whatever the wait; the stream never lets "big" in.
+    assert _big_then_stream(Sched(_cfg("larry")))[0] is None
+
+
+def test_larry_tail_admits_a_starving_request_at_its_deadline(Sched):
+    for deadline in (5.0, 17.0):
+        at, _ = _big_then_stream(Sched(_cfg("larry_tail", larry_deadline=deadline)))
+        assert at == deadline                       # the first step with now - arrival >= deadline
+    # Before its deadline it yields to the small ones, as LARRY does.
+    assert _big_then_stream(Sched(_cfg("larry_tail", larry_deadline=1e6)))[0] is None
+
+
+def test_larry_slack_admits_a_starving_request_once_the_backlog_has_passed_it(Sched):
+    for slack in (0.5, 1.0, 1.5):
+        at, seen = _big_then_stream(Sched(_cfg("larry_slack", larry_slack=slack)), steps=120)
+        # The bound: admitted at the first step where the tokens admitted since it joined
+        # reach slack x the tokens waiting, and not before.
+        assert at is not None
+        left, waiting = seen[-1]
+        assert left >= slack * waiting
+        assert all(lf < slack * w for lf, w in seen[:-1])
+        # Here the backlog stays at big + one small: 41 tokens, so big waits ~slack x 41 steps.
+        assert waiting == 41 and at <= slack * 41 + 2
+    # slack 0 is FCFS: big goes first.
+    assert _big_then_stream(Sched(_cfg("larry_slack", larry_slack=0.0)))[0] == 1
+
+
+def test_larry_slack_puts_a_preempted_request_back_at_the_head(Sched):
+    # Three 8-token requests fill 6 blocks; the first decode preempts c (recompute). c rejoins
+    # with the due order's first stamp, so it is admitted again before the later d and e.
+    s = Sched(make_config(num_gpu_blocks=6, policy="larry_slack", larry_slack=0.0, larry_alpha=0.0))
+    for rid in "abc":
+        s.add_request(rid, prompt_tokens=8, max_output_tokens=3, arrival_time=0.0)
+    step(s, 0.0)
+    plan = step(s, 0.1)
+    assert plan.preempted == [("c", "recompute")]
+    s.add_request("d", prompt_tokens=2, max_output_tokens=1, arrival_time=0.2)
+    s.add_request("e", prompt_tokens=2, max_output_tokens=1, arrival_time=0.2)
+    admitted = []
+    for p in run_to_completion(s, dt=0.1):
+        admitted += p.admitted
+    assert admitted[0] == "c"
+
+
 def test_swap_out_then_in_returns_the_blocks_and_resumes(Sched):
     s = Sched(make_config(num_gpu_blocks=6, num_cpu_blocks=6, preemption_mode="swap"))
     for rid in "abc":
@@ -217,11 +284,15 @@ workloads = st.lists(
     watermark=st.sampled_from([0.0, 0.2]),
     work=workloads,
     eos=st.integers(0, 2**32),
+    larry=st.sampled_from([(0.0, 0.0, 0.0), (1.0, 0.5, 0.75), (1000.0, 1e9, 1e9)]),
 )
-def test_every_finite_workload_drains(impl, policy, mode, blocks, block_size, seats, budget, watermark, work, eos):
+def test_every_finite_workload_drains(impl, policy, mode, blocks, block_size, seats, budget, watermark, work, eos,
+                                      larry):
+    alpha, deadline, slack = larry                 # LARRY and its tail-safe variants, from FCFS-like to pure LARRY
     cfg = halffull.SchedulerConfig(num_gpu_blocks=blocks, block_size=block_size, num_cpu_blocks=blocks // 2,
                                    max_num_seqs=seats, max_num_batched_tokens=budget, policy=policy,
-                                   preemption_mode=mode, watermark=watermark)
+                                   preemption_mode=mode, watermark=watermark, larry_alpha=alpha,
+                                   larry_deadline=deadline, larry_slack=slack)
     s = IMPLS[impl](cfg)
     added, rejected = set(), set()
     for i, (prompt, out, arrival, prio, pred) in enumerate(work):

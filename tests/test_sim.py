@@ -3,11 +3,13 @@ determinism, load scaling and bad input."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 import halffull
-from halffull import _core, sim, traces
+from halffull import _core, sim, sweep, traces
 from halffull.errors import ConfigError, InvalidArgumentError, TraceError
 
 POLICIES = ("fcfs", "no_preempt", "sjf", "larry", "oracle_srpt")
@@ -15,7 +17,8 @@ SUMMARY_KEYS = {
     "num_requests", "num_finished", "num_rejected", "ttft_mean", "ttft_p50", "ttft_p90", "ttft_p99",
     "tpot_mean", "tpot_p90", "tpot_p99", "e2e_mean", "e2e_p50", "e2e_p90", "e2e_p99",
     "throughput_tokens_per_s", "requests_per_s", "preemptions_per_request", "preempted_share",
-    "goodput_requests_per_s",
+    "goodput_requests_per_s", "ttft_p999", "ttft_max", "e2e_p999", "e2e_max", "starved_share",
+    "starvation_threshold_s",
 }
 
 
@@ -50,6 +53,25 @@ def test_every_row_accounted_and_clocks_monotone(small, policy):
     summary = res.summary()
     assert SUMMARY_KEYS <= set(summary)
     assert summary["num_finished"] + summary["num_rejected"] == len(small)
+
+
+def test_summary_tail_metrics_match_the_request_table(small):
+    """The tail figures are the request table's own: p99.9 between p99 and max, max the
+    largest TTFT, the starved share counted against the stated threshold."""
+    res = sim.simulate(small, replicas=1, policy="larry", rate_scale=6.0, **tight())
+    s = res.summary()
+    done = res.requests["status"] == "finished"
+    ttft, e2e = res.requests["ttft"][done], res.requests["e2e"][done]
+    assert s["ttft_max"] == ttft.max() and s["e2e_max"] == e2e.max()
+    assert s["ttft_p99"] <= s["ttft_p999"] <= s["ttft_max"]
+    assert s["e2e_p99"] <= s["e2e_p999"] <= s["e2e_max"]
+    assert s["starvation_threshold_s"] == pytest.approx(sim.STARVATION_FACTOR * np.median(e2e - ttft))
+    assert s["starved_share"] == np.mean(ttft > s["starvation_threshold_s"])
+    # A fixed threshold: the share is what it counts.
+    cut = float(np.median(ttft))
+    fixed = res.summary(starvation_s=cut)
+    assert fixed["starvation_threshold_s"] == cut
+    assert fixed["starved_share"] == np.mean(ttft > cut) > 0
 
 
 def _hand_loop(trace, cost, config, max_output_tokens=2048):
@@ -217,11 +239,29 @@ def test_cli_simulate_and_sweep(tmp_path):
     out = runner.invoke(app, ["simulate", "--out", str(tmp_path), "--replicas", "2"])
     assert out.exit_code == 0, out.output
     assert list(tmp_path.glob("simulate_*.png"))
-    out = runner.invoke(app, ["sweep", "--policies", "fcfs,larry", "--routers", "round_robin",
-                              "--loads", "0.6:1.0:0.4", "--replicas", "2", "--out", str(tmp_path)])
+    one = tmp_path / "one"
+    out = runner.invoke(app, ["simulate", "--out", str(one), "--replicas", "2", "--policy", "larry",
+                              "--engine", "num_gpu_blocks=2048", "--slo-ttft", "1.5", "--load", "1.0"])
     assert out.exit_code == 0, out.output
-    assert (tmp_path / "sweep_default.csv").read_text().count("\n") == 5
-    assert len(list(tmp_path.glob("sweep_default_*.png"))) == 3
+    [summary] = json.loads(next(one.glob("simulate_*.json")).read_text())
+    assert summary["engine"]["num_gpu_blocks"] == 2048 and summary["slo_ttft"] == 1.5
+    assert len(list(one.glob("simulate_*_larry_requests.*"))) == 1 and len(list(one.glob("*.png"))) == 1
+    sw = tmp_path / "sweep"
+    out = runner.invoke(app, ["sweep", "--policies", "fcfs,larry", "--routers", "round_robin",
+                              "--loads", "0.6:1.0:0.4", "--replicas", "2", "--workers", "1", "--out", str(sw)])
+    assert out.exit_code == 0, out.output
+    assert len(sweep.read_journal(sw)) == 4
+    assert len(list(sw.glob("report_*.png"))) == 2 and (sw / "report.md").exists()
+    assert list(sw.glob("results.*"))
+    out = runner.invoke(app, ["sweep", "--resume", str(sw), "--workers", "1"])     # nothing missing
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(app, ["sweep", "--resume", str(sw), "--policies", "sjf"])
+    assert out.exit_code == 2 and "policies differ" in out.output
+    out = runner.invoke(app, ["report", str(sw), "--out", str(tmp_path / "rep")])
+    assert out.exit_code == 0 and (tmp_path / "rep" / "report.md").exists()
+    out = runner.invoke(app, ["sweep", "--policies", "fcfs,nope", "--engine", "bogus=1", "--out", str(tmp_path / "x")])
+    assert out.exit_code == 2 and "'nope'" not in out.output and "nope" in out.output and "bogus" in out.output
+    assert not (tmp_path / "x").exists()
     out = runner.invoke(app, ["simulate", "--preset", "nope"])
     assert out.exit_code == 2 and "llama-3-8b/h100" in out.output
 

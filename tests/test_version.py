@@ -20,3 +20,13 @@ def test_pyproject_takes_the_version_from_cargo() -> None:
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "version" not in pyproject["project"]
     assert "version" in pyproject["project"]["dynamic"]
+
+
+def test_installed_metadata_agrees_with_the_extension() -> None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        installed = version("halffull")
+    except PackageNotFoundError:
+        pytest.skip("halffull is imported from the source tree, not installed")
+    assert installed == halffull.__version__

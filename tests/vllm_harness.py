@@ -27,6 +27,7 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+CACHE_STATS = ("requests", "queries", "hits", "preempted_requests", "preempted_queries", "preempted_hits")
 EOS = 2
 STOP_IDS = (3, 4)
 VOCAB = 1000
@@ -35,7 +36,7 @@ VOCAB = 1000
 # ---------------------------------------------------------------------------- workloads
 
 
-def random_config(rng: random.Random, policy: str) -> dict:
+def random_config(rng: random.Random, policy: str, prefix_caching: bool = False) -> dict:
     """A vLLM-shaped config, KV-tight most of the time (real preemption pressure)."""
     bs = 16
     mml = rng.choice([256, 384, 512])
@@ -47,7 +48,8 @@ def random_config(rng: random.Random, policy: str) -> dict:
                 max_num_batched_tokens=rng.choice([64, 128, 256, 512]), max_model_len=mml,
                 policy=policy, long_prefill_token_threshold=rng.choice([0, 0, 0, 48]),
                 reserve_full_prompt=rng.random() < 0.7,
-                watermark=rng.choice([0.0, 0.0, 0.0, 0.05]), max_steps=4000)
+                watermark=rng.choice([0.0, 0.0, 0.0, 0.05]), enable_prefix_caching=prefix_caching,
+                max_steps=4000)
 
 
 def make_workload(seed: int, config: dict) -> dict:
@@ -95,7 +97,8 @@ class Decision:
     """One step of one side. ``scheduled``: (id, new tokens, computed before, new block ids)
     in the step's order; ``tables``: block table after ``schedule`` of each scheduled request;
     ``ended``: ids that stopped in the update, in order; ``free_queue``: head to tail after the
-    update."""
+    update; ``cache_stats``: the prefix cache's counters so far (vLLM's ``PrefixCacheStats``
+    fields, summed over steps)."""
 
     scheduled: list[tuple[str, int, int, list[int]]] = field(default_factory=list)
     tables: dict[str, list[int]] = field(default_factory=dict)
@@ -105,6 +108,7 @@ class Decision:
     ended: list[str] = field(default_factory=list)
     num_free: int = 0
     free_queue: list[int] = field(default_factory=list)
+    cache_stats: dict[str, int] = field(default_factory=dict)
 
     def differs(self, other: Decision) -> str | None:
         """The first field that differs, or None."""
@@ -124,14 +128,15 @@ class HalffullSide:
             num_cpu_blocks=0, max_num_seqs=config["max_num_seqs"],
             max_num_batched_tokens=config["max_num_batched_tokens"], max_model_len=config["max_model_len"],
             policy=config["policy"], long_prefill_token_threshold=config["long_prefill_token_threshold"],
-            reserve_full_prompt=config["reserve_full_prompt"], watermark=config["watermark"])
+            reserve_full_prompt=config["reserve_full_prompt"], watermark=config["watermark"],
+            enable_prefix_caching=config.get("enable_prefix_caching", False))
         self.s = scheduler_cls(self.cfg)
         self.specs: dict[str, dict] = {}
         self.unreported = 0                      # ids ended since the last plan
 
     def add(self, spec: dict) -> None:
         self.specs[spec["id"]] = spec
-        self.s.add_request(spec["id"], prompt_tokens=len(spec["prompt"]), max_output_tokens=spec["max_tokens"],
+        self.s.add_request(spec["id"], prompt_token_ids=spec["prompt"], max_output_tokens=spec["max_tokens"],
                            arrival_time=arrival_time(spec), priority=spec["priority"])
 
     def live(self, rid: str) -> bool:
@@ -168,6 +173,8 @@ class HalffullSide:
         self.unreported = len(d.ended)
         d.num_free = self.s.num_free_gpu_blocks
         d.free_queue = self.s.free_gpu_block_ids()
+        stats = self.s.prefix_cache_stats()
+        d.cache_stats = {k: stats[k] for k in CACHE_STATS}
         return d
 
 
@@ -201,7 +208,8 @@ def quiet_vllm() -> None:
 
 
 class VllmSide:
-    """vLLM 0.33's real (sync) V1 ``Scheduler``, prefix caching off."""
+    """vLLM 0.33's real (sync) V1 ``Scheduler``, prefix caching as the config says (requests
+    then carry the engine's SHA-256 block hasher, as ``EngineCore`` gives them)."""
 
     def __init__(self, config: dict) -> None:
         quiet_vllm()
@@ -221,7 +229,8 @@ class VllmSide:
             policy=config["policy"], long_prefill_token_threshold=config["long_prefill_token_threshold"],
             scheduler_reserve_full_isl=config["reserve_full_prompt"], watermark=config["watermark"],
             async_scheduling=False)
-        cc = CacheConfig(block_size=config["block_size"], enable_prefix_caching=False)
+        caching = config.get("enable_prefix_caching", False)
+        cc = CacheConfig(block_size=config["block_size"], enable_prefix_caching=caching)
         vc = VllmConfig(model_config=mc, scheduler_config=sc, cache_config=cc,
                         device_config=DeviceConfig(device="cuda"))
         vc.cache_config.num_gpu_blocks = config["num_blocks"]
@@ -233,7 +242,16 @@ class VllmSide:
         kv.hash_block_size = hbs
         self.s = Scheduler(vllm_config=vc, kv_cache_config=kv,
                            structured_output_manager=StructuredOutputManager(vc),
-                           block_size=sbs, hash_block_size=hbs, log_stats=False)
+                           block_size=sbs, hash_block_size=hbs, log_stats=True)
+        self.block_hasher = None
+        if caching:
+            from vllm.utils.hashing import get_hash_fn_by_name
+            from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
+
+            hash_fn = get_hash_fn_by_name(cc.prefix_caching_hash_algo)
+            init_none_hash(hash_fn)
+            self.block_hasher = get_request_block_hasher(hbs, hash_fn)
+        self.cache_stats = dict.fromkeys(CACHE_STATS, 0)
         self.specs: dict[str, dict] = {}
         self._preempted: list[str] = []
         original = self.s._preempt_request
@@ -253,7 +271,8 @@ class VllmSide:
         sp.update_from_generation_config({}, eos_token_id=EOS)
         self.s.add_request(Request(request_id=spec["id"], prompt_token_ids=list(spec["prompt"]),
                                    sampling_params=sp, pooling_params=None,
-                                   arrival_time=arrival_time(spec), priority=spec["priority"]))
+                                   arrival_time=arrival_time(spec), priority=spec["priority"],
+                                   block_hasher=self.block_hasher))
 
     def live(self, rid: str) -> bool:
         return rid in self.s.requests and not self.s.requests[rid].is_finished()
@@ -297,6 +316,11 @@ class VllmSide:
                                 sampled_token_ids=sampled)
         for eco in s.update_from_output(out, mro).values():
             d.ended += [o.request_id for o in eco.outputs if o.finish_reason is not None]
+            pcs = eco.scheduler_stats.prefix_cache_stats if eco.scheduler_stats else None
+            if pcs is not None:
+                for k in CACHE_STATS:
+                    self.cache_stats[k] += getattr(pcs, k)
+        d.cache_stats = dict(self.cache_stats)
         pool = s.kv_cache_manager.block_pool
         d.num_free = pool.get_num_free_blocks()
         d.free_queue = [b.block_id for b in pool.free_block_queue.get_all_free_blocks()]
@@ -309,7 +333,7 @@ class VllmSide:
 def run_side_by_side(workload: dict, sides: dict[str, Any]) -> dict:
     """Replay ``workload`` through every side; after every step compare every side's
     ``Decision`` with the first side's. Raises AssertionError at the first difference (seed,
-    step, field, both decisions). Returns counts: steps, preemptions."""
+    step, field, both decisions). Returns counts: steps, preemptions, cache_hits (tokens)."""
     cfg = workload["config"]
     names = list(sides)
     by_step: dict[int, list[dict]] = {}
@@ -344,4 +368,5 @@ def run_side_by_side(workload: dict, sides: dict[str, Any]) -> dict:
                 f"config: {cfg}\n{names[0]}: {asdict(ref)}\n{name}: {asdict(decisions[name])}")
         steps += 1
         preemptions += len(ref.preempted)
-    return dict(steps=steps, preemptions=preemptions)
+    hits = ref.cache_stats.get("hits", 0) + ref.cache_stats.get("preempted_hits", 0) if steps else 0
+    return dict(steps=steps, preemptions=preemptions, cache_hits=hits)

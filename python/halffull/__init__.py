@@ -7,10 +7,9 @@ twins used as test oracles; ``halffull.traces`` loads and generates traces;
 ``halffull.engine`` (needs torch) drives a real transformer with the scheduler.
 """
 
-from importlib.metadata import version as _version
-
 from . import errors, sim, traces
-from ._core import Router, Scheduler, StepPlan, policy_names, router_names
+from ._core import Router, Scheduler, StepPlan, block_hashes, policy_names, router_names
+from ._core import __version__ as _core_version
 from .config import PREEMPTION_MODES, SchedulerConfig
 from .errors import (
     BusyError,
@@ -24,6 +23,7 @@ from .errors import (
     OutOfMemoryError,
     RequestTooLargeError,
     StalePlanError,
+    SweepError,
     TraceError,
     UnknownRequestError,
 )
@@ -32,8 +32,9 @@ from .sim import CostModel, SimResult, presets, simulate
 POLICIES: tuple[str, ...] = tuple(policy_names())
 ROUTERS: tuple[str, ...] = tuple(router_names())
 
-# The one version source is Cargo.toml; maturin writes it into the package metadata.
-__version__: str = _version("halffull")
+# The one version source is Cargo.toml: maturin writes it into the package metadata, and the
+# extension carries it compiled in (the metadata is absent when imported from PYTHONPATH).
+__version__: str = _core_version
 
 __all__ = [
     "POLICIES",
@@ -56,8 +57,10 @@ __all__ = [
     "SchedulerConfig",
     "StalePlanError",
     "StepPlan",
+    "SweepError",
     "TraceError",
     "UnknownRequestError",
+    "block_hashes",
     "errors",
     "presets",
     "sim",

@@ -12,7 +12,7 @@ _RequestId = str | int
 __all__ = [
     "SchedulerConfig", "Scheduler", "StepPlan", "policy_names", "Router", "router_names",
     "CostModel", "sim_preset_names", "sim_preset", "sim_setup", "simulate", "measure_capacity",
-    "LIMITS", "PREEMPTION_MODES", "LARRY_LOADS", "SEMANTICS",
+    "LIMITS", "PREEMPTION_MODES", "LARRY_LOADS", "SEMANTICS", "block_hashes", "__version__",
 ]
 
 LIMITS: dict[str, float]
@@ -20,7 +20,10 @@ PREEMPTION_MODES: tuple[str, ...]
 LARRY_LOADS: tuple[str, ...]
 SEMANTICS: tuple[str, ...]
 
+__version__: str
+
 def policy_names() -> list[str]: ...
+def block_hashes(token_ids: Iterable[int], block_size: int) -> list[int]: ...
 
 # --- the scheduler's configuration (rust/bindings/config.rs) ---
 
@@ -45,6 +48,9 @@ class SchedulerConfig:
         max_model_len: int | None = None,
         long_prefill_token_threshold: int = 0,
         reserve_full_prompt: bool = True,
+        enable_prefix_caching: bool = False,
+        larry_deadline: float = 30.0,
+        larry_slack: float = 0.75,
     ) -> Self: ...
     def replace(self, **changes: Any) -> SchedulerConfig: ...
     def to_dict(self) -> dict[str, Any]: ...
@@ -79,9 +85,15 @@ class SchedulerConfig:
     @property
     def max_model_len(self) -> int | None: ...
     @property
+    def enable_prefix_caching(self) -> bool: ...
+    @property
     def long_prefill_token_threshold(self) -> int: ...
     @property
     def reserve_full_prompt(self) -> bool: ...
+    @property
+    def larry_deadline(self) -> float: ...
+    @property
+    def larry_slack(self) -> float: ...
     @property
     def usable_gpu_blocks(self) -> int: ...
     def __eq__(self, value: object, /) -> bool: ...
@@ -113,6 +125,8 @@ class StepPlan:
     @property
     def samples(self) -> npt.NDArray[np.bool_]: ...
     @property
+    def num_cached_tokens(self) -> npt.NDArray[np.int64]: ...
+    @property
     def admitted(self) -> list[_RequestId]: ...
     @property
     def preempted(self) -> list[tuple[_RequestId, str]]: ...
@@ -134,14 +148,19 @@ class Scheduler:
     def add_request(
         self,
         request_id: _RequestId,
-        prompt_tokens: int,
-        max_output_tokens: int,
+        prompt_tokens: int | None = None,
+        max_output_tokens: int | None = None,
         arrival_time: float | None = None,
         *,
         priority: int | None = None,
         predicted_output_tokens: int | None = None,
         true_output_tokens: int | None = None,
+        prompt_token_ids: Iterable[int] | None = None,
+        block_hashes: Iterable[int | bytes] | None = None,
     ) -> None: ...
+    def prefix_cache_stats(self) -> dict[str, int]: ...
+    def prefix_hit_blocks(self, block_hashes: Iterable[int | bytes]) -> int: ...
+    def reset_prefix_cache(self) -> bool: ...
     def abort(self, request_id: _RequestId) -> None: ...
     def schedule(self, now: float | None = None) -> StepPlan: ...
     def update(
@@ -267,7 +286,10 @@ def simulate(arrival_time: npt.NDArray[np.float64], prompt_tokens: npt.NDArray[n
              max_output_tokens: int = 2048, snapshot_interval: float | None = None,
              record_steps: bool = True,
              predicted_output_tokens: npt.NDArray[np.int64] | None = None,
-             sal_beta: float | None = None) -> dict[str, Any]: ...
+             sal_beta: float | None = None,
+             hash_ids: npt.NDArray[np.uint64] | None = None,
+             hash_id_offsets: npt.NDArray[np.uint64] | None = None,
+             hash_block_tokens: int = 512) -> dict[str, Any]: ...
 def measure_capacity(arrival_time: npt.NDArray[np.float64], prompt_tokens: npt.NDArray[np.int64],
                      output_tokens: npt.NDArray[np.int64], *,
                      cost: CostModel, engine: SchedulerConfig | dict[str, Any], max_output_tokens: int = 2048,

@@ -103,6 +103,13 @@ class TraceError(HalffullError, ValueError):
     ATTRIBUTES = ("path", "line", "field", "valid")
 
 
+class SweepError(HalffullError, ValueError):
+    """A sweep cannot run as given: ``problems`` lists everything wrong (unknown names, bad
+    ranges, missing or malformed trace files ...), found before the first simulation."""
+
+    ATTRIBUTES = ("problems",)
+
+
 class InvariantError(HalffullError, AssertionError):
     """``check_invariants()`` found the scheduler's state inconsistent (a bug: please report);
     ``request_id`` names the request concerned, where one is."""
@@ -135,6 +142,7 @@ __all__ = [
     "ClockError",
     "InvalidUpdateError",
     "TraceError",
+    "SweepError",
     "InvariantError",
     "OutOfMemoryError",
     "BusyError",

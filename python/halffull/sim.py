@@ -46,9 +46,13 @@ CostModel = _core.CostModel
 DEFAULT_POLICIES: tuple[str, ...] = ("fcfs", "no_preempt", "sjf", "larry", "oracle_srpt")
 DEFAULT_PRESET = "llama-3-8b/h100"
 DEFAULT_SLO_TTFT = 2.0
+#: ``summary()``'s default starvation threshold: this many times the median service time.
+STARVATION_FACTOR = 10.0
 DEFAULT_SLO_TPOT = 0.1
 
 _CAPACITY_CACHE: dict[tuple[Any, ...], float] = {}
+#: ``requests["status"]`` by the core's status code.
+STATUS_NAMES: tuple[str, ...] = ("finished", "rejected", "truncated")
 
 
 def preset_names() -> list[str]:
@@ -156,6 +160,20 @@ def _trace_key(trace: _traces.Trace) -> str:
     return h.hexdigest()
 
 
+def _hash_columns(trace: _traces.Trace, block_tokens: Any) -> dict[str, Any]:
+    """The trace's prompt block ids, flattened for the core (nothing if it has none)."""
+    if trace.hash_ids is None:
+        return {}
+    if isinstance(block_tokens, bool) or not isinstance(block_tokens, (int, np.integer)) or block_tokens < 1:
+        raise InvalidArgumentError(f"hash_block_tokens must be an int >= 1, got {block_tokens!r}",
+                                   field="hash_block_tokens", value=block_tokens)
+    lengths = np.array([len(ids) for ids in trace.hash_ids], dtype=np.uint64)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.uint64)
+    np.cumsum(lengths, out=offsets[1:])
+    flat = np.fromiter((i for ids in trace.hash_ids for i in ids), dtype=np.uint64, count=int(offsets[-1]))
+    return {"hash_ids": flat, "hash_id_offsets": offsets, "hash_block_tokens": int(block_tokens)}
+
+
 def _columns(trace: _traces.Trace) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (
         np.ascontiguousarray(trace.arrival_time, dtype=np.float64),
@@ -209,6 +227,10 @@ def _pct(x: np.ndarray, q: float) -> float:
     return float(np.percentile(x, q)) if x.size else float("nan")
 
 
+def _max(x: np.ndarray) -> float:
+    return float(np.max(x)) if x.size else float("nan")
+
+
 def _mean(x: np.ndarray) -> float:
     return float(np.mean(x)) if x.size else float("nan")
 
@@ -219,8 +241,13 @@ class SimResult:
 
     - ``requests``: per trace row (numpy columns): ``replica`` (-1 if rejected),
       ``arrival_time``, ``first_token_time``, ``finish_time`` (NaN where none),
-      ``prompt_tokens``, ``output_tokens``, ``preemptions``, ``status`` (``"finished"`` or
-      ``"rejected"``), ``reject_reason`` ("" unless rejected), and derived ``ttft``,
+      ``prompt_tokens``, ``output_tokens``, ``preemptions``, ``status`` (``"finished"``,
+      ``"rejected"``: never admitted, or ``"truncated"``: stopped before its true output
+      because prompt plus output cannot fit the KV cache or ``max_model_len``), ``reason``
+      ("" when finished; ``request_too_large: ...``, ``kv_cache: ...`` or
+      ``max_model_len: ...`` with the numbers), ``reject_reason`` (``reason`` where
+      rejected, else ""), ``cached_tokens`` (prompt
+      tokens found in the prefix cache at its first admission), and derived ``ttft``,
       ``tpot`` (time per output token after the first; NaN with one token), ``e2e``.
     - ``steps``: per engine step: ``time`` (start), ``duration``, ``replica``,
       ``batch_size``, ``prefill_tokens``, ``decode_tokens``, ``kv_blocks_used``,
@@ -235,19 +262,39 @@ class SimResult:
     end_time: float = 0.0
     wall_time_s: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The replicas' prefix-cache counters, summed (``Scheduler.prefix_cache_stats``).
+    prefix_cache: dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.requests["arrival_time"].size)
 
-    def summary(self, slo_ttft: float = DEFAULT_SLO_TTFT, slo_tpot: float = DEFAULT_SLO_TPOT) -> dict[str, Any]:
-        """Latency and throughput in seconds. Latencies are over finished requests;
+    def summary(
+        self,
+        slo_ttft: float = DEFAULT_SLO_TTFT,
+        slo_tpot: float = DEFAULT_SLO_TPOT,
+        starvation_s: float | None = None,
+    ) -> dict[str, Any]:
+        """Latency and throughput in seconds. Every row is counted once:
+        ``num_finished + num_rejected + num_truncated == num_requests``. Latencies are over
+        finished requests (truncated ones did not produce their true output);
         rates are over the span from the first arrival to the last finish. ``goodput``:
-        finished requests per second with TTFT <= ``slo_ttft`` and TPOT <= ``slo_tpot``."""
+        finished requests per second with TTFT <= ``slo_ttft`` and TPOT <= ``slo_tpot``.
+
+        The tail: ``ttft_p999`` / ``ttft_max`` and ``e2e_p999`` / ``e2e_max`` beside the
+        percentiles, and starvation: ``starved_share`` is the share of finished requests whose
+        TTFT exceeds ``starvation_s`` (reported as ``starvation_threshold_s``). By default
+        that is ``STARVATION_FACTOR`` (10) times the run's median service time, a request's
+        service time being its time from first token to finish (its decode, which the waiting
+        order hardly changes); pass ``starvation_s`` to compare runs on one fixed threshold."""
         slo_ttft = _number("slo_ttft", slo_ttft, positive=False)
         slo_tpot = _number("slo_tpot", slo_tpot, positive=False)
+        if starvation_s is not None:
+            starvation_s = _number("starvation_s", starvation_s, positive=False)
         r = self.requests
         done = r["status"] == "finished"
         n, nf = len(self), int(done.sum())
+        n_rejected = int((r["status"] == "rejected").sum())
+        n_truncated = int((r["status"] == "truncated").sum())
         ttft, e2e = r["ttft"][done], r["e2e"][done]
         tpot = r["tpot"][done]
         tpot_ok = tpot[np.isfinite(tpot)]
@@ -257,15 +304,22 @@ class SimResult:
         if nf:
             span = float(np.nanmax(r["finish_time"]) - np.min(r["arrival_time"]))
         per_s = (lambda x: x / span) if span > 0 else (lambda x: float("nan"))
+        if starvation_s is None:
+            starvation = STARVATION_FACTOR * _pct(e2e - ttft, 50)
+        else:
+            starvation = float(starvation_s)
         good = (ttft <= slo_ttft) & ((tpot <= slo_tpot) | ~np.isfinite(tpot))
         s: dict[str, Any] = {
             "num_requests": n,
             "num_finished": nf,
-            "num_rejected": n - nf,
+            "num_rejected": n_rejected,
+            "num_truncated": n_truncated,
             "ttft_mean": _mean(ttft),
             "ttft_p50": _pct(ttft, 50),
             "ttft_p90": _pct(ttft, 90),
             "ttft_p99": _pct(ttft, 99),
+            "ttft_p999": _pct(ttft, 99.9),
+            "ttft_max": _max(ttft),
             "tpot_mean": _mean(tpot_ok),
             "tpot_p50": _pct(tpot_ok, 50),
             "tpot_p90": _pct(tpot_ok, 90),
@@ -274,6 +328,10 @@ class SimResult:
             "e2e_p50": _pct(e2e, 50),
             "e2e_p90": _pct(e2e, 90),
             "e2e_p99": _pct(e2e, 99),
+            "e2e_p999": _pct(e2e, 99.9),
+            "e2e_max": _max(e2e),
+            "starved_share": _mean((ttft > starvation).astype(np.float64)) if nf else float("nan"),
+            "starvation_threshold_s": starvation,
             "throughput_tokens_per_s": per_s(float(out.sum())),
             "requests_per_s": per_s(float(nf)),
             "preemptions_per_request": _mean(pre.astype(np.float64)),
@@ -285,6 +343,15 @@ class SimResult:
             "duration_s": span,
             "num_steps": self.num_steps,
         }
+        # vLLM's prefix-cache hit rate: cached / queried tokens over first admissions (NaN with
+        # caching off); its cached_token_share counts every admission, re-admissions included
+        pc = self.prefix_cache
+        queries = pc.get("queries", 0)
+        s["prefix_cache_hit_rate"] = pc["hits"] / queries if queries else float("nan")
+        all_queries = queries + pc.get("preempted_queries", 0)
+        s["prefix_cache_evictions"] = pc.get("evictions", 0)
+        s["cached_token_share"] = ((pc["hits"] + pc["preempted_hits"]) / all_queries if all_queries
+                                   else float("nan"))
         for k in ("policy", "router", "preset", "replicas", "load", "rate_scale", "offered_rate",
                   "capacity_requests_per_s"):
             s[k] = self.config.get(k)
@@ -326,6 +393,7 @@ def simulate(
     capacity_requests: int = 2000,
     predictor: Any = None,
     sal_beta: float | None = None,
+    hash_block_tokens: int = 512,
     **engine_config: Any,
 ) -> SimResult:
     """Replay ``trace`` (a ``Trace``, a path, a built-in name; default: the built-in
@@ -342,6 +410,11 @@ def simulate(
       ``exp(N(0, sigma))``, seeded by ``seed``; ``"noisy:0.5"`` also works).
     - ``sal_beta`` fixes SAL's β (KV tokens freed per running request per iteration);
       ``None`` learns it from finished requests.
+    - Prefix caching: pass ``semantics="vllm_v1", enable_prefix_caching=True``; a trace with
+      ``hash_ids`` (Mooncake) then gives each request its prompt's block hashes, each id
+      naming ``hash_block_tokens`` tokens (Mooncake: 512; a multiple of ``block_size``).
+      Cached prompt tokens are not computed again, so they cost no prefill time;
+      ``summary()`` reports the hit rate, ``requests["cached_tokens"]`` each request's hit.
     - ``snapshot_interval``: also push replica snapshots to the router every so many
       seconds (its own bookkeeping of dispatches and finishes is always on). An interval
       giving more than ``MAX_SNAPSHOTS`` (10 million) snapshots over the trace's span of
@@ -428,6 +501,7 @@ def simulate(
         record_steps=record_steps,
         predicted_output_tokens=predicted,
         sal_beta=sal_beta,
+        **_hash_columns(tr, hash_block_tokens),
     )
     wall = time.perf_counter() - t0
     return _result(raw, config, wall)
@@ -486,7 +560,8 @@ def predict_output_tokens(true_output: np.ndarray, predictor: Any, seed: int = 0
 
 
 def _result(raw: dict[str, Any], config: dict[str, Any], wall: float) -> SimResult:
-    status = np.where(raw["status"] == 0, "finished", "rejected")
+    status = np.asarray(STATUS_NAMES, dtype=object)[np.asarray(raw["status"], dtype=np.int64)].astype(str)
+    reason = np.array(raw["reject_reason"], dtype=object)
     arrival, first, finish = raw["arrival_time"], raw["first_token_time"], raw["finish_time"]
     out = raw["output_tokens"]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -500,7 +575,9 @@ def _result(raw: dict[str, Any], config: dict[str, Any], wall: float) -> SimResu
         "output_tokens": out,
         "preemptions": raw["preemptions"],
         "status": status,
-        "reject_reason": np.array(raw["reject_reason"], dtype=object),
+        "reason": reason,
+        "reject_reason": np.where(status == "rejected", reason, ""),
+        "cached_tokens": raw["cached_tokens"],
         "ttft": first - arrival,
         "tpot": tpot,
         "e2e": finish - arrival,
@@ -513,12 +590,14 @@ def _result(raw: dict[str, Any], config: dict[str, Any], wall: float) -> SimResu
         num_steps=int(raw["num_steps"]),
         end_time=float(raw["end_time"]),
         wall_time_s=wall,
+        prefix_cache=dict(raw["prefix_cache"]),
     )
 
 
 __all__ = [
     "DEFAULT_POLICIES",
     "DEFAULT_PRESET",
+    "STARVATION_FACTOR",
     "CostModel",
     "SimResult",
     "measure_capacity",

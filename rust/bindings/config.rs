@@ -76,6 +76,14 @@ fn field_to_py(py: Python<'_>, v: FieldValue) -> PyResult<Py<PyAny>> {
 /// - `reserve_full_prompt`: vLLM's `scheduler_reserve_full_isl`: admitting needs free blocks
 ///   for the whole sequence, not just its first chunk (`vllm_v1` only; ignored in
 ///   `halffull`, which allocates the whole sequence at admission).
+/// - `enable_prefix_caching`: vLLM's automatic prefix caching (`vllm_v1` only): full blocks
+///   stay findable by their hash after their request frees them, and an admitted request
+///   starts from its longest cached prefix (give requests `prompt_token_ids` or
+///   `block_hashes`).
+/// - `larry_deadline` (s): `larry_tail`'s starvation bound: a request that has waited this
+///   long is due; due requests go first, oldest first, and LARRY orders the rest.
+/// - `larry_slack`: `larry_slack`'s bound: a waiting request is due once the tokens that left
+///   the waiting queue since it joined reach `larry_slack` times the tokens waiting now.
 ///
 /// Frozen: `replace(**changes)` makes a changed copy; equal configs hash equal.
 #[pyclass(module = "halffull._core", name = "SchedulerConfig", frozen, eq, hash)]
@@ -227,6 +235,18 @@ impl PySchedulerConfig {
     #[getter]
     fn reserve_full_prompt(&self) -> bool {
         self.inner.reserve_full_prompt
+    }
+    #[getter]
+    fn enable_prefix_caching(&self) -> bool {
+        self.inner.enable_prefix_caching
+    }
+    #[getter]
+    fn larry_deadline(&self) -> f64 {
+        self.inner.larry_deadline
+    }
+    #[getter]
+    fn larry_slack(&self) -> f64 {
+        self.inner.larry_slack
     }
     /// Blocks a request can hold: `num_gpu_blocks`, or in `vllm_v1` one fewer (the null block).
     #[getter]

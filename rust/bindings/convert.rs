@@ -15,6 +15,7 @@ use pyo3::types::{PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyString
 
 use super::error::{to_pyerr, IntoPyResult};
 use crate::error::{Error, Result, Value};
+use crate::hash::{bytes_block_hash, BlockHash};
 use crate::id::RequestId;
 use crate::limits::{self, Blame};
 
@@ -302,4 +303,63 @@ fn is_mapping(ob: &Bound<'_, PyAny>) -> bool {
             .and_then(|m| m.getattr("Mapping"))
             .and_then(|mapping| ob.is_instance(&mapping))
             .unwrap_or(false)
+}
+
+/// The items of a sequence argument (as [`items`] reads them), each mapped by `f`; an item
+/// `f` refuses names its position.
+fn each<'py, T>(
+    field: &'static str,
+    ob: &Bound<'py, PyAny>,
+    what: &str,
+    mut f: impl FnMut(&Bound<'py, PyAny>) -> Result<T>,
+) -> PyResult<Vec<T>> {
+    let py = ob.py();
+    items(field, ob, what)?
+        .iter()
+        .enumerate()
+        .map(|(i, item)| f(item).map_err(|e| e.at(i)).py(py))
+        .collect()
+}
+
+/// Token ids: a sequence of ints in `[0, 2**32)`.
+pub(crate) fn token_ids(ob: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
+    each("prompt_token_ids", ob, "token ids", |item| {
+        match value(item) {
+            Value::Int(n) if (0..=i128::from(u32::MAX)).contains(&n) => Ok(n as u32),
+            v => Err(Error::InvalidArgument {
+                field: "prompt_token_ids",
+                message: format!(
+                    "a token id must be an int in [0, 2**32), got {} {v}",
+                    v.kind()
+                ),
+                value: Some(v),
+                index: None,
+            }),
+        }
+    })
+}
+
+/// Precomputed block hashes: ints in `[0, 2**128)` taken as they are, or bytes (vLLM's
+/// SHA-256 digests, say), hashed to 128 bits ([`crate::hash::bytes_block_hash`]).
+pub(crate) fn block_hashes(ob: &Bound<'_, PyAny>) -> PyResult<Vec<BlockHash>> {
+    each("block_hashes", ob, "block hashes", |item| {
+        if let Ok(b) = item.cast::<PyBytes>() {
+            return Ok(bytes_block_hash(b.as_bytes()));
+        }
+        if item.is_instance_of::<PyInt>() && !item.is_instance_of::<PyBool>() {
+            if let Ok(h) = item.extract::<u128>() {
+                return Ok(h);
+            }
+        }
+        let v = value(item);
+        Err(Error::InvalidArgument {
+            field: "block_hashes",
+            message: format!(
+                "a block hash must be an int in [0, 2**128) or bytes, got {} {v}",
+                v.kind()
+            ),
+            value: Some(v),
+            index: None,
+        })
+    })
 }

@@ -21,6 +21,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     sched::register(m)?;
     router::register(m)?;
     sim::register(m)?;
+    // Cargo.toml's version, compiled in: the package metadata may be absent when the source
+    // tree is imported from PYTHONPATH (as the vLLM parity step of CI does).
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     let py = m.py();
     let limits = PyDict::new(py);
     limits.set_item("MAX_COUNT", crate::limits::MAX_COUNT)?;

@@ -9,9 +9,10 @@ use pyo3::types::{PyDict, PyInt, PyList, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use super::config::PySchedulerConfig;
-use super::convert::{count, items, opt_count, opt_value, request_id as to_id, time};
+use super::convert::{self, count, items, opt_count, opt_value, request_id as to_id, time};
 use super::error::{id_to_py, to_pyerr, IntoPyResult};
 use crate::error::{Error, Result};
+use crate::hash::{hash_token_blocks, BlockHash};
 use crate::limits;
 use crate::sched::{BlockId, NewRequest, Scheduler, StepPlan};
 
@@ -19,7 +20,22 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyScheduler>()?;
     m.add_class::<PyStepPlan>()?;
     m.add_function(wrap_pyfunction!(policy_names, m)?)?;
+    m.add_function(wrap_pyfunction!(py_block_hashes, m)?)?;
     Ok(())
+}
+
+/// The chained prefix-cache hashes of the full blocks of `token_ids` (xxh3-128, see
+/// `halffull.Scheduler.add_request`): what `prompt_token_ids=` computes, for passing the
+/// same hashes to a router and a scheduler.
+#[pyfunction(name = "block_hashes")]
+fn py_block_hashes(
+    py: Python<'_>,
+    token_ids: &Bound<'_, PyAny>,
+    block_size: &Bound<'_, PyAny>,
+) -> PyResult<Vec<BlockHash>> {
+    let bs = count(py, "block_size", block_size, 1)?;
+    let ids = convert::token_ids(token_ids)?;
+    hash_token_blocks(&ids, bs).py(py)
 }
 
 /// The names of every engine policy, in registry order.
@@ -64,6 +80,62 @@ fn hold_ref<'py>(slf: &Bound<'py, PyScheduler>) -> PyResult<PyRef<'py, PySchedul
 }
 
 impl PyScheduler {
+    /// The prompt's length and block hashes from `add_request`'s arguments.
+    /// (Reads the caller's sequences, so it runs before the scheduler is held.)
+    fn prompt<'py>(
+        py: Python<'py>,
+        block_size: u64,
+        prompt_tokens: Option<&Bound<'py, PyAny>>,
+        token_ids: Option<&Bound<'py, PyAny>>,
+        block_hashes: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<(u64, Vec<BlockHash>)> {
+        fn given<'a, 'py>(o: Option<&'a Bound<'py, PyAny>>) -> Option<&'a Bound<'py, PyAny>> {
+            o.filter(|o| !o.is_none())
+        }
+        let (prompt_tokens, token_ids, block_hashes) =
+            (given(prompt_tokens), given(token_ids), given(block_hashes));
+        let declared = prompt_tokens
+            .as_ref()
+            .map(|o| limits::count("prompt_tokens", &convert::value(o), 1))
+            .transpose()
+            .py(py)?;
+        match (token_ids, block_hashes) {
+            (Some(_), Some(_)) => Err(Error::invalid(
+                "block_hashes",
+                "give prompt_token_ids or block_hashes, not both",
+            ))
+            .py(py),
+            (Some(ids), None) => {
+                let ids = convert::token_ids(ids)?;
+                let n = ids.len() as u64;
+                if let Some(p) = declared.filter(|&p| p != n) {
+                    return Err(Error::InvalidArgument {
+                        field: "prompt_tokens",
+                        value: Some(crate::error::Value::from(p)),
+                        index: None,
+                        message: format!("prompt_tokens={p} but prompt_token_ids has {n} tokens"),
+                    })
+                    .py(py);
+                }
+                let n = limits::count("prompt_token_ids", &crate::error::Value::from(n), 1)
+                    .map_err(|_| Error::invalid("prompt_token_ids", "prompt_token_ids is empty"))
+                    .py(py)?;
+                Ok((n, hash_token_blocks(&ids, block_size).py(py)?))
+            }
+            (None, hashes) => {
+                let Some(p) = declared else {
+                    return Err(Error::invalid(
+                        "prompt_tokens",
+                        "prompt_tokens is required (or give prompt_token_ids)",
+                    ))
+                    .py(py);
+                };
+                let hashes = hashes.map(convert::block_hashes).transpose()?;
+                Ok((p, hashes.unwrap_or_default()))
+            }
+        }
+    }
+
     /// The id object of `slot` (the caller's, or a new one from the core's id); `None` for
     /// a free slot. Creates no container, so it may run while the scheduler is held.
     fn id_ob(&self, py: Python<'_>, slot: u32) -> PyResult<Py<PyAny>> {
@@ -142,7 +214,9 @@ impl PyScheduler {
         let mut computed = Vec::with_capacity(n);
         let mut prefill = Vec::with_capacity(n);
         let mut samples = Vec::with_capacity(n);
+        let mut cached = Vec::with_capacity(n);
         for s in &plan.scheduled {
+            cached.push(s.num_cached_tokens as i64);
             ids.push(id_of(py, plan_ids, s.slot));
             slots.push(s.slot);
             new_tokens.push(s.num_new_tokens as i64);
@@ -207,6 +281,7 @@ impl PyScheduler {
             num_computed_tokens: PyArray1::from_vec(py, computed).into_any().unbind(),
             is_prefill: PyArray1::from_vec(py, prefill).into_any().unbind(),
             samples: PyArray1::from_vec(py, samples).into_any().unbind(),
+            num_cached_tokens: PyArray1::from_vec(py, cached).into_any().unbind(),
             admitted: admitted.unbind(),
             preempted: preempted.unbind(),
             swapped_out: swaps(&plan.swapped_out)?,
@@ -240,22 +315,44 @@ impl PyScheduler {
 
     /// Queue a request. Raises (changing nothing) on a duplicate live id, a bad value, or a
     /// request that can never fit in the GPU cache (`RequestTooLargeError`).
-    #[pyo3(signature = (request_id, prompt_tokens, max_output_tokens, arrival_time=None, *, priority=None, predicted_output_tokens=None, true_output_tokens=None))]
+    ///
+    /// For prefix caching, give the prompt's content as `prompt_token_ids` (then
+    /// `prompt_tokens` may be omitted) or as `block_hashes`: the chained hashes of its
+    /// first full blocks (ints below 2**128, or bytes such as vLLM's digests).
+    #[pyo3(signature = (request_id, prompt_tokens=None, max_output_tokens=None, arrival_time=None, *, priority=None, predicted_output_tokens=None, true_output_tokens=None, prompt_token_ids=None, block_hashes=None))]
     #[allow(clippy::too_many_arguments)]
     fn add_request(
         slf: &Bound<'_, Self>,
         py: Python<'_>,
         request_id: &Bound<'_, PyAny>,
-        prompt_tokens: &Bound<'_, PyAny>,
-        max_output_tokens: &Bound<'_, PyAny>,
+        prompt_tokens: Option<&Bound<'_, PyAny>>,
+        max_output_tokens: Option<&Bound<'_, PyAny>>,
         arrival_time: Option<&Bound<'_, PyAny>>,
         priority: Option<&Bound<'_, PyAny>>,
         predicted_output_tokens: Option<&Bound<'_, PyAny>>,
         true_output_tokens: Option<&Bound<'_, PyAny>>,
+        prompt_token_ids: Option<&Bound<'_, PyAny>>,
+        block_hashes: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
+        let id = to_id(request_id).py(py)?;
+        let block_size = hold_ref(slf)?.core.config().block_size;
+        let (prompt_tokens, hashes) = Self::prompt(
+            py,
+            block_size,
+            prompt_tokens,
+            prompt_token_ids,
+            block_hashes,
+        )?;
+        let Some(max_output_tokens) = max_output_tokens.filter(|o| !o.is_none()) else {
+            return Err(Error::invalid(
+                "max_output_tokens",
+                "max_output_tokens is required",
+            ))
+            .py(py);
+        };
         let new = NewRequest {
-            id: to_id(request_id).py(py)?,
-            prompt_tokens: count(py, "prompt_tokens", prompt_tokens, 1)?,
+            id,
+            prompt_tokens,
             max_output_tokens: count(py, "max_output_tokens", max_output_tokens, 1)?,
             arrival_time: time(py, "arrival_time", arrival_time)?,
             priority: opt_value(priority)
@@ -270,6 +367,7 @@ impl PyScheduler {
                 0,
             )?,
             true_output_tokens: opt_count(py, "true_output_tokens", true_output_tokens, 1)?,
+            block_hashes: hashes,
         };
         let id_ob = request_id.clone().unbind();
         let (result, old) = {
@@ -281,6 +379,40 @@ impl PyScheduler {
         };
         drop(old); // outside the hold: dropping may run a finalizer
         result.py(py)
+    }
+
+    /// The prefix cache's counters since construction: `requests`, `queries` and `hits`
+    /// (tokens, counted once per admission), the same three for requests admitted again
+    /// after a preemption (`preempted_*`), and `evictions` (cached blocks reused).
+    fn prefix_cache_stats<'py>(
+        slf: &Bound<'py, Self>,
+        py: Python<'py>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let st = hold_ref(slf)?.core.prefix_cache_stats();
+        let d = PyDict::new(py);
+        d.set_item("requests", st.requests)?;
+        d.set_item("queries", st.queries)?;
+        d.set_item("hits", st.hits)?;
+        d.set_item("preempted_requests", st.preempted_requests)?;
+        d.set_item("preempted_queries", st.preempted_queries)?;
+        d.set_item("preempted_hits", st.preempted_hits)?;
+        d.set_item("evictions", st.evictions)?;
+        Ok(d)
+    }
+
+    /// How many leading blocks of `block_hashes` the prefix cache holds now.
+    fn prefix_hit_blocks(
+        slf: &Bound<'_, Self>,
+        block_hashes: &Bound<'_, PyAny>,
+    ) -> PyResult<usize> {
+        let hashes = convert::block_hashes(block_hashes)?;
+        Ok(hold_ref(slf)?.core.prefix_hit_blocks(&hashes))
+    }
+
+    /// Forget every cached block hash, only when no GPU block is held (vLLM's
+    /// `reset_prefix_cache`): returns whether it did.
+    fn reset_prefix_cache(slf: &Bound<'_, Self>) -> PyResult<bool> {
+        Ok(hold(slf)?.core.reset_prefix_cache())
     }
 
     /// End a live request now (waiting, running or swapped); its blocks are freed at once.
@@ -515,6 +647,8 @@ pub struct PyStepPlan {
     #[pyo3(get)]
     samples: Py<PyAny>,
     #[pyo3(get)]
+    num_cached_tokens: Py<PyAny>,
+    #[pyo3(get)]
     admitted: Py<PyList>,
     #[pyo3(get)]
     preempted: Py<PyList>,
@@ -545,6 +679,7 @@ impl PyStepPlan {
         num_computed_tokens: Py<PyAny>,
         is_prefill: Py<PyAny>,
         samples: Py<PyAny>,
+        num_cached_tokens: Py<PyAny>,
         admitted: Py<PyList>,
         preempted: Py<PyList>,
         swapped_out: Py<PyList>,
@@ -562,6 +697,7 @@ impl PyStepPlan {
             num_computed_tokens,
             is_prefill,
             samples,
+            num_cached_tokens,
             admitted,
             preempted,
             swapped_out,
@@ -600,6 +736,7 @@ impl PyStepPlan {
             self.num_computed_tokens.clone_ref(py),
             self.is_prefill.clone_ref(py),
             self.samples.clone_ref(py),
+            self.num_cached_tokens.clone_ref(py),
             self.admitted.clone_ref(py).into_any(),
             self.preempted.clone_ref(py).into_any(),
             self.swapped_out.clone_ref(py).into_any(),
@@ -618,6 +755,7 @@ impl PyStepPlan {
             &self.num_computed_tokens,
             &self.is_prefill,
             &self.samples,
+            &self.num_cached_tokens,
         ] {
             visit.call(ob)?;
         }

@@ -16,7 +16,9 @@ use super::error::IntoPyResult;
 use crate::config::SchedulerConfig;
 use crate::error::{Error, Value};
 use crate::limits::{self, Blame, MAX_COUNT};
-use crate::sim::{self, CostModel, Linear, Preset, SimConfig, SimOutput, StepShape, TraceView};
+use crate::sim::{
+    self, BlockIds, CostModel, Linear, Preset, SimConfig, SimOutput, StepShape, TraceView,
+};
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyCostModel>()?;
@@ -416,10 +418,10 @@ fn column<'py, T: Element>(
             index: None,
             message: format!(
                 "{field} must be a one-dimensional numpy array of {}, got {}",
-                if std::any::type_name::<T>() == "f64" {
-                    "float64"
-                } else {
-                    "int64"
+                match std::any::type_name::<T>() {
+                    "f64" => "float64",
+                    "u64" => "uint64",
+                    _ => "int64",
                 },
                 type_name(ob)
             ),
@@ -483,6 +485,8 @@ struct Columns {
     prompt: Vec<i64>,
     output: Vec<i64>,
     predicted: Option<Vec<i64>>,
+    /// (ids, offsets, tokens per id): the trace's prompt block ids, flattened.
+    block_ids: Option<(Vec<u64>, Vec<u64>, u64)>,
 }
 
 /// A numpy column copied into a Vec, allocated fallibly (`OutOfMemory` naming the column).
@@ -516,6 +520,7 @@ impl Columns {
             prompt: copy_column("prompt_tokens", &prompt).py(py)?,
             output: copy_column("output_tokens", &output).py(py)?,
             predicted: None,
+            block_ids: None,
         })
     }
     fn view(&self) -> TraceView<'_> {
@@ -524,6 +529,14 @@ impl Columns {
             prompt_tokens: &self.prompt,
             output_tokens: &self.output,
             predicted_output_tokens: self.predicted.as_deref(),
+            block_ids: self
+                .block_ids
+                .as_ref()
+                .map(|(ids, offsets, block_tokens)| BlockIds {
+                    ids,
+                    offsets,
+                    block_tokens: *block_tokens,
+                }),
         }
     }
 }
@@ -586,6 +599,21 @@ fn output_dict<'py>(py: Python<'py>, o: SimOutput) -> PyResult<Bound<'py, PyDict
     d.set_item("preemptions", PyArray1::from_vec(py, o.preemptions))?;
     d.set_item("status", PyArray1::from_vec(py, o.status))?;
     d.set_item("reject_reason", PyList::new(py, o.reject_reason)?)?;
+    d.set_item("cached_tokens", PyArray1::from_vec(py, o.cached_tokens))?;
+    let pc = PyDict::new(py);
+    let st = o.prefix_cache;
+    for (k, v) in [
+        ("requests", st.requests),
+        ("queries", st.queries),
+        ("hits", st.hits),
+        ("preempted_requests", st.preempted_requests),
+        ("preempted_queries", st.preempted_queries),
+        ("preempted_hits", st.preempted_hits),
+        ("evictions", st.evictions),
+    ] {
+        pc.set_item(k, v)?;
+    }
+    d.set_item("prefix_cache", pc)?;
     d.set_item("step_time", PyArray1::from_vec(py, o.step_time))?;
     d.set_item("step_duration", PyArray1::from_vec(py, o.step_duration))?;
     d.set_item("step_replica", PyArray1::from_vec(py, o.step_replica))?;
@@ -616,8 +644,8 @@ fn output_dict<'py>(py: Python<'py>, o: SimOutput) -> PyResult<Bound<'py, PyDict
 /// numpy columns per request and per step (see `halffull.sim`).
 #[pyfunction]
 #[pyo3(
-    signature = (arrival_time, prompt_tokens, output_tokens, *, replicas, router, cost, engine, seed=None, max_output_tokens=None, snapshot_interval=None, record_steps=None, predicted_output_tokens=None, sal_beta=None),
-    text_signature = "(arrival_time, prompt_tokens, output_tokens, *, replicas, router, cost, engine, seed=0, max_output_tokens=2048, snapshot_interval=None, record_steps=True, predicted_output_tokens=None, sal_beta=None)"
+    signature = (arrival_time, prompt_tokens, output_tokens, *, replicas, router, cost, engine, seed=None, max_output_tokens=None, snapshot_interval=None, record_steps=None, predicted_output_tokens=None, sal_beta=None, hash_ids=None, hash_id_offsets=None, hash_block_tokens=None),
+    text_signature = "(arrival_time, prompt_tokens, output_tokens, *, replicas, router, cost, engine, seed=0, max_output_tokens=2048, snapshot_interval=None, record_steps=True, predicted_output_tokens=None, sal_beta=None, hash_ids=None, hash_id_offsets=None, hash_block_tokens=512)"
 )]
 #[allow(clippy::too_many_arguments)]
 fn simulate<'py>(
@@ -635,6 +663,9 @@ fn simulate<'py>(
     record_steps: Option<&Bound<'py, PyAny>>,
     predicted_output_tokens: Option<&Bound<'py, PyAny>>,
     sal_beta: Option<&Bound<'py, PyAny>>,
+    hash_ids: Option<&Bound<'py, PyAny>>,
+    hash_id_offsets: Option<&Bound<'py, PyAny>>,
+    hash_block_tokens: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let cfg = sim_config(
         py,
@@ -660,6 +691,29 @@ fn simulate<'py>(
         let p = column::<i64>(py, "predicted_output_tokens", p)?;
         cols.predicted = Some(copy_column("predicted_output_tokens", &p).py(py)?);
     }
+    let hash_block_tokens = match given(hash_block_tokens) {
+        Some(b) => limits::config_count("hash_block_tokens", &value(b)).py(py)?,
+        None => 512,
+    };
+    cols.block_ids = match (given(hash_ids), given(hash_id_offsets)) {
+        (Some(ids), Some(offsets)) => Some((
+            copy_column("hash_ids", &column::<u64>(py, "hash_ids", ids)?).py(py)?,
+            copy_column(
+                "hash_id_offsets",
+                &column::<u64>(py, "hash_id_offsets", offsets)?,
+            )
+            .py(py)?,
+            hash_block_tokens,
+        )),
+        (None, None) => None,
+        _ => {
+            return Err(Error::invalid(
+                "hash_ids",
+                "give hash_ids and hash_id_offsets together",
+            ))
+            .py(py)
+        }
+    };
     let mut interrupted = None;
     let res = py.detach(|| {
         let mut stop = signal_check(&mut interrupted);

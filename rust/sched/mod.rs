@@ -42,8 +42,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::config::Semantics;
+use crate::hash::BlockHash;
 use blocks::BlockPool;
-pub use blocks::{blocks_for, BlockId, BYTES_PER_ID as BYTES_PER_BLOCK};
+pub use blocks::{blocks_for, BlockId, PrefixCacheStats, BYTES_PER_BLOCK, BYTES_PER_CACHED_BLOCK};
 use policy::Policy;
 pub use policy::{policy_names, F64};
 pub use request::{NewRequest, Request, RequestId, Status};
@@ -64,6 +65,9 @@ pub struct Scheduled {
     pub is_prefill: bool,
     /// The step computes the request's last known token, so it samples one token.
     pub samples: bool,
+    /// Tokens that came from the prefix cache at this admission (0 unless just admitted
+    /// with a hit): `num_computed_tokens` already counts them.
+    pub num_cached_tokens: u64,
 }
 
 /// What one step runs. Requests are named by slot (valid until the plan's `update`; use
@@ -147,25 +151,27 @@ enum Admission {
 }
 
 impl Admission {
-    /// For a request of `num_tokens` known tokens admitted with a first chunk of `n`:
-    /// (blocks that must be free above the watermark, blocks to allocate now).
+    /// For a request of `num_tokens` known tokens whose table will hold `upto` tokens after
+    /// this step (its prefix-cache hit plus its first chunk): (the table's size the check
+    /// counts, the table's size after allocation), both in blocks, hit blocks included.
     ///
     /// ```text
-    ///   tokens  [#### chunk n ####|........ rest of the sequence ........]
-    ///   WholeSequence:            check = alloc = ceil(num_tokens / bs)
-    ///   PerChunk, reserve_full:   check = ceil(num_tokens / bs), alloc = ceil(n / bs)
-    ///   PerChunk, !reserve_full:  check = alloc = ceil(n / bs)
+    ///   tokens  [== hit ==|#### chunk n ####|........ rest of the sequence ........]
+    ///                      upto = hit + n
+    ///   WholeSequence:            check = alloc = ceil(num_tokens / bs)    (never a hit)
+    ///   PerChunk, reserve_full:   check = ceil(num_tokens / bs), alloc = ceil(upto / bs)
+    ///   PerChunk, !reserve_full:  check = alloc = ceil(upto / bs)
     /// ```
     /// (vLLM caps both at `max_model_len`, which a waiting request never reaches.)
     #[inline]
-    fn blocks(self, num_tokens: u64, n: u64, bs: u64) -> (u64, u64) {
+    fn blocks(self, num_tokens: u64, upto: u64, bs: u64) -> (u64, u64) {
         match self {
             Admission::WholeSequence => {
                 let b = blocks_for(num_tokens, bs);
                 (b, b)
             }
             Admission::PerChunk { reserve_full } => {
-                let chunk = blocks_for(n, bs);
+                let chunk = blocks_for(upto, bs);
                 let check = if reserve_full {
                     blocks_for(num_tokens, bs)
                 } else {
@@ -244,16 +250,22 @@ pub struct Scheduler {
     last_plan_seqs: u64,
     // Scratch buffers reused across steps.
     victims_scratch: Vec<u32>,
+    hits_scratch: Vec<BlockId>,
 }
 
 impl Scheduler {
     pub fn new(cfg: SchedulerConfig) -> Result<Self> {
         cfg.validate()?;
         let policy = policy::make_policy(&cfg);
-        blocks::check_pools_fit(cfg.num_gpu_blocks, cfg.num_cpu_blocks)?;
+        let caching = cfg.semantics == Semantics::VllmV1 && cfg.enable_prefix_caching;
+        blocks::check_pools_fit(cfg.num_gpu_blocks, cfg.num_cpu_blocks, caching)?;
         let gpu = match cfg.semantics {
             Semantics::Halffull => BlockPool::new(cfg.num_gpu_blocks as u32, "num_gpu_blocks")?,
-            Semantics::VllmV1 => BlockPool::new_v1(cfg.num_gpu_blocks as u32, "num_gpu_blocks")?,
+            Semantics::VllmV1 => BlockPool::new_v1(
+                cfg.num_gpu_blocks as u32,
+                cfg.enable_prefix_caching,
+                "num_gpu_blocks",
+            )?,
         };
         Ok(Scheduler {
             rules: Rules::new(&cfg),
@@ -277,6 +289,7 @@ impl Scheduler {
             last_plan_tokens: 0,
             last_plan_seqs: 0,
             victims_scratch: Vec::new(),
+            hits_scratch: Vec::new(),
             cfg,
         })
     }
@@ -317,6 +330,31 @@ impl Scheduler {
     pub fn free_gpu_block_ids(&self) -> Vec<BlockId> {
         self.gpu.free_blocks().collect()
     }
+    /// The prefix cache's counters since construction (all 0 with caching off).
+    pub fn prefix_cache_stats(&self) -> PrefixCacheStats {
+        *self.gpu.stats()
+    }
+    /// How many leading `hashes` the prefix cache holds now (free cached blocks included):
+    /// what a request with these blocks would hit, before the hit cap. A router's view of
+    /// this replica. 0 with caching off.
+    pub fn prefix_hit_blocks(&self, hashes: &[BlockHash]) -> usize {
+        self.gpu.count_hits(hashes)
+    }
+    /// Requests holding GPU block `block` (0 for a free block).
+    pub fn gpu_block_ref_count(&self, block: BlockId) -> u32 {
+        self.gpu.ref_count(block)
+    }
+    /// Forget every cached hash, as vLLM's `reset_prefix_cache` does: only when no GPU block
+    /// is held (returns false and changes nothing otherwise). The free queue keeps its order.
+    pub fn reset_prefix_cache(&mut self) -> bool {
+        if self.gpu.num_free() != self.gpu.num_usable() as usize {
+            return false;
+        }
+        self.gpu.clear_cache();
+        #[cfg(debug_assertions)]
+        self.debug_assert_invariants("reset_prefix_cache");
+        true
+    }
     pub fn request(&self, slot: u32) -> Option<&Request> {
         self.slab.get(slot as usize)?.as_ref()
     }
@@ -352,6 +390,21 @@ impl Scheduler {
         if self.index.contains_key(&new.id) {
             return Err(Error::DuplicateRequest { id: new.id });
         }
+        let full_blocks = prompt / cfg.block_size;
+        if new.block_hashes.len() as u64 > full_blocks {
+            return Err(Error::InvalidArgument {
+                field: "block_hashes",
+                value: Some(crate::error::Value::from(new.block_hashes.len() as u64)),
+                index: None,
+                message: format!(
+                    "request {}: {} block hashes for a prompt of {prompt} tokens, which has {full_blocks} full \
+                     blocks of {}",
+                    new.id,
+                    new.block_hashes.len(),
+                    cfg.block_size
+                ),
+            });
+        }
         self.check_fits(&new.id, prompt, max_out)?;
         // The effective maximum: prompt + outputs fit the cache and stop at max_model_len.
         let mut max_out = max_out.min(cfg.capacity_tokens() - prompt);
@@ -373,6 +426,12 @@ impl Scheduler {
             num_preemptions: 0,
             block_table: Vec::new(),
             cpu_blocks: Vec::new(),
+            block_hashes: if self.gpu.caching() {
+                new.block_hashes
+            } else {
+                Vec::new()
+            },
+            num_cached_blocks: 0,
         };
         self.next_seq += 1;
         let slot = match self.free_slots.pop() {
@@ -584,6 +643,10 @@ impl Scheduler {
                     .new_blocks
                     .push((slot, r.block_table[held..].to_vec()));
             }
+            if self.gpu.caching() {
+                let upto = r.num_computed_tokens + n;
+                cache_full_blocks(&mut self.gpu, r, upto, bs);
+            }
             step.schedule(slot, r, n);
             i += 1;
         }
@@ -631,6 +694,12 @@ impl Scheduler {
     /// stop at the first that does not fit. Blocks are allocated by the [`Admission`] rule
     /// (halffull: all its known tokens; vllm_v1: the first chunk); `no_preempt` checks its
     /// reservation of prompt + `max_output_tokens` instead (in vllm_v1: as well).
+    ///
+    /// With prefix caching, the request starts from its longest cached prefix of full
+    /// blocks, at most `num_tokens - 1` tokens so that one is computed (vLLM's
+    /// `get_computed_blocks`): it takes a reference on those blocks, and the check counts
+    /// only the blocks it still needs, plus the hit blocks that are free now (taking them
+    /// removes them from the free queue).
     fn schedule_waiting(&mut self, step: &mut Step) -> Result<()> {
         let bs = self.cfg.block_size;
         while !self.policy.is_empty()
@@ -641,34 +710,80 @@ impl Scheduler {
             if self.cfg.larry_load == LarryLoad::Outstanding {
                 load += (self.running.len() + self.swapped.len()) as u64;
             }
-            let Some(slot) = self.policy.peek(load) else {
+            let Some(slot) = self.policy.peek_at(load, self.now) else {
                 break;
             };
-            let r = self.req(slot)?;
-            let n = step.chunk(r.num_tokens() - r.num_computed_tokens);
-            let (check, need) = self.rules.admission.blocks(r.num_tokens(), n, bs);
-            if self.policy.reserves_full_output() {
-                let full = self.max_blocks(r);
-                let usable = u64::from(self.gpu.num_usable());
-                if full > usable - self.reserved_blocks
-                    || (self.rules.admission.reserving_also_checks_blocks() && !self.fits(check))
-                {
-                    break;
-                }
-                self.reserved_blocks += full;
-            } else if !self.fits(check) {
+            let mut hits = std::mem::take(&mut self.hits_scratch);
+            hits.clear();
+            if self.gpu.caching() {
+                let r = slot_mut(&mut self.slab, slot)?;
+                let max_hit_blocks = ((r.num_tokens() - 1) / bs) as usize;
+                self.gpu
+                    .lookup_into(r.hashes_upto(max_hit_blocks), &mut hits);
+            }
+            let admitted = self.admit(step, slot, &hits);
+            self.hits_scratch = hits;
+            if !admitted? {
                 break;
             }
-            let r = slot_mut(&mut self.slab, slot)?;
-            self.policy.remove(slot, r);
-            allocate(&mut self.gpu, need, &mut r.block_table, "admission")?;
-            r.status = Status::Running;
-            step.plan.admitted.push(slot);
-            step.plan.new_blocks.push((slot, r.block_table.clone()));
-            step.schedule(slot, r, n);
-            self.running.push(slot);
         }
         Ok(())
+    }
+
+    /// Admit the waiting request in `slot` with the cached blocks `hits` if it fits (false:
+    /// it does not, and nothing changed).
+    fn admit(&mut self, step: &mut Step, slot: u32, hits: &[BlockId]) -> Result<bool> {
+        let bs = self.cfg.block_size;
+        let r = self.req(slot)?;
+        let hit_blocks = hits.len() as u64;
+        let hit_tokens = hit_blocks * bs;
+        let n = step.chunk(r.num_tokens() - hit_tokens);
+        let (check, table) = self
+            .rules
+            .admission
+            .blocks(r.num_tokens(), hit_tokens + n, bs);
+        let evictable = hits.iter().filter(|&&b| self.gpu.ref_count(b) == 0).count() as u64;
+        let check = check - hit_blocks + evictable;
+        if self.policy.reserves_full_output() {
+            let full = self.max_blocks(r);
+            let usable = u64::from(self.gpu.num_usable());
+            if full > usable - self.reserved_blocks
+                || (self.rules.admission.reserving_also_checks_blocks() && !self.fits(check))
+            {
+                return Ok(false);
+            }
+            self.reserved_blocks += full;
+        } else if !self.fits(check) {
+            return Ok(false);
+        }
+        let r = slot_mut(&mut self.slab, slot)?;
+        self.policy.remove(slot, r);
+        self.gpu.touch(hits);
+        r.block_table.extend_from_slice(hits);
+        allocate(
+            &mut self.gpu,
+            table - hit_blocks,
+            &mut r.block_table,
+            "admission",
+        )?;
+        r.num_computed_tokens = hit_tokens;
+        r.num_cached_blocks = hits.len();
+        r.status = Status::Running;
+        if self.gpu.caching() {
+            let queries = r.num_tokens();
+            self.gpu
+                .stats_mut()
+                .record(r.num_preemptions > 0, queries, hit_tokens);
+            cache_full_blocks(&mut self.gpu, r, hit_tokens + n, bs);
+        }
+        step.plan.admitted.push(slot);
+        step.plan.new_blocks.push((slot, r.block_table.clone()));
+        step.schedule(slot, r, n);
+        if let Some(e) = step.plan.scheduled.last_mut() {
+            e.num_cached_tokens = hit_tokens;
+        }
+        self.running.push(slot);
+        Ok(true)
     }
 
     /// Apply what step `step` produced. `finished` names requests that stopped early (EOS);
@@ -794,36 +909,61 @@ impl Scheduler {
         let fail = |message: String| Err(Error::Invariant { message });
         let live: Vec<&Request> = self.slab.iter().flatten().collect();
         for (name, pool, gpu) in [("GPU", &self.gpu, true), ("CPU", &self.cpu, false)] {
-            let mut seen = vec![false; pool.num_blocks() as usize];
-            // vLLM's null block is neither held nor free: seen up front, so either is caught.
-            if let Some(null) = pool.null_block() {
-                if let Some(s) = seen.get_mut(null as usize) {
-                    *s = true;
-                }
-            }
-            let mut count = 0usize;
-            let held = live.iter().flat_map(|r| {
-                if gpu {
-                    r.block_table.iter()
-                } else {
-                    r.cpu_blocks.iter()
-                }
-            });
-            for &b in held.chain(pool.free_blocks().collect::<Vec<_>>().iter()) {
-                match seen.get_mut(b as usize) {
-                    Some(s) if !*s => *s = true,
-                    _ => {
+            // Each block: held by as many tables as its reference count, free iff that count
+            // is 0, never both; vLLM's null block neither; shared only with prefix caching.
+            let n = pool.num_blocks() as usize;
+            let mut holders = vec![0u32; n];
+            for r in &live {
+                let table = if gpu { &r.block_table } else { &r.cpu_blocks };
+                for (j, &b) in table.iter().enumerate() {
+                    if b as usize >= n || table[..j].contains(&b) {
                         return fail(format!(
-                            "{name} block {b} is held twice, held and free, or out of range"
-                        ))
+                            "request {} holds {name} block {b} twice or out of range",
+                            r.id
+                        ));
                     }
+                    holders[b as usize] += 1;
                 }
-                count += 1;
             }
-            if count != pool.num_usable() as usize {
+            let mut free = vec![false; n];
+            let mut num_free = 0usize;
+            for b in pool.free_blocks() {
+                match free.get_mut(b as usize) {
+                    Some(f) if !*f => *f = true,
+                    _ => return fail(format!("{name} block {b} is free twice or out of range")),
+                }
+                num_free += 1;
+            }
+            for b in 0..n {
+                let (h, f, c) = (holders[b], free[b], pool.ref_count(b as BlockId));
+                let null = pool.null_block() == Some(b as BlockId);
+                if null && (h > 0 || f) {
+                    return fail(format!("{name} null block {b} is held or free"));
+                }
+                if !null && (f == (h > 0) || h != c || (h > 1 && !pool.caching())) {
+                    return fail(format!(
+                        "{name} block {b}: held by {h} requests, reference count {c}, free {f}"
+                    ));
+                }
+            }
+            if num_free != pool.num_free() {
+                return fail(format!("{name} free queue length drifted"));
+            }
+            if let Some(message) = pool.check_cache() {
+                return fail(format!("{name} prefix cache: {message}"));
+            }
+        }
+        for r in &live {
+            // The leading blocks a request registered are findable under its own hashes.
+            let cached = r.num_cached_blocks;
+            if cached > r.block_table.len()
+                || cached > r.block_hashes.len()
+                || (0..cached)
+                    .any(|j| self.gpu.block_hash(r.block_table[j]) != Some(r.block_hashes[j]))
+            {
                 return fail(format!(
-                    "{name} blocks: {count} held + free != {} usable",
-                    pool.num_usable()
+                    "request {}: its {cached} cached blocks are not in the cache under its hashes",
+                    r.id
                 ));
             }
         }
@@ -1049,6 +1189,7 @@ impl Scheduler {
         }
         self.gpu.release(&r.block_table);
         r.block_table.clear();
+        r.num_cached_blocks = 0;
         r.num_computed_tokens = 0;
         r.status = Status::Waiting;
         self.policy.requeue(slot, r);
@@ -1084,6 +1225,20 @@ fn allocate(pool: &mut BlockPool, n: u64, table: &mut Vec<BlockId>, during: &str
     }
 }
 
+/// Register the blocks of `r` that are full once its table holds `upto` tokens and are not
+/// registered yet (vLLM's `cache_blocks`, at allocation time, before the KV is computed): a
+/// request admitted later in the same step can already hit them.
+fn cache_full_blocks(gpu: &mut BlockPool, r: &mut Request, upto: u64, bs: u64) {
+    let full = (upto.min(r.num_tokens()) / bs) as usize;
+    let from = r.num_cached_blocks;
+    if full <= from {
+        return;
+    }
+    r.hashes_upto(full);
+    gpu.cache_blocks(&r.block_table[from..full], &r.block_hashes[from..full]);
+    r.num_cached_blocks = full;
+}
+
 fn scheduled_entry(slot: u32, r: &Request, n: u64) -> Scheduled {
     let c = r.num_computed_tokens;
     Scheduled {
@@ -1092,9 +1247,12 @@ fn scheduled_entry(slot: u32, r: &Request, n: u64) -> Scheduled {
         num_computed_tokens: c,
         is_prefill: r.num_output_tokens == 0 || c + 1 < r.num_tokens(),
         samples: c + n == r.num_tokens(),
+        num_cached_tokens: 0,
     }
 }
 
+#[cfg(test)]
+mod cache_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -15,7 +15,8 @@
 //! - `sjf`, `oracle_srpt`: their own waiting key (preempted requests re-enter by it) and
 //!   victim rule (the largest remaining, ties to later arrival, then later add), over all
 //!   running.
-//! - `larry`: its own order; victim the last running, as `fcfs`.
+//! - `larry`, `larry_tail`, `larry_slack`: their own order; victim the last running, as
+//!   `fcfs`.
 //! - `no_preempt`: FCFS order by arrival; admission also needs its full reservation to fit in
 //!   the usable blocks; it never needs a victim.
 
@@ -51,6 +52,11 @@ pub trait Policy: Send + Sync {
     fn remove(&mut self, slot: u32, req: &Request);
     /// The request to admit next, at load signal `load`.
     fn peek(&mut self, load: u64) -> Option<u32>;
+    /// The request to admit next, at load signal `load` and clock `now` (s): what the
+    /// scheduler asks. Default: the clock does not matter ([`Policy::peek`]).
+    fn peek_at(&mut self, load: u64, _now: f64) -> Option<u32> {
+        self.peek(load)
+    }
     fn len(&self) -> usize;
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -100,6 +106,8 @@ pub fn make_policy(cfg: &SchedulerConfig) -> Box<dyn Policy> {
             true,
         )),
         PolicyKind::Larry => Box::new(Larry::new(cfg.larry_alpha)),
+        PolicyKind::LarryTail => Box::new(LarryTail::new(cfg.larry_alpha, cfg.larry_deadline)),
+        PolicyKind::LarrySlack => Box::new(LarrySlack::new(cfg.larry_alpha, cfg.larry_slack)),
     }
 }
 
@@ -461,5 +469,140 @@ impl Policy for Larry {
     }
     fn len(&self) -> usize {
         self.len
+    }
+}
+
+// ------------------------------------------------------------------ tail-safe LARRY
+
+/// `larry_tail`: LARRY with a deadline. A waiting request that has waited `deadline`
+/// seconds or more (`now - arrival >= deadline`) is *due*; due requests are admitted first,
+/// oldest first (FCFS among them), and LARRY orders the rest. Urgency is monotone in
+/// arrival (float subtraction is), so the oldest waiting request is due exactly when any
+/// is: the decision is one look at the oldest (a B-tree by `(arrival, seq)`), then LARRY's
+/// kinetic tournament. Both O(log n).
+///
+/// The bound: a request stops yielding to smaller ones after `deadline` seconds; from then
+/// on only older due requests (and whatever already runs) go before it, as under FCFS.
+/// Victims as `fcfs`.
+pub struct LarryTail {
+    larry: Larry,
+    deadline: f64,
+    by_arrival: BTreeSet<(F64, u64, u32)>,
+}
+
+impl LarryTail {
+    fn new(alpha: f64, deadline: f64) -> Self {
+        LarryTail {
+            larry: Larry::new(alpha),
+            deadline,
+            by_arrival: BTreeSet::new(),
+        }
+    }
+}
+
+impl Policy for LarryTail {
+    fn name(&self) -> &'static str {
+        "larry_tail"
+    }
+    fn push(&mut self, slot: u32, req: &Request) {
+        self.larry.push(slot, req);
+        self.by_arrival
+            .insert((F64(req.arrival_time), req.seq, slot));
+    }
+    fn remove(&mut self, slot: u32, req: &Request) {
+        self.larry.remove(slot, req);
+        self.by_arrival
+            .remove(&(F64(req.arrival_time), req.seq, slot));
+    }
+    /// Without a clock nothing is due: LARRY's choice.
+    fn peek(&mut self, load: u64) -> Option<u32> {
+        self.larry.peek(load)
+    }
+    fn peek_at(&mut self, load: u64, now: f64) -> Option<u32> {
+        match self.by_arrival.first() {
+            Some(&(arrival, _, slot)) if now - arrival.0 >= self.deadline => Some(slot),
+            _ => self.larry.peek(load),
+        }
+    }
+    fn len(&self) -> usize {
+        self.larry.len()
+    }
+}
+
+/// `larry_slack`: LARRY with a starvation bound relative to the backlog, counted in tokens
+/// (no clock, no throughput estimate). The policy counts `left`, the tokens that have left the
+/// waiting queue (admitted, or aborted while waiting), and `waiting_tokens`, those in it; a
+/// request joining the queue is stamped with `left` (0 after a recompute preemption: it
+/// rejoins at the head of the due order, as FCFS puts it back by its arrival). It is
+/// *due* once `left - stamp >= slack * waiting_tokens` (both sides as f64): the work admitted
+/// since it joined has reached `slack` times the backlog now. Due requests go first, in stamp
+/// order (then arrival, seq); LARRY orders the rest. The earliest stamp is due exactly when
+/// any is, so a decision is one look at a B-tree by stamp, then LARRY's tournament.
+///
+/// The bound: FCFS admits a request once the backlog ahead of it has been admitted; here a
+/// request yields to later, smaller ones until `slack` times the current backlog has been
+/// admitted since it joined, then only earlier-stamped due requests go before it. `slack = 0`
+/// is FCFS by stamp; a large slack is LARRY. Victims as `fcfs`.
+pub struct LarrySlack {
+    larry: Larry,
+    slack: f64,
+    left: u64,
+    waiting_tokens: u64,
+    stamps: HashMap<u32, u64>,
+    by_stamp: BTreeSet<(u64, F64, u64, u32)>,
+}
+
+impl LarrySlack {
+    fn new(alpha: f64, slack: f64) -> Self {
+        LarrySlack {
+            larry: Larry::new(alpha),
+            slack,
+            left: 0,
+            waiting_tokens: 0,
+            stamps: HashMap::new(),
+            by_stamp: BTreeSet::new(),
+        }
+    }
+}
+
+impl Policy for LarrySlack {
+    fn name(&self) -> &'static str {
+        "larry_slack"
+    }
+    fn push(&mut self, slot: u32, req: &Request) {
+        self.larry.push(slot, req);
+        // A preempted request rejoins at the head of the due order.
+        let stamp = if req.num_preemptions > 0 {
+            0
+        } else {
+            self.left
+        };
+        self.stamps.insert(slot, stamp);
+        self.by_stamp
+            .insert((stamp, F64(req.arrival_time), req.seq, slot));
+        self.waiting_tokens += req.num_tokens();
+    }
+    fn remove(&mut self, slot: u32, req: &Request) {
+        let Some(stamp) = self.stamps.remove(&slot) else {
+            return;
+        };
+        self.larry.remove(slot, req);
+        self.by_stamp
+            .remove(&(stamp, F64(req.arrival_time), req.seq, slot));
+        self.waiting_tokens -= req.num_tokens();
+        self.left += req.num_tokens();
+    }
+    fn peek(&mut self, load: u64) -> Option<u32> {
+        match self.by_stamp.first() {
+            Some(&(stamp, _, _, slot))
+                if (self.left - stamp) as f64 >= self.slack * self.waiting_tokens as f64 =>
+            {
+                Some(slot)
+            }
+            _ => self.larry.peek(load),
+        }
+    }
+    fn len(&self) -> usize {
+        self.larry.len()
     }
 }

@@ -1,6 +1,7 @@
 //! Requests: ids, states and per-request token and block bookkeeping.
 
 use super::blocks::BlockId;
+use crate::hash::{own_block_hash, BlockHash, ROOT};
 
 pub use crate::id::RequestId;
 
@@ -37,6 +38,10 @@ pub struct NewRequest {
     pub predicted_output_tokens: Option<u64>,
     /// The true output length, known only in simulation (for `oracle_srpt`).
     pub true_output_tokens: Option<u64>,
+    /// Prefix caching: the chained hashes of the prompt's first full blocks (at most
+    /// `prompt_tokens / block_size`, [`crate::hash`]); blocks past them are the request's
+    /// own. Ignored when caching is off.
+    pub block_hashes: Vec<BlockHash>,
 }
 
 /// Builders for the tests (the bindings and the simulator fill every field).
@@ -55,6 +60,7 @@ impl NewRequest {
             priority: 0,
             predicted_output_tokens: None,
             true_output_tokens: None,
+            block_hashes: Vec::new(),
         }
     }
 
@@ -90,6 +96,12 @@ pub struct Request {
     pub num_preemptions: u32,
     pub block_table: Vec<BlockId>,
     pub cpu_blocks: Vec<BlockId>,
+    /// Prefix caching: one hash per full block of known tokens so far (the caller's, then
+    /// the request's own, extended as blocks fill, [`Request::hashes_upto`]); kept across
+    /// preemptions.
+    pub(crate) block_hashes: Vec<BlockHash>,
+    /// Leading blocks of `block_table` registered in the cache (vLLM's `num_cached_block`).
+    pub(crate) num_cached_blocks: usize,
 }
 
 impl Request {
@@ -102,6 +114,17 @@ impl Request {
         self.predicted_output_tokens
             .unwrap_or(self.max_output_tokens)
             .saturating_sub(self.num_output_tokens)
+    }
+
+    /// The hashes of the first `n` blocks, extending the request's own (unshared) ones as
+    /// needed; `n` must not exceed its full blocks of known tokens.
+    pub(crate) fn hashes_upto(&mut self, n: usize) -> &[BlockHash] {
+        while self.block_hashes.len() < n {
+            let parent = self.block_hashes.last().copied().unwrap_or(ROOT);
+            let i = self.block_hashes.len() as u64;
+            self.block_hashes.push(own_block_hash(parent, self.seq, i));
+        }
+        &self.block_hashes[..n]
     }
 
     pub(crate) fn true_remaining(&self) -> u64 {

@@ -398,6 +398,8 @@ fn priority_victim_ties_and_waiting_order_follow_vllm() {
         num_preemptions: 0,
         block_table: Vec::new(),
         cpu_blocks: Vec::new(),
+        block_hashes: Vec::new(),
+        num_cached_blocks: 0,
     };
     let slab: Vec<Option<Request>> = vec![
         Some(mk(7, 1, 1.0, 0)),

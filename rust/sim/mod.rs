@@ -34,15 +34,20 @@ use std::collections::{BinaryHeap, TryReserveError};
 pub use cost::{preset_names, CostModel, Linear, Preset, Roofline, StepShape};
 
 use crate::error::{Error, Result, Value};
+use crate::hash::{expand_block_ids, BlockHash};
 use crate::limits::{self, can_allocate, Blame, MAX_COUNT, MAX_REPLICAS, MAX_SNAPSHOTS, MAX_TIME};
 use crate::router::{ReplicaSnapshot, ReplicaSpec, RouteRequest, Router, RouterConfig};
 use crate::sched::{
-    blocks_for, NewRequest, RequestId, Scheduler, SchedulerConfig, StepPlan, BYTES_PER_BLOCK, F64,
+    blocks_for, NewRequest, PrefixCacheStats, RequestId, Scheduler, SchedulerConfig, StepPlan,
+    BYTES_PER_BLOCK, BYTES_PER_CACHED_BLOCK, F64,
 };
 
 /// Outcome of a trace row.
 pub(crate) const STATUS_FINISHED: u8 = 0;
 pub(crate) const STATUS_REJECTED: u8 = 1;
+/// Ran, but stopped before its true output (capped at `min(true, max_output_tokens)`)
+/// because prompt plus output cannot fit the KV cache (or `max_model_len`): not finished.
+pub(crate) const STATUS_TRUNCATED: u8 = 2;
 
 /// How to run a simulation.
 #[derive(Debug, Clone, PartialEq)]
@@ -142,6 +147,24 @@ impl SimConfig {
     }
 }
 
+/// A trace's own ids for its prompts' KV blocks (Mooncake's `hash_ids`: one id per
+/// `block_tokens` tokens, equal ids for equal prefixes), flattened: row `i`'s ids are
+/// `ids[offsets[i]..offsets[i + 1]]`. With prefix caching they become each request's block
+/// hashes ([`crate::hash::expand_block_ids`]).
+#[derive(Debug, Clone, Copy)]
+pub struct BlockIds<'a> {
+    pub ids: &'a [u64],
+    pub offsets: &'a [u64],
+    pub block_tokens: u64,
+}
+
+impl BlockIds<'_> {
+    fn row(&self, i: usize) -> &[u64] {
+        let (a, b) = (self.offsets[i] as usize, self.offsets[i + 1] as usize);
+        &self.ids[a..b]
+    }
+}
+
 /// The trace, as three aligned columns sorted by arrival.
 #[derive(Debug, Clone, Copy)]
 pub struct TraceView<'a> {
@@ -150,6 +173,8 @@ pub struct TraceView<'a> {
     pub output_tokens: &'a [i64],
     /// A predictor's output length per row (seen by `sjf` and by routers), if any.
     pub predicted_output_tokens: Option<&'a [i64]>,
+    /// The prompts' block ids, if the trace has them.
+    pub block_ids: Option<BlockIds<'a>>,
 }
 
 impl TraceView<'_> {
@@ -184,6 +209,31 @@ impl TraceView<'_> {
             }
             last = t;
         }
+        if let Some(b) = &self.block_ids {
+            let bad = |message: String| Error::InvalidArgument {
+                field: "hash_ids",
+                value: None,
+                index: None,
+                message,
+            };
+            if b.offsets.len() != n + 1
+                || b.offsets.first() != Some(&0)
+                || b.offsets.last() != Some(&(b.ids.len() as u64))
+                || b.offsets.windows(2).any(|w| w[0] > w[1])
+            {
+                return Err(bad(format!(
+                    "hash_ids offsets must rise from 0 to {} over {} rows",
+                    b.ids.len(),
+                    n
+                )));
+            }
+            if b.block_tokens == 0 || b.block_tokens > MAX_COUNT {
+                return Err(bad(format!(
+                    "hash_block_tokens must be in [1, 2**40], got {}",
+                    b.block_tokens
+                )));
+            }
+        }
         for (field, col) in [
             ("prompt_tokens", self.prompt_tokens),
             ("output_tokens", self.output_tokens),
@@ -214,8 +264,13 @@ pub struct SimOutput {
     pub output_tokens: Vec<i64>,
     pub preemptions: Vec<i64>,
     pub status: Vec<u8>,
-    /// Empty unless rejected.
+    /// Empty unless rejected (`request_too_large: ...`) or truncated (`kv_cache: ...` or
+    /// `max_model_len: ...`).
     pub reject_reason: Vec<String>,
+    /// Prompt tokens found in the prefix cache at the request's first admission.
+    pub cached_tokens: Vec<i64>,
+    /// The prefix caches' counters, summed over replicas (all 0 with caching off).
+    pub prefix_cache: PrefixCacheStats,
     // per step
     pub step_time: Vec<f64>,
     pub step_duration: Vec<f64>,
@@ -450,21 +505,25 @@ impl<'a> Sim<'a> {
             })?;
         // All the replicas' block pools at once, asked for (and given back) before any is
         // built: a cluster that cannot fit fails at once, not after building thousands.
-        let blocks = config.engine.num_gpu_blocks + config.engine.num_cpu_blocks;
-        let total = (config.num_replicas as u64)
-            .saturating_mul(blocks)
-            .saturating_mul(BYTES_PER_BLOCK);
-        let too_many = |bytes: u64| {
-            Error::OutOfMemory {
+        let engine = &config.engine;
+        let caching =
+            engine.semantics == crate::config::Semantics::VllmV1 && engine.enable_prefix_caching;
+        let per_replica = engine
+            .num_gpu_blocks
+            .saturating_mul(BYTES_PER_BLOCK + if caching { BYTES_PER_CACHED_BLOCK } else { 0 })
+            + engine.num_cpu_blocks.saturating_mul(BYTES_PER_BLOCK);
+        let total = (config.num_replicas as u64).saturating_mul(per_replica);
+        let too_many = |bytes: u64| Error::OutOfMemory {
             field: "replicas",
             bytes,
             message: format!(
-                "cannot allocate {} replicas: their block pools take {} x {blocks} blocks \
-                 (num_gpu_blocks + num_cpu_blocks) x {BYTES_PER_BLOCK} bytes = {total} bytes; nothing \
-                 was run",
-                config.num_replicas, config.num_replicas
+                "cannot allocate {} replicas: their block pools take {} x {per_replica} bytes \
+                 ({} GPU + {} CPU blocks each) = {total} bytes; nothing was run",
+                config.num_replicas,
+                config.num_replicas,
+                engine.num_gpu_blocks,
+                engine.num_cpu_blocks
             ),
-        }
         };
         if !can_allocate(total) {
             return Err(too_many(total));
@@ -489,6 +548,7 @@ impl<'a> Sim<'a> {
             status: filled(n, STATUS_REJECTED).map_err(|_| rows("the status column", 1))?,
             reject_reason: filled(n, String::new())
                 .map_err(|_| rows("the reject-reason column", std::mem::size_of::<String>()))?,
+            cached_tokens: filled(n, 0).map_err(|_| rows("the cached-token column", 8))?,
             ..SimOutput::default()
         };
         // At most one event per replica, the next arrival and the next snapshot.
@@ -534,6 +594,9 @@ impl<'a> Sim<'a> {
             }
         }
         self.out.end_time = now;
+        for rep in &self.replicas {
+            self.out.prefix_cache += rep.sched.prefix_cache_stats();
+        }
         let n = self.trace.arrival_time.len();
         if self.num_done != n {
             return Err(Error::Invariant {
@@ -571,6 +634,7 @@ impl<'a> Sim<'a> {
             .predicted_output_tokens
             .and_then(|p| p.get(i))
             .map(|&p| p.max(0) as u64);
+        let block_hashes = self.block_hashes(i, prompt)?;
         let route = RouteRequest {
             prompt_tokens: prompt,
             max_output_tokens: Some(max_out),
@@ -590,6 +654,7 @@ impl<'a> Sim<'a> {
             priority: 0,
             predicted_output_tokens: predicted,
             true_output_tokens: Some(self.trace.output_tokens[i] as u64),
+            block_hashes,
         };
         match rep.sched.add_request(new) {
             Ok(_) => {
@@ -607,6 +672,18 @@ impl<'a> Sim<'a> {
             Err(e) => return Err(e),
         }
         Ok(())
+    }
+
+    /// Row `i`'s block hashes for the scheduler's prefix cache: from the trace's block ids
+    /// when caching is on and the trace has them, else none (its blocks are its own).
+    fn block_hashes(&self, i: usize, prompt: u64) -> Result<Vec<BlockHash>> {
+        let engine = &self.config.engine;
+        match &self.trace.block_ids {
+            Some(b) if engine.enable_prefix_caching => {
+                expand_block_ids(b.row(i), b.block_tokens, engine.block_size, prompt)
+            }
+            _ => Ok(Vec::new()),
+        }
     }
 
     fn reject(&mut self, i: usize, message: &str) {
@@ -638,6 +715,13 @@ impl<'a> Sim<'a> {
         );
         rep.scheduled = false;
         let plan = rep.sched.schedule(Some(now))?;
+        for e in plan.scheduled.iter().filter(|e| e.num_cached_tokens > 0) {
+            if let Some(req) = rep.sched.request(e.slot).filter(|q| q.num_preemptions == 0) {
+                if let RequestId::Int(row) = req.id {
+                    self.out.cached_tokens[row as usize] = e.num_cached_tokens as i64;
+                }
+            }
+        }
         let shape = step_shape(&plan);
         if plan.scheduled.is_empty() && shape.swap_blocks == 0 {
             // Nothing can run although requests are live: a bug in the core.
@@ -723,7 +807,15 @@ impl<'a> Sim<'a> {
                 self.out.finish_time[i] = now;
                 self.out.output_tokens[i] = count as i64;
                 self.out.preemptions[i] = i64::from(req.num_preemptions);
-                self.out.status[i] = STATUS_FINISHED;
+                let wanted =
+                    (self.trace.output_tokens[i] as u64).min(self.config.max_output_tokens);
+                if count < wanted {
+                    self.out.status[i] = STATUS_TRUNCATED;
+                    self.out.reject_reason[i] =
+                        truncate_reason(&self.config.engine, req.prompt_tokens, wanted, count);
+                } else {
+                    self.out.status[i] = STATUS_FINISHED;
+                }
                 self.num_done += 1;
                 if count < req.max_output_tokens {
                     self.finished_ids.push(req.id.clone());
@@ -744,6 +836,22 @@ impl<'a> Sim<'a> {
             self.queue.push(now, Event::Start { replica: r });
         }
         Ok(())
+    }
+}
+
+/// Why a request stopped after `count` of the `wanted` output tokens: the cap that bound,
+/// the KV cache (`capacity_tokens`) or `max_model_len`, with the numbers.
+fn truncate_reason(engine: &SchedulerConfig, prompt: u64, wanted: u64, count: u64) -> String {
+    let cache = engine.capacity_tokens();
+    match engine.max_model_len {
+        Some(mml) if mml < cache => format!(
+            "max_model_len: prompt {prompt} + output {wanted} tokens exceed max_model_len={mml}; \
+             stopped after {count} output tokens"
+        ),
+        _ => format!(
+            "kv_cache: prompt {prompt} + output {wanted} tokens exceed the KV cache of {cache} tokens; \
+             stopped after {count} output tokens"
+        ),
     }
 }
 
@@ -891,6 +999,7 @@ pub fn measure_capacity_until(
             prompt_tokens: &prompt,
             output_tokens: &output,
             predicted_output_tokens: None,
+            block_ids: None,
         },
         &cfg,
         stop,

@@ -22,6 +22,7 @@ impl Trace {
             prompt_tokens: &self.prompt,
             output_tokens: &self.output,
             predicted_output_tokens: None,
+            block_ids: None,
         }
     }
 }
@@ -128,6 +129,24 @@ fn too_large_requests_are_rejected_rows() {
         out.status.iter().filter(|&&s| s == STATUS_FINISHED).count(),
         49
     );
+}
+
+#[test]
+fn outputs_the_cache_cannot_hold_are_truncated_rows() {
+    let mut tr = trace(50, 10.0);
+    tr.prompt[5] = 3000; // 200 blocks * 16 tokens = 3200: room for about 200 output tokens
+    tr.output[5] = 484;
+    let cfg = config(2, "round_robin", "fcfs", 200);
+    let out = simulate(tr.view(), &cfg).unwrap();
+    assert_eq!(out.status[5], STATUS_TRUNCATED);
+    assert!(out.output_tokens[5] < 484, "{}", out.output_tokens[5]);
+    assert!(
+        out.reject_reason[5].starts_with("kv_cache: prompt 3000 + output 484"),
+        "{}",
+        out.reject_reason[5]
+    );
+    let finished = out.status.iter().filter(|&&s| s == STATUS_FINISHED).count();
+    assert_eq!(finished, 49);
 }
 
 #[test]
@@ -286,6 +305,7 @@ fn seeded_runs_match_recorded_fingerprints() {
     for case in &cases {
         let view = TraceView {
             predicted_output_tokens: case.predicted,
+            block_ids: None,
             ..case.trace.view()
         };
         let out = simulate(view, &case.config).unwrap();

@@ -64,6 +64,7 @@ rule for rule (vLLM's ``vllm/v1/core/sched/scheduler.py``, ``kv_cache_manager.py
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import count
@@ -89,7 +90,18 @@ from ..limits import MAX_COUNT as _MAX_INT  # counts above this are certainly a 
 from ..limits import MAX_TIME as _MAX_TIME  # seconds; keeps every key exact in float64
 from .blocks import BlockPool, VllmBlockPool
 from .policies import make_policy
-from .request import ABORTED, FINISHED, RUNNING, SWAPPED, WAITING, Request, RequestId
+from .request import (
+    ABORTED,
+    FINISHED,
+    RUNNING,
+    SWAPPED,
+    WAITING,
+    BlockHash,
+    Request,
+    RequestId,
+    given_block_hash,
+    token_block_hashes,
+)
 
 _scheduler_ids = count(1)
 
@@ -113,7 +125,8 @@ class StepPlan:
     - ``req_ids`` (object), ``num_new_tokens`` and ``num_computed_tokens`` (tokens already
       in the cache before this step: the position of the first new token) as int64,
       ``is_prefill`` and ``samples`` (the step ends the request's known tokens, so it
-      samples one token) as bool.
+      samples one token) as bool, ``num_cached_tokens`` (int64: tokens an admission found
+      in the prefix cache, counted in ``num_computed_tokens``; 0 otherwise).
 
     The lists, in the order things happened:
 
@@ -135,6 +148,7 @@ class StepPlan:
     num_computed_tokens: np.ndarray
     is_prefill: np.ndarray
     samples: np.ndarray
+    num_cached_tokens: np.ndarray
     admitted: list
     preempted: list
     swapped_out: list
@@ -162,6 +176,7 @@ class StepPlan:
             "num_computed_tokens": [int(x) for x in self.num_computed_tokens],
             "is_prefill": [bool(x) for x in self.is_prefill],
             "samples": [bool(x) for x in self.samples],
+            "num_cached_tokens": [int(x) for x in self.num_cached_tokens],
             "admitted": list(self.admitted),
             "preempted": [tuple(p) for p in self.preempted],
             "swapped_out": [(i, [tuple(int(v) for v in row) for row in m]) for i, m in self.swapped_out],
@@ -184,6 +199,7 @@ class _Step:
 
     budget: int
     scheduled: list[tuple[Request, int]] = field(default_factory=list)
+    cached_tokens: dict[RequestId, int] = field(default_factory=dict)
     new_blocks: dict[RequestId, list[int]] = field(default_factory=dict)
     admitted: list[RequestId] = field(default_factory=list)
     preempted: list[tuple[RequestId, str]] = field(default_factory=list)
@@ -206,10 +222,11 @@ class _Step:
                 self.new_blocks.pop(req.request_id, None)
                 return
 
-    def chunk(self, req: Request) -> int:
-        """The tokens ``req`` may run this step: the rest of its known tokens, capped by the
-        long-prefill threshold (when on), then by the budget."""
-        n = req.num_tokens - req.num_computed_tokens
+    def chunk(self, req: Request, cached: int = 0) -> int:
+        """The tokens ``req`` may run this step: the rest of its known tokens (after the
+        ``cached`` ones a prefix-cache hit supplies), capped by the long-prefill threshold
+        (when on), then by the budget."""
+        n = req.num_tokens - req.num_computed_tokens - cached
         if 0 < self.threshold < n:
             n = self.threshold
         return min(n, self.budget)
@@ -251,6 +268,34 @@ def _check_time(name: str, value: Any) -> float:
     return v
 
 
+def _sequence(name: str, value: Any) -> list:
+    if isinstance(value, (str, bytes)):
+        raise InvalidArgumentError(f"{name} must be a sequence, not a str or bytes", field=name, value=value)
+    try:
+        return list(value)
+    except Exception as e:
+        raise InvalidArgumentError(f"{name} must be a sequence: {e}", field=name, value=value) from None
+
+
+def _check_token_ids(value: Any) -> list[int]:
+    ids = _sequence("prompt_token_ids", value)
+    for i, t in enumerate(ids):
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= int(t) < 2**32:
+            raise InvalidArgumentError(f"a token id must be an int in [0, 2**32), got {t!r}",
+                                       field="prompt_token_ids", value=t, index=i)
+    return [int(t) for t in ids]
+
+
+def _check_block_hashes(value: Any) -> list[int | bytes]:
+    hashes = _sequence("block_hashes", value)
+    for i, h in enumerate(hashes):
+        if not isinstance(h, bytes) and (isinstance(h, bool) or not isinstance(h, (int, np.integer))
+                                         or not 0 <= int(h) < 2**128):
+            raise InvalidArgumentError(f"a block hash must be an int in [0, 2**128) or bytes, got {h!r}",
+                                       field="block_hashes", value=h, index=i)
+    return [h if isinstance(h, bytes) else int(h) for h in hashes]
+
+
 # ---------------------------------------------------------------------------- scheduler
 
 
@@ -264,8 +309,10 @@ class Scheduler:
         self.policy = make_policy(config)
         self.scheduler_id = next(_scheduler_ids)
         self.v1 = config.semantics == VLLM_V1
+        self.caching = config.enable_prefix_caching
         try:
-            self.gpu = VllmBlockPool(config.num_gpu_blocks) if self.v1 else BlockPool(config.num_gpu_blocks)
+            self.gpu: BlockPool = (VllmBlockPool(config.num_gpu_blocks, caching=config.enable_prefix_caching)
+                                   if self.v1 else BlockPool(config.num_gpu_blocks))
             self.cpu = BlockPool(config.num_cpu_blocks)
         except MemoryError:                               # as the core: a typed error, not an abort
             field = "num_gpu_blocks" if config.num_gpu_blocks >= config.num_cpu_blocks else "num_cpu_blocks"
@@ -313,6 +360,27 @@ class Scheduler:
         """The GPU free queue, head (allocated next) to tail."""
         return list(self.gpu.free)
 
+    def prefix_cache_stats(self) -> dict[str, int]:
+        """The prefix cache's counters since construction (see ``VllmBlockPool``); all 0 with
+        caching off."""
+        if isinstance(self.gpu, VllmBlockPool):
+            return dict(self.gpu.stats)
+        return dict.fromkeys(("requests", "queries", "hits", "preempted_requests", "preempted_queries",
+                              "preempted_hits", "evictions"), 0)
+
+    def prefix_hit_blocks(self, block_hashes: Iterable[int | bytes]) -> int:
+        """How many leading ``block_hashes`` the prefix cache holds now."""
+        hashes = [given_block_hash(h) for h in _check_block_hashes(block_hashes)]
+        return len(self.gpu.lookup(hashes)) if self.caching and isinstance(self.gpu, VllmBlockPool) else 0
+
+    def reset_prefix_cache(self) -> bool:
+        """Forget every cached hash, only when no GPU block is held (returns whether it did)."""
+        if self.gpu.num_free != self.gpu.num_usable:
+            return False
+        if isinstance(self.gpu, VllmBlockPool):
+            self.gpu.clear_cache()
+        return True
+
     def __len__(self) -> int:
         return len(self.requests)
 
@@ -335,19 +403,26 @@ class Scheduler:
     def add_request(
         self,
         request_id: RequestId,
-        prompt_tokens: int,
-        max_output_tokens: int,
+        prompt_tokens: int | None = None,
+        max_output_tokens: int | None = None,
         arrival_time: float | None = None,
         *,
         priority: int = 0,
         predicted_output_tokens: int | None = None,
         true_output_tokens: int | None = None,
+        prompt_token_ids: Iterable[int] | None = None,
+        block_hashes: Iterable[int | bytes] | None = None,
     ) -> None:
         """Queue a request. Raises (and changes nothing) on a duplicate live id, a bad value,
-        or a request that can never fit in the GPU cache."""
+        or a request that can never fit in the GPU cache.
+
+        For prefix caching, the prompt's content comes as ``prompt_token_ids`` (whose length
+        is the prompt's) or as ``block_hashes``, the chained hashes of its first full blocks."""
         cfg = self.config
         request_id = _check_id(request_id)
-        prompt_tokens = _check_count("prompt_tokens", prompt_tokens, 1)
+        prompt_tokens, hashes = self._prompt(prompt_tokens, prompt_token_ids, block_hashes)
+        if max_output_tokens is None:
+            raise InvalidArgumentError("max_output_tokens is required", field="max_output_tokens")
         max_output_tokens = _check_count("max_output_tokens", max_output_tokens, 1)
         arrival = self.now if arrival_time is None else _check_time("arrival_time", arrival_time)
         if isinstance(priority, bool) or not isinstance(priority, (int, np.integer)) \
@@ -360,6 +435,11 @@ class Scheduler:
             true_output_tokens = _check_count("true_output_tokens", true_output_tokens, 1)
         if request_id in self.requests:
             raise DuplicateRequestError(f"request {request_id!r} is already live", request_id=request_id)
+        full_blocks = prompt_tokens // cfg.block_size
+        if len(hashes) > full_blocks:
+            raise InvalidArgumentError(
+                f"request {request_id}: {len(hashes)} block hashes for a prompt of {prompt_tokens} tokens, "
+                f"which has {full_blocks} full blocks of {cfg.block_size}", field="block_hashes", value=len(hashes))
         usable = self.gpu.num_usable                  # vllm_v1: the null block is not
         capacity = usable * cfg.block_size
         if prompt_tokens + 1 > capacity:
@@ -391,16 +471,37 @@ class Scheduler:
             # the cache (or max_model_len) ends the request when it could not hold another token
             max_output_tokens=min(max_output_tokens, capacity - prompt_tokens),
             priority=int(priority), predicted_output_tokens=predicted_output_tokens,
-            true_output_tokens=true_output_tokens,
+            true_output_tokens=true_output_tokens, block_hashes=hashes if self.caching else [],
         )
         self.requests[request_id] = req
         self.waiting.append(req)
+        self.policy.enqueued(req)
+
+    def _prompt(self, prompt_tokens: Any, token_ids: Any, block_hashes: Any) -> tuple[int, list[BlockHash]]:
+        """The prompt's length and block hashes from ``add_request``'s arguments."""
+        declared = None if prompt_tokens is None else _check_count("prompt_tokens", prompt_tokens, 1)
+        if token_ids is not None and block_hashes is not None:
+            raise InvalidArgumentError("give prompt_token_ids or block_hashes, not both", field="block_hashes")
+        if token_ids is not None:
+            ids = _check_token_ids(token_ids)
+            if declared is not None and declared != len(ids):
+                raise InvalidArgumentError(f"prompt_tokens={declared} but prompt_token_ids has {len(ids)} tokens",
+                                           field="prompt_tokens", value=declared)
+            if not ids:
+                raise InvalidArgumentError("prompt_token_ids is empty", field="prompt_token_ids")
+            return len(ids), token_block_hashes(ids, self.config.block_size)
+        if declared is None:
+            raise InvalidArgumentError("prompt_tokens is required (or give prompt_token_ids)", field="prompt_tokens")
+        if block_hashes is None:
+            return declared, []
+        return declared, [given_block_hash(h) for h in _check_block_hashes(block_hashes)]
 
     def abort(self, request_id: RequestId) -> None:
         """End a live request now, wherever it is; its blocks are freed at once."""
         req = self._live(request_id)
         if req.status == WAITING:
             self.waiting.remove(req)
+            self.policy.dequeued(req)
         elif req.status == RUNNING:
             self.running.remove(req)
             if self.policy.reserves_full_output:
@@ -451,6 +552,8 @@ class Scheduler:
             is_prefill=np.array([r.num_output_tokens == 0 or r.num_computed_tokens < r.num_tokens - 1
                                  for r, _ in scheduled], dtype=bool),
             samples=np.array([r.num_computed_tokens + n == r.num_tokens for r, n in scheduled], dtype=bool),
+            num_cached_tokens=np.array([step.cached_tokens.get(r.request_id, 0) for r, _ in scheduled],
+                                       dtype=np.int64),
             admitted=step.admitted,
             preempted=step.preempted,
             swapped_out=step.swapped_out,
@@ -524,7 +627,7 @@ class Scheduler:
             load = len(self.waiting)
             if cfg.larry_load == "outstanding":
                 load += len(self.running) + len(self.swapped)
-            req = min(self.waiting, key=lambda r: self.policy.waiting_key(r, load))
+            req = min(self.waiting, key=lambda r: self.policy.waiting_key(r, load, self.now))
             need = _blocks_for(req.num_tokens, cfg.block_size)
             n = step.chunk(req)
             if self.policy.reserves_full_output:
@@ -534,6 +637,7 @@ class Scheduler:
             elif not self._fits(need):
                 break
             self.waiting.remove(req)
+            self.policy.dequeued(req)
             req.block_table = self.gpu.allocate(need)
             req.status = RUNNING
             step.admitted.append(req.request_id)
@@ -578,6 +682,7 @@ class Scheduler:
                 blocks = self.gpu.allocate(need)
                 req.block_table.extend(blocks)
                 step.new_blocks[req.request_id] = blocks
+            self._cache_full_blocks(req, req.num_computed_tokens + n)
             step.schedule(req, n)
             i += 1
 
@@ -585,37 +690,72 @@ class Scheduler:
         """vllm_v1 phase 2 (only if phase 1 preempted nobody): the policy's next waiting
         request is admitted while seats and budget last, if (``KVCacheManager.allocate_slots``)
 
-            reserve_full_prompt:  ceil(num_tokens / bs) + wm <= free     (the whole sequence)
-            always:               ceil(n / bs)          + wm <= free     (this step's chunk)
+            reserve_full_prompt:  ceil(num_tokens / bs)  - hit + evictable + wm <= free   (whole sequence)
+            always:               ceil((H + n) / bs)     - hit + evictable + wm <= free   (this step's chunk)
 
-        with ``wm = int(watermark * N)`` when anything is running, else 0; it then takes the
-        chunk's blocks only. The first request that does not fit stops admission (whatever
-        its priority: admission never preempts). ``no_preempt`` must also fit its reservation
-        of prompt + ``max_output_tokens`` blocks."""
+        with ``wm = int(watermark * N)`` when anything is running, else 0. With prefix caching,
+        ``hit`` blocks (``H`` tokens) are the longest cached prefix of the request's full
+        blocks, at most ``num_tokens - 1`` tokens so that one is computed; ``evictable`` of
+        them are free now (taking them back empties those free slots); ``n`` is the chunk
+        after them. It then takes a reference on the hit blocks, and new blocks for the chunk.
+        The first request that does not fit stops admission (whatever its priority: admission
+        never preempts). ``no_preempt`` must also fit its reservation of prompt +
+        ``max_output_tokens`` blocks."""
         cfg = self.config
+        bs = cfg.block_size
+        pool = self.gpu
+        assert isinstance(pool, VllmBlockPool)
         while self.waiting and len(self.running) < cfg.max_num_seqs and step.budget > 0:
             load = len(self.waiting)
             if cfg.larry_load == "outstanding":
                 load += len(self.running)
-            req = self.policy.v1_next_waiting(self.waiting, load)
-            n = step.chunk(req)
+            req = self.policy.v1_next_waiting(self.waiting, load, self.now)
+            hit = pool.lookup(req.hashes_upto((req.num_tokens - 1) // bs)) if self.caching else []
+            cached = len(hit) * bs
+            n = step.chunk(req, cached)
             wm = cfg.watermark_blocks if self.running else 0
-            chunk_blocks = _blocks_for(n, cfg.block_size)
-            if cfg.reserve_full_prompt and _blocks_for(req.num_tokens, cfg.block_size) + wm > self.gpu.num_free:
+            evictable = sum(1 for b in hit if pool.ref_cnt[b] == 0)
+            table_blocks = _blocks_for(cached + n, bs)
+            extra = evictable - len(hit) + wm
+            if cfg.reserve_full_prompt and _blocks_for(req.num_tokens, bs) + extra > pool.num_free:
                 break
-            if chunk_blocks + wm > self.gpu.num_free:
+            if table_blocks + extra > pool.num_free:
                 break
             if self.policy.reserves_full_output:
-                if self._max_blocks(req) > self.gpu.num_usable - self.reserved_blocks:
+                if self._max_blocks(req) > pool.num_usable - self.reserved_blocks:
                     break
                 self.reserved_blocks += self._max_blocks(req)
             self.waiting.remove(req)
-            req.block_table = self.gpu.allocate(chunk_blocks)
+            self.policy.dequeued(req)
+            pool.touch(hit)
+            req.block_table = hit + pool.allocate(table_blocks - len(hit))
+            req.num_computed_tokens = cached
+            req.num_cached_blocks = len(hit)
             req.status = RUNNING
+            if self.caching:
+                key = "preempted_" if req.num_preemptions else ""
+                pool.stats[key + "requests"] += 1
+                pool.stats[key + "queries"] += req.num_tokens
+                pool.stats[key + "hits"] += cached
+                self._cache_full_blocks(req, cached + n)
             step.admitted.append(req.request_id)
             step.new_blocks[req.request_id] = list(req.block_table)
+            step.cached_tokens[req.request_id] = cached
             step.schedule(req, n)
             self.running.append(req)
+
+    def _cache_full_blocks(self, req: Request, upto: int) -> None:
+        """Prefix caching: register the request's blocks that are full once its table holds
+        ``upto`` tokens and are not registered yet (vLLM's ``cache_blocks``, in ``schedule``,
+        before the KV is computed: a request admitted later in the same step can hit them)."""
+        if not self.caching:
+            return
+        assert isinstance(self.gpu, VllmBlockPool)
+        full = min(upto, req.num_tokens) // self.config.block_size
+        hashes = req.hashes_upto(full)
+        for j in range(req.num_cached_blocks, full):
+            self.gpu.register(req.block_table[j], hashes[j])
+        req.num_cached_blocks = max(req.num_cached_blocks, full)
 
     def update(self, plan: StepPlan, finished: Iterable[RequestId] | None = (),
                now: float | None = None) -> list[RequestId]:
@@ -686,11 +826,30 @@ class Scheduler:
             raise InvariantError(msg)
 
         for name, pool, attr in (("GPU", self.gpu, "block_table"), ("CPU", self.cpu, "cpu_blocks")):
-            held = [b for r in self.requests.values() for b in getattr(r, attr)]
-            if len(held) + pool.num_free != pool.num_usable:
-                fail(f"{name} blocks: {len(held)} held + {pool.num_free} free != {pool.num_usable}")
+            tables = [getattr(r, attr) for r in self.requests.values()]
+            if any(len(set(t)) != len(t) for t in tables):
+                fail(f"{name} blocks: a request holds a block twice")
+            held = sorted({b for t in tables for b in t})
+            if not isinstance(pool, VllmBlockPool) or not pool.caching:
+                held = sorted(b for t in tables for b in t)        # unshared: each block held once
             if sorted(held + list(pool.free)) != pool.all_ids():
-                fail(f"{name} blocks: some block is held twice, held and free, or is the null block")
+                fail(f"{name} blocks: some block is held twice, held and free, lost, or is the null block")
+            if isinstance(pool, VllmBlockPool):
+                holders = Counter(b for t in tables for b in t)
+                for b in pool.all_ids():
+                    if pool.ref_cnt[b] != holders[b]:
+                        fail(f"{name} block {b}: reference count {pool.ref_cnt[b]}, held by {holders[b]} requests")
+                for b, h in pool.block_hash.items():
+                    if b not in pool.cache.get(h, []):
+                        fail(f"{name} block {b} carries a hash the cache does not map to it")
+                if sum(len(v) for v in pool.cache.values()) != len(pool.block_hash):
+                    fail(f"{name} prefix cache maps blocks that carry no hash")
+        for req in self.requests.values():
+            cached = req.num_cached_blocks
+            if cached > len(req.block_table) or any(
+                    self.gpu.block_hash.get(req.block_table[j]) != req.block_hashes[j]   # type: ignore[attr-defined]
+                    for j in range(cached)):
+                fail(f"request {req.request_id!r}: its {cached} cached blocks are not in the cache under its hashes")
         if self.v1:
             pending = {r.request_id: n for r, n in self._pending_scheduled if r.status == RUNNING}
             for req in self.running:
@@ -768,12 +927,15 @@ class Scheduler:
             return "swap"
         self.gpu.release(req.block_table)
         req.block_table = []
+        req.num_cached_blocks = 0
         req.num_computed_tokens = 0
         req.status = WAITING
         if self.v1:
             self.waiting.insert(0, req)   # the head of vLLM's waiting deque
+            self.policy.enqueued(req)
         else:
             self.waiting.append(req)
+            self.policy.enqueued(req)
         return "recompute"
 
     def _finish(self, req: Request) -> None:
