@@ -20,8 +20,12 @@ test-ci: ## As CI: thorough Hypothesis profile (>= 1,000 examples per policy)
 VLLM_PY ?= .venv-vllm/bin/python
 
 .PHONY: test-vllm
-test-vllm: ## Parity with vLLM 0.33's own scheduler (needs the vLLM venv; see README, vLLM-exact mode)
-	$(VLLM_PY) -m pytest tests/test_vllm_parity.py -q
+test-vllm: ## Parity with vLLM 0.33's own scheduler, and halffull.vllm.Scheduler against it (the vLLM venv; README)
+	PYTHONPATH=python $(VLLM_PY) -m pytest tests/test_vllm_parity.py tests/test_vllm_plugin.py -q
+
+.PHONY: bench-vllm
+bench-vllm: ## vLLM's scheduler vs halffull.vllm.Scheduler per step, 32/128/256 running (the vLLM venv)
+	PYTHONPATH=python $(VLLM_PY) benches/bench_vllm_plugin.py
 
 .PHONY: test-rust
 test-rust: ## Rust unit tests in a debug build (debug_asserts on; no Python needed)

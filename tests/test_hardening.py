@@ -558,7 +558,11 @@ def _same_decisions(a, b, n: int = 60) -> None:
     assert (a.beta, a.mean_output_tokens, a.replica_loads()) == (b.beta, b.mean_output_tokens, b.replica_loads())
 
 
-@pytest.mark.parametrize("policy", halffull.ROUTERS)
+#: Their prefix records are not part of a router's saved state yet: they refuse to pickle.
+PREFIX_ROUTERS = ("cache_aware", "dynamo_kv", "sal_uncached")
+
+
+@pytest.mark.parametrize("policy", [p for p in halffull.ROUTERS if p not in PREFIX_ROUTERS])
 def test_router_pickles_and_copies_with_its_whole_state(policy):
     import copy
     import pickle
@@ -571,6 +575,18 @@ def test_router_pickles_and_copies_with_its_whole_state(policy):
         twin = _busy_router(policy)
         _same_decisions(twin, restored)                               # and decides as the original would
     assert a.__reduce__()[1] == _busy_router(policy).__reduce__()[1]  # copies are independent
+
+
+@pytest.mark.parametrize("policy", PREFIX_ROUTERS)
+def test_cache_aware_routers_refuse_pickling_clearly(policy):
+    import copy
+    import pickle
+
+    assert set(PREFIX_ROUTERS) <= set(halffull.ROUTERS)
+    r = _busy_router(policy)
+    for attempt in (lambda: pickle.dumps(r), lambda: copy.copy(r), lambda: copy.deepcopy(r)):
+        with pytest.raises(TypeError, match="cannot be pickled or copied yet"):
+            attempt()
 
 
 def test_a_corrupt_router_state_is_refused():

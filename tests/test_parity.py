@@ -123,6 +123,19 @@ class ParityMachine(RuleBasedStateMachine):
         self.both("abort", rid)
         self.ended.append(rid)
 
+    @precondition(lambda self: self.ref is not None and len(self.ref.requests) > 0)
+    @rule(data=st.data(), late=st.booleans(), extra=st.integers(0, 1), prefix=st.integers(0, 1))
+    def extend_block_hashes(self, data, late, extra, prefix):
+        # name generated blocks as an engine would (vLLM's Request.block_hashes): some continue
+        # a shared prefix's hashes, so other requests can hit them; a wrong start or one block
+        # too many must fail the same way in both
+        rid = data.draw(st.sampled_from(sorted(self.ref.requests, key=repr)), label="extend")
+        req = self.ref.requests[rid]
+        held, full = len(req.block_hashes), req.num_tokens // self.block_size
+        n = data.draw(st.integers(0, max(full - held, 0) + extra), label="n")
+        start = held + 1 if late and data.draw(st.booleans(), label="wrong start") else held
+        self.both("extend_block_hashes", rid, [prefix * 1000 + held + j for j in range(n)], start=start)
+
     @rule()
     def reset_prefix_cache(self):
         (a, _), (b, _) = self.both("reset_prefix_cache")

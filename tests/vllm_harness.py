@@ -207,50 +207,78 @@ def quiet_vllm() -> None:
     logging.disable(logging.WARNING)
 
 
+def vllm_parts(config: dict, **scheduler_overrides: Any) -> tuple[Any, Any, int, int]:
+    """What vLLM's ``EngineCore`` hands a scheduler for ``config``, built without a GPU:
+    ``(vllm_config, kv_cache_config, block_size, hash_block_size)``."""
+    quiet_vllm()
+    import torch
+    from vllm.config import CacheConfig, DeviceConfig, ModelConfig, SchedulerConfig, VllmConfig
+    from vllm.v1.core.kv_cache_utils import resolve_kv_cache_block_sizes
+    from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
+
+    torch.set_num_threads(1)
+    mc = ModelConfig(model=_model_dir(), skip_tokenizer_init=True, dtype="float16",
+                     max_model_len=config["max_model_len"])
+    sc_args: dict[str, Any] = dict(
+        max_num_seqs=config["max_num_seqs"], max_num_batched_tokens=config["max_num_batched_tokens"],
+        max_model_len=config["max_model_len"], is_encoder_decoder=False, enable_chunked_prefill=True,
+        policy=config["policy"] if config["policy"] in ("fcfs", "priority") else "fcfs",
+        long_prefill_token_threshold=config["long_prefill_token_threshold"],
+        scheduler_reserve_full_isl=config["reserve_full_prompt"], watermark=config["watermark"],
+        async_scheduling=False)
+    sc_args.update(scheduler_overrides)
+    sc = SchedulerConfig(**sc_args)
+    caching = config.get("enable_prefix_caching", False)
+    cc = CacheConfig(block_size=config["block_size"], enable_prefix_caching=caching)
+    vc = VllmConfig(model_config=mc, scheduler_config=sc, cache_config=cc,
+                    device_config=DeviceConfig(device="cuda"))
+    vc.cache_config.num_gpu_blocks = config["num_blocks"]
+    spec = FullAttentionSpec(block_size=config["block_size"], num_kv_heads=2, head_size=16,
+                             dtype=torch.float16)
+    kv = KVCacheConfig(num_blocks=config["num_blocks"], kv_cache_tensors=[],
+                       kv_cache_groups=[KVCacheGroupSpec(["model.layers.0.self_attn"], spec)])
+    sbs, hbs = resolve_kv_cache_block_sizes(kv, vc)
+    kv.hash_block_size = hbs
+    return vc, kv, sbs, hbs
+
+
+def request_block_hasher(config: dict) -> Any:
+    """The engine's block hasher for new ``Request`` objects (None with caching off)."""
+    if not config.get("enable_prefix_caching", False):
+        return None
+    from vllm.utils.hashing import get_hash_fn_by_name
+    from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
+
+    hash_fn = get_hash_fn_by_name("sha256")
+    init_none_hash(hash_fn)
+    return get_request_block_hasher(config["block_size"], hash_fn)
+
+
+def make_request(spec: dict, block_hasher: Any) -> Any:
+    """vLLM's ``Request`` for workload request ``spec`` (EOS and stop tokens as the fake model's)."""
+    from vllm.sampling_params import SamplingParams
+    from vllm.v1.request import Request
+
+    sp = SamplingParams(max_tokens=spec["max_tokens"], stop_token_ids=list(STOP_IDS))
+    sp.update_from_generation_config({}, eos_token_id=EOS)
+    return Request(request_id=spec["id"], prompt_token_ids=list(spec["prompt"]), sampling_params=sp,
+                   pooling_params=None, arrival_time=arrival_time(spec), priority=spec["priority"],
+                   block_hasher=block_hasher)
+
+
 class VllmSide:
     """vLLM 0.33's real (sync) V1 ``Scheduler``, prefix caching as the config says (requests
     then carry the engine's SHA-256 block hasher, as ``EngineCore`` gives them)."""
 
     def __init__(self, config: dict) -> None:
-        quiet_vllm()
-        import torch
-        from vllm.config import CacheConfig, DeviceConfig, ModelConfig, SchedulerConfig, VllmConfig
-        from vllm.v1.core.kv_cache_utils import resolve_kv_cache_block_sizes
         from vllm.v1.core.sched.scheduler import Scheduler
-        from vllm.v1.kv_cache_interface import FullAttentionSpec, KVCacheConfig, KVCacheGroupSpec
         from vllm.v1.structured_output import StructuredOutputManager
 
-        torch.set_num_threads(1)
-        mc = ModelConfig(model=_model_dir(), skip_tokenizer_init=True, dtype="float16",
-                         max_model_len=config["max_model_len"])
-        sc = SchedulerConfig(
-            max_num_seqs=config["max_num_seqs"], max_num_batched_tokens=config["max_num_batched_tokens"],
-            max_model_len=config["max_model_len"], is_encoder_decoder=False, enable_chunked_prefill=True,
-            policy=config["policy"], long_prefill_token_threshold=config["long_prefill_token_threshold"],
-            scheduler_reserve_full_isl=config["reserve_full_prompt"], watermark=config["watermark"],
-            async_scheduling=False)
-        caching = config.get("enable_prefix_caching", False)
-        cc = CacheConfig(block_size=config["block_size"], enable_prefix_caching=caching)
-        vc = VllmConfig(model_config=mc, scheduler_config=sc, cache_config=cc,
-                        device_config=DeviceConfig(device="cuda"))
-        vc.cache_config.num_gpu_blocks = config["num_blocks"]
-        spec = FullAttentionSpec(block_size=config["block_size"], num_kv_heads=2, head_size=16,
-                                 dtype=torch.float16)
-        kv = KVCacheConfig(num_blocks=config["num_blocks"], kv_cache_tensors=[],
-                           kv_cache_groups=[KVCacheGroupSpec(["model.layers.0.self_attn"], spec)])
-        sbs, hbs = resolve_kv_cache_block_sizes(kv, vc)
-        kv.hash_block_size = hbs
+        vc, kv, sbs, hbs = vllm_parts(config)
         self.s = Scheduler(vllm_config=vc, kv_cache_config=kv,
                            structured_output_manager=StructuredOutputManager(vc),
                            block_size=sbs, hash_block_size=hbs, log_stats=True)
-        self.block_hasher = None
-        if caching:
-            from vllm.utils.hashing import get_hash_fn_by_name
-            from vllm.v1.core.kv_cache_utils import get_request_block_hasher, init_none_hash
-
-            hash_fn = get_hash_fn_by_name(cc.prefix_caching_hash_algo)
-            init_none_hash(hash_fn)
-            self.block_hasher = get_request_block_hasher(hbs, hash_fn)
+        self.block_hasher = request_block_hasher(config)
         self.cache_stats = dict.fromkeys(CACHE_STATS, 0)
         self.specs: dict[str, dict] = {}
         self._preempted: list[str] = []
@@ -263,16 +291,8 @@ class VllmSide:
         self.s._preempt_request = record
 
     def add(self, spec: dict) -> None:
-        from vllm.sampling_params import SamplingParams
-        from vllm.v1.request import Request
-
         self.specs[spec["id"]] = spec
-        sp = SamplingParams(max_tokens=spec["max_tokens"], stop_token_ids=list(STOP_IDS))
-        sp.update_from_generation_config({}, eos_token_id=EOS)
-        self.s.add_request(Request(request_id=spec["id"], prompt_token_ids=list(spec["prompt"]),
-                                   sampling_params=sp, pooling_params=None,
-                                   arrival_time=arrival_time(spec), priority=spec["priority"],
-                                   block_hasher=self.block_hasher))
+        self.s.add_request(make_request(spec, self.block_hasher))
 
     def live(self, rid: str) -> bool:
         return rid in self.s.requests and not self.s.requests[rid].is_finished()

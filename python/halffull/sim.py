@@ -394,6 +394,7 @@ def simulate(
     predictor: Any = None,
     sal_beta: float | None = None,
     hash_block_tokens: int = 512,
+    router_exact_overlap: bool = False,
     **engine_config: Any,
 ) -> SimResult:
     """Replay ``trace`` (a ``Trace``, a path, a built-in name; default: the built-in
@@ -415,6 +416,10 @@ def simulate(
       naming ``hash_block_tokens`` tokens (Mooncake: 512; a multiple of ``block_size``).
       Cached prompt tokens are not computed again, so they cost no prefill time;
       ``summary()`` reports the hit rate, ``requests["cached_tokens"]`` each request's hit.
+      The cache-aware routers (``cache_aware``, ``dynamo_kv``, ``sal_uncached``) get the same
+      hashes; with ``router_exact_overlap=True`` they also learn each replica's cached
+      prefix of the request from its scheduler (as Dynamo's KV events tell it), else they go
+      by their own record of what they sent where (as SGLang's router does).
     - ``snapshot_interval``: also push replica snapshots to the router every so many
       seconds (its own bookkeeping of dispatches and finishes is always on). An interval
       giving more than ``MAX_SNAPSHOTS`` (10 million) snapshots over the trace's span of
@@ -488,6 +493,7 @@ def simulate(
     predicted = predict_output_tokens(tr.output_tokens, predictor, seed)
     config["predictor"] = None if predictor is None else str(predictor)
     config["sal_beta"] = sal_beta
+    config["router_exact_overlap"] = bool(router_exact_overlap)
     t0 = time.perf_counter()
     raw = _core.simulate(
         *_columns(tr),
@@ -502,6 +508,7 @@ def simulate(
         predicted_output_tokens=predicted,
         sal_beta=sal_beta,
         **_hash_columns(tr, hash_block_tokens),
+        router_exact_overlap=bool(router_exact_overlap),
     )
     wall = time.perf_counter() - t0
     return _result(raw, config, wall)

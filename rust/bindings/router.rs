@@ -4,21 +4,23 @@
 //! bools, in [min, 2**40]: [`crate::limits`]); core errors become `halffull.errors`
 //! exceptions in [`super::error::to_pyerr`].
 
-use numpy::PyArray1;
+use numpy::{PyArray1, PyArrayMethods};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
 use pyo3::IntoPyObjectExt;
 
 use super::convert::{
-    config_items, count, items, name, opt_count, opt_value, request_id as to_id, value,
+    self, config_items, count, items, name, opt_count, opt_value, request_id as to_id, value,
 };
 use super::error::{id_to_py, to_pyerr, IntoPyResult};
-use crate::error::Error;
+use crate::error::{Error, Value};
+use crate::hash::{hash_token_blocks, BlockHash};
 use crate::id::RequestId;
 use crate::limits::{self, Blame};
 use crate::router::{
-    policy_names, Live, ReplicaLoad, ReplicaSnapshot, ReplicaSpec, RouteRequest, Router,
-    RouterConfig, RouterState,
+    bad_block_hash, policy_names, token_id, Live, PolicyParams, PrefixUse, ReplicaLoad,
+    ReplicaSnapshot, ReplicaSpec, RouteRequest, Router, RouterConfig, RouterState,
 };
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -55,7 +57,7 @@ fn per_replica(
             .map(|v| vec![v; n])
             .py(py);
     }
-    let values = config_items(field, ob, "ints (one per replica)")?
+    config_items(field, ob, "ints (one per replica)")?
         .iter()
         .enumerate()
         .map(|(i, item)| {
@@ -63,8 +65,7 @@ fn per_replica(
                 .map_err(|e| e.at(i))
                 .py(py)
         })
-        .collect::<PyResult<Vec<u64>>>()?;
-    Ok(values)
+        .collect()
 }
 
 /// `ConfigError` unless `values` has one entry per replica.
@@ -77,6 +78,89 @@ fn one_per_replica(py: Python<'_>, field: &'static str, values: &[u64], n: usize
         return Err(Error::config(field, message)).py(py);
     }
     Ok(())
+}
+
+/// A 1-d numpy `uint64` or `int64` array's values through `keep` (`None`: invalid, and
+/// `bad` names it); `None` when `ob` is not such an array (then the generic conversion runs).
+fn numpy_ints<T>(
+    ob: &Bound<'_, PyAny>,
+    keep: impl Fn(i128) -> Option<T>,
+    bad: impl Fn(i128, usize) -> Error,
+) -> Option<Result<Vec<T>, Error>> {
+    let convert = |i: usize, x: i128| keep(x).ok_or_else(|| bad(x, i));
+    if let Ok(a) = ob.cast::<PyArray1<u64>>() {
+        let a = a.readonly();
+        return Some(
+            a.as_array()
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| convert(i, i128::from(x)))
+                .collect(),
+        );
+    }
+    if let Ok(a) = ob.cast::<PyArray1<i64>>() {
+        let a = a.readonly();
+        return Some(
+            a.as_array()
+                .iter()
+                .enumerate()
+                .map(|(i, &x)| convert(i, i128::from(x)))
+                .collect(),
+        );
+    }
+    None
+}
+
+/// Block hashes as the scheduler takes them ([`convert::block_hashes`]: ints in
+/// `[0, 2**128)` or bytes), numpy integer arrays read in bulk.
+fn block_hashes_arg(py: Python<'_>, ob: &Bound<'_, PyAny>) -> PyResult<Vec<BlockHash>> {
+    let bulk = numpy_ints(
+        ob,
+        |x| u128::try_from(x).ok(),
+        |x, i| bad_block_hash(Value::Int(x), i),
+    );
+    match bulk {
+        Some(values) => values.py(py),
+        None => convert::block_hashes(ob),
+    }
+}
+
+/// Token ids as the scheduler takes them ([`convert::token_ids`]: ints in `[0, 2**32)`),
+/// numpy integer arrays read in bulk.
+fn token_ids_arg(py: Python<'_>, ob: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
+    let bulk = numpy_ints(
+        ob,
+        |x| u32::try_from(x).ok(),
+        |x, i| match token_id(&Value::Int(x), i) {
+            Err(e) => e,
+            Ok(_) => Error::invalid("prompt_token_ids", "a token id must be an int"),
+        },
+    );
+    match bulk {
+        Some(values) => values.py(py),
+        None => convert::token_ids(ob),
+    }
+}
+
+/// Per-replica overlap counts: ints in `[0, 2**40]` (a sequence, read as [`items`] reads it).
+fn overlap_counts(py: Python<'_>, ob: &Bound<'_, PyAny>) -> PyResult<Vec<u64>> {
+    items("overlap_blocks", ob, "ints (one per replica)")?
+        .iter()
+        .enumerate()
+        .map(|(i, x)| {
+            limits::count("overlap_blocks", &value(x), 0)
+                .map_err(|e| e.at(i))
+                .py(py)
+        })
+        .collect()
+}
+
+fn not_both<T>(py: Python<'_>) -> PyResult<T> {
+    Err(Error::invalid(
+        "block_hashes",
+        "give block_hashes or prompt_token_ids, not both",
+    ))
+    .py(py)
 }
 
 /// A router's configuration and state from `Router.__reduce__`'s dict (any mistake is a
@@ -99,14 +183,30 @@ fn router_state(d: &Bound<'_, PyAny>) -> PyResult<(RouterConfig, RouterState<Req
     config.beta = get("beta")?.extract()?;
     config.prior_input_tokens = get("prior_input_tokens")?.extract()?;
     config.prior_output_tokens = get("prior_output_tokens")?.extract()?;
-    let loads: Vec<(u64, u64, u64, u64, u64)> = get("loads")?.extract()?;
+    let (
+        cache_threshold,
+        balance_abs_threshold,
+        balance_rel_threshold,
+        overlap_score_weight,
+        router_temperature,
+    ) = get("params")?.extract()?;
+    config.params = PolicyParams {
+        cache_threshold,
+        balance_abs_threshold,
+        balance_rel_threshold,
+        overlap_score_weight,
+        router_temperature,
+    };
+    config.max_record_blocks = get("max_record_blocks")?.extract()?;
+    let loads: Vec<(u64, u64, u64, u64, u64, u64)> = get("loads")?.extract()?;
     let replicas = loads
         .iter()
         .zip(&config.replicas)
-        .map(|(&(w, r, q, rd, u), spec)| ReplicaLoad {
+        .map(|(&(w, r, q, qu, rd, u), spec)| ReplicaLoad {
             waiting: w,
             running: r,
             queued_prefill_tokens: q,
+            queued_prefill_uncached_tokens: qu,
             remaining_decode_tokens: rd,
             used_blocks: u,
             ..ReplicaLoad::new(*spec)
@@ -116,6 +216,7 @@ fn router_state(d: &Bound<'_, PyAny>) -> PyResult<(RouterConfig, RouterState<Req
     for row in get("live")?.try_iter()? {
         let row = row?;
         let id = to_id(&row.get_item(0)?).map_err(|e| to_pyerr(d.py(), e))?;
+        #[allow(clippy::type_complexity)]
         let (
             _,
             replica,
@@ -125,6 +226,7 @@ fn router_state(d: &Bound<'_, PyAny>) -> PyResult<(RouterConfig, RouterState<Req
             output_tokens,
             started,
             used_blocks,
+            cached_tokens,
         ): (
             Bound<'_, PyAny>,
             usize,
@@ -133,6 +235,7 @@ fn router_state(d: &Bound<'_, PyAny>) -> PyResult<(RouterConfig, RouterState<Req
             u64,
             u64,
             bool,
+            u64,
             u64,
         ) = row.extract()?;
         live.push((
@@ -145,6 +248,9 @@ fn router_state(d: &Bound<'_, PyAny>) -> PyResult<(RouterConfig, RouterState<Req
                 output_tokens,
                 started,
                 used_blocks,
+                cached_tokens,
+                hashes: Box::default(),
+                own_blocks: 0,
             },
         ));
     }
@@ -164,11 +270,31 @@ fn router_state(d: &Bound<'_, PyAny>) -> PyResult<(RouterConfig, RouterState<Req
     Ok((config, state))
 }
 
-fn load_dict<'py>(py: Python<'py>, load: &ReplicaLoad) -> PyResult<Bound<'py, PyDict>> {
+/// What `replica()` shows of one replica, copied while the router is held.
+struct LoadView {
+    load: ReplicaLoad,
+    record_blocks: u64,
+    active_blocks: u64,
+}
+
+fn load_view(router: &Router<RequestId>, index: usize) -> crate::error::Result<LoadView> {
+    Ok(LoadView {
+        load: *router.replica(index)?,
+        record_blocks: router.record_blocks(index),
+        active_blocks: router.active_blocks(index),
+    })
+}
+
+fn load_dict<'py>(py: Python<'py>, view: &LoadView) -> PyResult<Bound<'py, PyDict>> {
+    let load = &view.load;
     let d = PyDict::new(py);
     d.set_item("waiting", load.waiting)?;
     d.set_item("running", load.running)?;
     d.set_item("queued_prefill_tokens", load.queued_prefill_tokens)?;
+    d.set_item(
+        "queued_prefill_uncached_tokens",
+        load.queued_prefill_uncached_tokens,
+    )?;
     d.set_item("remaining_decode_tokens", load.remaining_decode_tokens)?;
     d.set_item("used_blocks", load.used_blocks)?;
     d.set_item("free_blocks", load.free_blocks())?;
@@ -177,7 +303,21 @@ fn load_dict<'py>(py: Python<'py>, load: &ReplicaLoad) -> PyResult<Bound<'py, Py
     d.set_item("max_num_batched_tokens", load.max_num_batched_tokens)?;
     d.set_item("outstanding_requests", load.outstanding_requests())?;
     d.set_item("outstanding_tokens", load.outstanding_tokens())?;
+    d.set_item("record_blocks", view.record_blocks)?;
+    d.set_item("active_blocks", view.active_blocks)?;
     Ok(d)
+}
+
+/// An optional float setting checked by the core's range (`RouterConfig::validate`).
+fn opt_float(
+    py: Python<'_>,
+    field: &'static str,
+    ob: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Option<f64>> {
+    opt_value(ob)
+        .map(|v| limits::number(Blame::Config, field, &v))
+        .transpose()
+        .py(py)
 }
 
 /// A cluster load balancer: picks the replica for each request with one of the policies in
@@ -189,7 +329,8 @@ fn load_dict<'py>(py: Python<'py>, load: &ReplicaLoad) -> PyResult<Bound<'py, Py
 ///
 /// Safe to share between threads: each call converts its arguments, then holds the router
 /// only while Rust runs, then builds its result; calls apply one at a time. Pickles and copies
-/// with its whole state (`__getstate__`), so a restored router makes the same decisions.
+/// with its whole state (`__reduce__`), so a restored router makes the same decisions; the
+/// cache-aware policies (their prefix records) do not pickle yet.
 #[pyclass(module = "halffull._core", name = "Router")]
 pub struct PyRouter {
     core: Router<RequestId>,
@@ -206,10 +347,40 @@ fn hold_ref<'py>(slf: &Bound<'py, PyRouter>) -> PyResult<PyRef<'py, PyRouter>> {
         .map_err(|_| to_pyerr(slf.py(), Error::Busy { what: "Router" }))
 }
 
+impl PyRouter {
+    /// The prompt length given `prompt_token_ids` of length `n` (and maybe `prompt_tokens`).
+    fn prompt_from_ids(py: Python<'_>, given: Option<u64>, n: usize) -> PyResult<u64> {
+        if n == 0 {
+            return Err(Error::invalid(
+                "prompt_token_ids",
+                "prompt_token_ids is empty",
+            ))
+            .py(py);
+        }
+        match given {
+            Some(p) if p != n as u64 => Err(Error::InvalidArgument {
+                field: "prompt_tokens",
+                value: Some(Value::from(p)),
+                index: None,
+                message: format!("prompt_tokens {p} does not match len(prompt_token_ids) {n}"),
+            })
+            .py(py),
+            _ => Ok(n as u64),
+        }
+    }
+}
+
+/// `e` (an `InvalidArgumentError` about one row of a per-request argument) naming row `i`.
+fn with_index(py: Python<'_>, e: PyErr, i: usize) -> PyErr {
+    // Only our own exceptions, which declare `index`, come out of the row parsers.
+    let _ = e.value(py).setattr("index", i);
+    e
+}
+
 #[pymethods]
 impl PyRouter {
     #[new]
-    #[pyo3(signature = (policy, num_replicas, *, seed=None, num_gpu_blocks=None, block_size=None, max_num_batched_tokens=None, beta=None, prior_input_tokens=None, prior_output_tokens=None))]
+    #[pyo3(signature = (policy, num_replicas, *, seed=None, num_gpu_blocks=None, block_size=None, max_num_batched_tokens=None, beta=None, prior_input_tokens=None, prior_output_tokens=None, cache_threshold=None, balance_abs_threshold=None, balance_rel_threshold=None, max_record_blocks=None, overlap_score_weight=None, router_temperature=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -222,6 +393,12 @@ impl PyRouter {
         beta: Option<&Bound<'_, PyAny>>,
         prior_input_tokens: Option<&Bound<'_, PyAny>>,
         prior_output_tokens: Option<&Bound<'_, PyAny>>,
+        cache_threshold: Option<&Bound<'_, PyAny>>,
+        balance_abs_threshold: Option<&Bound<'_, PyAny>>,
+        balance_rel_threshold: Option<&Bound<'_, PyAny>>,
+        max_record_blocks: Option<&Bound<'_, PyAny>>,
+        overlap_score_weight: Option<&Bound<'_, PyAny>>,
+        router_temperature: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let policy = name(py, Blame::Config, "policy", policy)?;
         // Check the policy name and replica count before per-replica lists (clearer errors).
@@ -251,6 +428,33 @@ impl PyRouter {
         if let Some(v) = opt_value(prior_output_tokens) {
             config.prior_output_tokens = limits::config_count("prior_output_tokens", &v).py(py)?;
         }
+        let d = PolicyParams::default();
+        config.params = PolicyParams {
+            cache_threshold: opt_float(py, "cache_threshold", cache_threshold)?
+                .unwrap_or(d.cache_threshold),
+            balance_abs_threshold: opt_value(balance_abs_threshold)
+                .map(|v| {
+                    limits::count_in(
+                        Blame::Config,
+                        "balance_abs_threshold",
+                        &v,
+                        0,
+                        limits::MAX_COUNT,
+                    )
+                })
+                .transpose()
+                .py(py)?
+                .unwrap_or(d.balance_abs_threshold),
+            balance_rel_threshold: opt_float(py, "balance_rel_threshold", balance_rel_threshold)?
+                .unwrap_or(d.balance_rel_threshold),
+            overlap_score_weight: opt_float(py, "overlap_score_weight", overlap_score_weight)?
+                .unwrap_or(d.overlap_score_weight),
+            router_temperature: opt_float(py, "router_temperature", router_temperature)?
+                .unwrap_or(d.router_temperature),
+        };
+        if let Some(v) = opt_value(max_record_blocks) {
+            config.max_record_blocks = Some(limits::config_count("max_record_blocks", &v).py(py)?);
+        }
         // Every value checked, then the lengths (a bad value is named before a short list).
         one_per_replica(py, "num_gpu_blocks", &blocks, n)?;
         one_per_replica(py, "block_size", &sizes, n)?;
@@ -268,34 +472,70 @@ impl PyRouter {
 
     /// Pick the replica for a new request, record it there as waiting, and return the
     /// replica's index. Raises `DuplicateRequestError` if `request_id` is live.
-    #[pyo3(signature = (request_id, prompt_tokens, max_output_tokens=None, predicted_output_tokens=None))]
+    ///
+    /// `block_hashes` (ints: the chained hashes of the prompt's full blocks at the replicas'
+    /// block size) or `prompt_token_ids` (hashed here; `prompt_tokens` may then be omitted)
+    /// let the cache-aware routers match prefixes; `overlap_blocks` (one int per replica)
+    /// says exactly how many leading blocks each replica has cached.
+    #[pyo3(signature = (request_id, prompt_tokens=None, max_output_tokens=None, predicted_output_tokens=None, *, block_hashes=None, prompt_token_ids=None, overlap_blocks=None))]
+    #[allow(clippy::too_many_arguments)]
     fn route(
         slf: &Bound<'_, Self>,
         py: Python<'_>,
         request_id: &Bound<'_, PyAny>,
-        prompt_tokens: &Bound<'_, PyAny>,
+        prompt_tokens: Option<&Bound<'_, PyAny>>,
         max_output_tokens: Option<&Bound<'_, PyAny>>,
         predicted_output_tokens: Option<&Bound<'_, PyAny>>,
+        block_hashes: Option<&Bound<'_, PyAny>>,
+        prompt_token_ids: Option<&Bound<'_, PyAny>>,
+        overlap_blocks: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<usize> {
         let id = to_id(request_id).py(py)?;
+        let mut prompt = opt_count(py, "prompt_tokens", prompt_tokens, 1)?;
+        let max_output_tokens = opt_count(py, "max_output_tokens", max_output_tokens, 1)?;
+        let predicted_output_tokens =
+            opt_count(py, "predicted_output_tokens", predicted_output_tokens, 0)?;
+        let block_hashes = block_hashes.filter(|o| !o.is_none());
+        let prompt_token_ids = prompt_token_ids.filter(|o| !o.is_none());
+        let hashes = match (block_hashes, prompt_token_ids) {
+            (Some(_), Some(_)) => return not_both(py),
+            (None, Some(ids)) => {
+                let tokens = token_ids_arg(py, ids)?;
+                prompt = Some(Self::prompt_from_ids(py, prompt, tokens.len())?);
+                let bs = hold_ref(slf)?.core.hash_block_size("prompt_token_ids");
+                hash_token_blocks(&tokens, bs.py(py)?).py(py)?
+            }
+            (Some(h), None) => block_hashes_arg(py, h)?,
+            (None, None) => Vec::new(),
+        };
+        let Some(prompt_tokens) = prompt else {
+            return Err(Error::invalid(
+                "prompt_tokens",
+                "prompt_tokens is required (or prompt_token_ids)",
+            ))
+            .py(py);
+        };
+        let overlap = overlap_blocks
+            .filter(|o| !o.is_none())
+            .map(|o| overlap_counts(py, o))
+            .transpose()?;
         let request = RouteRequest {
-            prompt_tokens: count(py, "prompt_tokens", prompt_tokens, 1)?,
-            max_output_tokens: opt_count(py, "max_output_tokens", max_output_tokens, 1)?,
-            predicted_output_tokens: opt_count(
-                py,
-                "predicted_output_tokens",
-                predicted_output_tokens,
-                0,
-            )?,
+            prompt_tokens,
+            max_output_tokens,
+            predicted_output_tokens,
+            block_hashes: &hashes,
+            overlap_blocks: overlap.as_deref(),
         };
         let result = hold(slf)?.core.route(id, request);
         result.py(py)
     }
 
     /// `route` for many requests at once (same results as calling it in order); returns an
-    /// int64 array of replica indices. The arguments are iterables (not a str, bytes or a
-    /// mapping). Everything is checked first: on error nothing is routed.
-    #[pyo3(signature = (request_ids, prompt_tokens, max_output_tokens=None, predicted_output_tokens=None))]
+    /// int64 array of replica indices. Everything is checked first: on error nothing is routed.
+    /// `block_hashes` and `overlap_blocks`, when given, hold one entry per request (a
+    /// sequence, or `None`).
+    #[pyo3(signature = (request_ids, prompt_tokens, max_output_tokens=None, predicted_output_tokens=None, *, block_hashes=None, overlap_blocks=None))]
+    #[allow(clippy::too_many_arguments)]
     fn route_many<'py>(
         slf: &Bound<'py, Self>,
         py: Python<'py>,
@@ -303,6 +543,8 @@ impl PyRouter {
         prompt_tokens: &Bound<'py, PyAny>,
         max_output_tokens: Option<&Bound<'py, PyAny>>,
         predicted_output_tokens: Option<&Bound<'py, PyAny>>,
+        block_hashes: Option<&Bound<'py, PyAny>>,
+        overlap_blocks: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyArray1<i64>>> {
         let ids = items("request_ids", request_ids, "request ids")?
             .iter()
@@ -317,21 +559,48 @@ impl PyRouter {
             let Some(ob) = ob.filter(|o| field == "prompt_tokens" || !o.is_none()) else {
                 return Ok(None);
             };
-            let column = items(field, ob, "ints")?;
-            let mut values = Vec::with_capacity(column.len());
-            for (i, item) in column.iter().enumerate() {
-                values.push(
+            items(field, ob, "ints")?
+                .iter()
+                .enumerate()
+                .map(|(i, item)| {
                     limits::count(field, &value(item), min)
                         .map_err(|e| e.at(i))
-                        .py(py)?,
-                );
-            }
-            Ok(Some(values))
+                        .py(py)
+                })
+                .collect::<PyResult<Vec<u64>>>()
+                .map(Some)
         };
-        // Every value first, then the lengths (a bad value is named before a short column).
         let prompts = column("prompt_tokens", Some(prompt_tokens), 1)?.unwrap_or_default();
         let caps = column("max_output_tokens", max_output_tokens, 1)?;
         let predictions = column("predicted_output_tokens", predicted_output_tokens, 0)?;
+        let rows = |field: &'static str,
+                    ob: Option<&Bound<'py, PyAny>>,
+                    parse: &dyn Fn(&Bound<'py, PyAny>) -> PyResult<Vec<u128>>|
+         -> PyResult<Option<Vec<Option<Vec<u128>>>>> {
+            let Some(ob) = ob.filter(|o| !o.is_none()) else {
+                return Ok(None);
+            };
+            let rows = items(field, ob, "sequences (one per request)")?;
+            let mut out = Vec::with_capacity(rows.len());
+            for (i, row) in rows.iter().enumerate() {
+                if row.is_none() {
+                    out.push(None);
+                    continue;
+                }
+                out.push(Some(parse(row).map_err(|e| with_index(py, e, i))?));
+            }
+            Ok(Some(out))
+        };
+        let hash_rows = rows("block_hashes", block_hashes, &|row| {
+            block_hashes_arg(py, row)
+        })?;
+        let overlap_rows = rows("overlap_blocks", overlap_blocks, &|row| {
+            Ok(overlap_counts(py, row)?
+                .into_iter()
+                .map(u128::from)
+                .collect())
+        })?;
+        // Every value first, then the lengths (a bad value is named before a short column).
         for (field, len) in [
             ("prompt_tokens", Some(prompts.len())),
             ("max_output_tokens", caps.as_ref().map(Vec::len)),
@@ -339,6 +608,8 @@ impl PyRouter {
                 "predicted_output_tokens",
                 predictions.as_ref().map(Vec::len),
             ),
+            ("block_hashes", hash_rows.as_ref().map(Vec::len)),
+            ("overlap_blocks", overlap_rows.as_ref().map(Vec::len)),
         ] {
             if let Some(len) = len.filter(|&len| len != ids.len()) {
                 let message = format!(
@@ -348,6 +619,13 @@ impl PyRouter {
                 return Err(Error::invalid(field, message)).py(py);
             }
         }
+        let overlaps: Vec<Option<Vec<u64>>> = match &overlap_rows {
+            Some(r) => r
+                .iter()
+                .map(|o| o.as_ref().map(|v| v.iter().map(|&x| x as u64).collect()))
+                .collect(),
+            None => Vec::new(),
+        };
         let requests = ids
             .into_iter()
             .enumerate()
@@ -356,6 +634,12 @@ impl PyRouter {
                     prompt_tokens: prompts.get(i).copied().unwrap_or(0),
                     max_output_tokens: caps.as_ref().and_then(|c| c.get(i).copied()),
                     predicted_output_tokens: predictions.as_ref().and_then(|p| p.get(i).copied()),
+                    block_hashes: hash_rows
+                        .as_ref()
+                        .and_then(|r| r.get(i))
+                        .and_then(|h| h.as_deref())
+                        .unwrap_or(&[]),
+                    overlap_blocks: overlaps.get(i).and_then(|o| o.as_deref()),
                 };
                 (id, request)
             })
@@ -409,7 +693,7 @@ impl PyRouter {
 
     /// Overwrite replica `index`'s load with an engine's report; omitted fields keep their
     /// value. Later bookkeeping applies on top of it (never below zero).
-    #[pyo3(signature = (index, *, waiting=None, running=None, queued_prefill_tokens=None, remaining_decode_tokens=None, free_blocks=None))]
+    #[pyo3(signature = (index, *, waiting=None, running=None, queued_prefill_tokens=None, remaining_decode_tokens=None, free_blocks=None, queued_prefill_uncached_tokens=None))]
     #[allow(clippy::too_many_arguments)]
     fn update_replica(
         slf: &Bound<'_, Self>,
@@ -420,6 +704,7 @@ impl PyRouter {
         queued_prefill_tokens: Option<&Bound<'_, PyAny>>,
         remaining_decode_tokens: Option<&Bound<'_, PyAny>>,
         free_blocks: Option<&Bound<'_, PyAny>>,
+        queued_prefill_uncached_tokens: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let n = hold_ref(slf)?.core.num_replicas();
         let i = replica_index(py, index, n)?;
@@ -430,6 +715,12 @@ impl PyRouter {
                 py,
                 "queued_prefill_tokens",
                 queued_prefill_tokens,
+                0,
+            )?,
+            queued_prefill_uncached_tokens: opt_count(
+                py,
+                "queued_prefill_uncached_tokens",
+                queued_prefill_uncached_tokens,
                 0,
             )?,
             remaining_decode_tokens: opt_count(
@@ -452,16 +743,22 @@ impl PyRouter {
     ) -> PyResult<Bound<'py, PyDict>> {
         let n = hold_ref(slf)?.core.num_replicas();
         let i = replica_index(py, index, n)?;
-        let load = hold_ref(slf)?.core.replica(i).copied();
-        load_dict(py, &load.py(py)?)
+        let view = load_view(&hold_ref(slf)?.core, i);
+        load_dict(py, &view.py(py)?)
     }
 
     /// Every replica's load, in index order.
     fn replica_loads<'py>(slf: &Bound<'py, Self>, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let loads = hold_ref(slf)?.core.replicas().to_vec();
-        let dicts = loads
+        let views = {
+            let me = hold_ref(slf)?;
+            (0..me.core.num_replicas())
+                .map(|i| load_view(&me.core, i))
+                .collect::<crate::error::Result<Vec<_>>>()
+        };
+        let dicts = views
+            .py(py)?
             .iter()
-            .map(|l| load_dict(py, l))
+            .map(|v| load_dict(py, v))
             .collect::<PyResult<Vec<_>>>()?;
         PyList::new(py, dicts)
     }
@@ -486,14 +783,27 @@ impl PyRouter {
 
     /// Pickles (and copies) as `Router._from_state(state)`: the configuration and everything
     /// learned since (loads, live requests, β's sums, the generator's state), as plain data.
+    /// The cache-aware policies do not pickle yet (`TypeError`): their prefix records are not
+    /// part of the state.
     fn __reduce__<'py>(
         slf: &Bound<'py, Self>,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
         let py = slf.py();
-        let (config, state) = {
+        let (config, state, prefix_use) = {
             let me = hold_ref(slf)?;
-            (me.core.config().clone(), me.core.state())
+            (
+                me.core.config().clone(),
+                me.core.state(),
+                me.core.prefix_use(),
+            )
         };
+        if prefix_use != PrefixUse::None {
+            return Err(PyTypeError::new_err(format!(
+                "a '{}' Router cannot be pickled or copied yet: its prefix records are not part of \
+                 its saved state; rebuild it from its arguments",
+                config.policy
+            )));
+        }
         let d = PyDict::new(py);
         d.set_item("policy", &config.policy)?;
         d.set_item("seed", config.seed)?;
@@ -506,8 +816,20 @@ impl PyRouter {
         d.set_item("beta", config.beta)?;
         d.set_item("prior_input_tokens", config.prior_input_tokens)?;
         d.set_item("prior_output_tokens", config.prior_output_tokens)?;
+        let p = config.params;
+        d.set_item(
+            "params",
+            (
+                p.cache_threshold,
+                p.balance_abs_threshold,
+                p.balance_rel_threshold,
+                p.overlap_score_weight,
+                p.router_temperature,
+            ),
+        )?;
+        d.set_item("max_record_blocks", config.max_record_blocks)?;
         d.set_item("policy_state", state.policy_state)?;
-        let loads: Vec<(u64, u64, u64, u64, u64)> = state
+        let loads: Vec<(u64, u64, u64, u64, u64, u64)> = state
             .replicas
             .iter()
             .map(|l| {
@@ -515,6 +837,7 @@ impl PyRouter {
                     l.waiting,
                     l.running,
                     l.queued_prefill_tokens,
+                    l.queued_prefill_uncached_tokens,
                     l.remaining_decode_tokens,
                     l.used_blocks,
                 )
@@ -533,6 +856,7 @@ impl PyRouter {
                 l.output_tokens.into_py_any(py)?,
                 l.started.into_py_any(py)?,
                 l.used_blocks.into_py_any(py)?,
+                l.cached_tokens.into_py_any(py)?,
             ];
             live.append(PyTuple::new(py, row)?)?;
         }
@@ -602,6 +926,52 @@ impl PyRouter {
     #[getter]
     fn num_finished(&self) -> u64 {
         self.core.num_finished()
+    }
+
+    #[getter]
+    fn cache_threshold(&self) -> f64 {
+        self.core.config().params.cache_threshold
+    }
+
+    #[getter]
+    fn balance_abs_threshold(&self) -> u64 {
+        self.core.config().params.balance_abs_threshold
+    }
+
+    #[getter]
+    fn balance_rel_threshold(&self) -> f64 {
+        self.core.config().params.balance_rel_threshold
+    }
+
+    /// The prefix record's cap per replica, in blocks (each replica's `num_gpu_blocks`
+    /// unless set).
+    #[getter]
+    fn max_record_blocks(&self) -> Vec<u64> {
+        (0..self.core.num_replicas())
+            .map(|i| self.core.record_capacity(i))
+            .collect()
+    }
+
+    #[getter]
+    fn overlap_score_weight(&self) -> f64 {
+        self.core.config().params.overlap_score_weight
+    }
+
+    #[getter]
+    fn router_temperature(&self) -> f64 {
+        self.core.config().params.router_temperature
+    }
+
+    /// The block hashes in replica `index`'s prefix record, least recently used first
+    /// (empty for routers without one).
+    fn record_hashes(
+        slf: &Bound<'_, Self>,
+        py: Python<'_>,
+        index: &Bound<'_, PyAny>,
+    ) -> PyResult<Vec<u128>> {
+        let n = hold_ref(slf)?.core.num_replicas();
+        let i = replica_index(py, index, n)?;
+        Ok(hold_ref(slf)?.core.record_hashes(i))
     }
 
     fn __repr__(&self) -> String {

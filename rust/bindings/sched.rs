@@ -400,6 +400,25 @@ impl PyScheduler {
         Ok(d)
     }
 
+    /// Prefix caching: name the request's next full blocks, from block `start` (the number of
+    /// hashes it holds now), with the caller's hashes — vLLM's `Request.block_hashes` as
+    /// generated tokens fill blocks — so generated blocks are found by content. Without it a
+    /// generated block gets a hash of the request's own. No-op with caching off.
+    #[pyo3(signature = (request_id, block_hashes, *, start))]
+    fn extend_block_hashes(
+        slf: &Bound<'_, Self>,
+        py: Python<'_>,
+        request_id: &Bound<'_, PyAny>,
+        block_hashes: &Bound<'_, PyAny>,
+        start: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let id = to_id(request_id).py(py)?;
+        let start = count(py, "start", start, 0)?;
+        let hashes = convert::block_hashes(block_hashes)?;
+        let result = hold(slf)?.core.extend_block_hashes(&id, start, &hashes);
+        result.py(py)
+    }
+
     /// How many leading blocks of `block_hashes` the prefix cache holds now.
     fn prefix_hit_blocks(
         slf: &Bound<'_, Self>,

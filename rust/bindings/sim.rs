@@ -552,6 +552,7 @@ struct SimArgs<'a, 'py> {
     snapshot_interval: Option<&'a Bound<'py, PyAny>>,
     record_steps: Option<&'a Bound<'py, PyAny>>,
     sal_beta: Option<&'a Bound<'py, PyAny>>,
+    router_exact_overlap: Option<&'a Bound<'py, PyAny>>,
 }
 
 fn given<'a, 'py>(ob: Option<&'a Bound<'py, PyAny>>) -> Option<&'a Bound<'py, PyAny>> {
@@ -581,6 +582,9 @@ fn sim_config(py: Python<'_>, a: &SimArgs<'_, '_>) -> PyResult<SimConfig> {
     }
     if let Some(b) = given(a.sal_beta) {
         cfg.sal_beta = Some(limits::number(Blame::Config, "sal_beta", &value(b)).py(py)?);
+    }
+    if let Some(r) = given(a.router_exact_overlap) {
+        cfg.router_exact_overlap = flag(py, Blame::Config, "router_exact_overlap", r)?;
     }
     Ok(cfg)
 }
@@ -644,8 +648,8 @@ fn output_dict<'py>(py: Python<'py>, o: SimOutput) -> PyResult<Bound<'py, PyDict
 /// numpy columns per request and per step (see `halffull.sim`).
 #[pyfunction]
 #[pyo3(
-    signature = (arrival_time, prompt_tokens, output_tokens, *, replicas, router, cost, engine, seed=None, max_output_tokens=None, snapshot_interval=None, record_steps=None, predicted_output_tokens=None, sal_beta=None, hash_ids=None, hash_id_offsets=None, hash_block_tokens=None),
-    text_signature = "(arrival_time, prompt_tokens, output_tokens, *, replicas, router, cost, engine, seed=0, max_output_tokens=2048, snapshot_interval=None, record_steps=True, predicted_output_tokens=None, sal_beta=None, hash_ids=None, hash_id_offsets=None, hash_block_tokens=512)"
+    signature = (arrival_time, prompt_tokens, output_tokens, *, replicas, router, cost, engine, seed=None, max_output_tokens=None, snapshot_interval=None, record_steps=None, predicted_output_tokens=None, sal_beta=None, hash_ids=None, hash_id_offsets=None, hash_block_tokens=None, router_exact_overlap=None),
+    text_signature = "(arrival_time, prompt_tokens, output_tokens, *, replicas, router, cost, engine, seed=0, max_output_tokens=2048, snapshot_interval=None, record_steps=True, predicted_output_tokens=None, sal_beta=None, hash_ids=None, hash_id_offsets=None, hash_block_tokens=512, router_exact_overlap=False)"
 )]
 #[allow(clippy::too_many_arguments)]
 fn simulate<'py>(
@@ -666,6 +670,7 @@ fn simulate<'py>(
     hash_ids: Option<&Bound<'py, PyAny>>,
     hash_id_offsets: Option<&Bound<'py, PyAny>>,
     hash_block_tokens: Option<&Bound<'py, PyAny>>,
+    router_exact_overlap: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let cfg = sim_config(
         py,
@@ -679,6 +684,7 @@ fn simulate<'py>(
             snapshot_interval,
             record_steps,
             sal_beta,
+            router_exact_overlap,
         },
     )?;
     let mut cols = Columns::new(
@@ -758,6 +764,7 @@ fn measure_capacity<'py>(
             snapshot_interval: None,
             record_steps: Some(&record_steps),
             sal_beta: None,
+            router_exact_overlap: None,
         },
     )?;
     let max_requests = match given(max_requests) {

@@ -26,6 +26,8 @@ impl Default for ReplicaSpec {
 /// outstanding tokens   = queued_prefill_tokens + remaining_decode_tokens
 /// free_blocks          = max(0, num_gpu_blocks - used_blocks)
 /// queued_blocks        = ceil(queued_prefill_tokens / block_size)   (queued KV demand)
+/// queued_prefill_uncached_tokens  the part of queued_prefill_tokens not expected from the
+///                                 prefix cache (equal to it when nothing is cached)
 /// ```
 ///
 /// Bookkeeping never lets a counter go below 0 (it saturates), so a stale snapshot followed by
@@ -38,6 +40,10 @@ pub struct ReplicaLoad {
     pub running: u64,
     /// Prompt tokens of the waiting requests.
     pub queued_prefill_tokens: u64,
+    /// The part of `queued_prefill_tokens` to compute, not found in the replica's prefix
+    /// cache: each waiting request's prompt minus its cached tokens there when it was routed
+    /// (Dynamo's "active prefill tokens").
+    pub queued_prefill_uncached_tokens: u64,
     /// Sum over outstanding requests of `max(0, decode estimate - tokens generated)`.
     pub remaining_decode_tokens: u64,
     /// KV blocks held by the running requests: `ceil((prompt + generated) / block_size)` each.
@@ -53,6 +59,7 @@ impl ReplicaLoad {
             waiting: 0,
             running: 0,
             queued_prefill_tokens: 0,
+            queued_prefill_uncached_tokens: 0,
             remaining_decode_tokens: 0,
             used_blocks: 0,
             num_gpu_blocks: spec.num_gpu_blocks,
@@ -98,6 +105,7 @@ pub struct ReplicaSnapshot {
     pub waiting: Option<u64>,
     pub running: Option<u64>,
     pub queued_prefill_tokens: Option<u64>,
+    pub queued_prefill_uncached_tokens: Option<u64>,
     pub remaining_decode_tokens: Option<u64>,
     pub free_blocks: Option<u64>,
 }

@@ -27,6 +27,11 @@ impl SplitMix64 {
         z ^ (z >> 31)
     }
 
+    /// A uniform float in `[0, 1)`: the top 53 bits of one draw, times 2^-53.
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 * (1.0 / 9_007_199_254_740_992.0)
+    }
+
     /// A uniform integer in `[0, n)`, without modulo bias (Lemire's multiply-and-reject).
     /// `n == 0` returns 0 without drawing.
     ///

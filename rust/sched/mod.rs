@@ -49,7 +49,7 @@ use policy::Policy;
 pub use policy::{policy_names, F64};
 pub use request::{NewRequest, Request, RequestId, Status};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Value};
 
 pub use crate::config::{LarryLoad, PolicyKind, PreemptMode, SchedulerConfig};
 use crate::limits::check_count;
@@ -507,6 +507,55 @@ impl Scheduler {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Prefix caching: name the request's next full blocks with the caller's hashes (vLLM's
+    /// `Request.block_hashes` as output tokens fill blocks), so that generated blocks are found
+    /// by content, as the engine names them, instead of by the request's own hashes.
+    /// `start` must be the number of hashes the request holds now (the caller's so far, or
+    /// the caller is late: the scheduler already named block `start` itself), and the blocks
+    /// must be full with known tokens. No-op with caching off. On error nothing changes.
+    pub fn extend_block_hashes(
+        &mut self,
+        id: &RequestId,
+        start: u64,
+        hashes: &[BlockHash],
+    ) -> Result<()> {
+        let bs = self.cfg.block_size;
+        let caching = self.gpu.caching();
+        let slot = self
+            .slot_of(id)
+            .ok_or_else(|| Error::UnknownRequest { id: id.clone() })?;
+        let r = slot_mut(&mut self.slab, slot)?;
+        if !caching {
+            return Ok(());
+        }
+        let held = r.block_hashes.len() as u64;
+        if start != held {
+            return Err(Error::InvalidArgument {
+                field: "start",
+                value: Some(Value::from(start)),
+                index: None,
+                message: format!(
+                    "request {id}: hashes must continue at block {held} (it holds {held} block hashes), not {start}"
+                ),
+            });
+        }
+        let full = r.num_tokens() / bs;
+        if held + hashes.len() as u64 > full {
+            return Err(Error::InvalidArgument {
+                field: "block_hashes",
+                value: Some(Value::from(hashes.len() as u64)),
+                index: None,
+                message: format!(
+                    "request {id}: {} more block hashes after {held}, but its {} known tokens fill {full} blocks of {bs}",
+                    hashes.len(),
+                    r.num_tokens()
+                ),
+            });
+        }
+        r.block_hashes.extend_from_slice(hashes);
         Ok(())
     }
 

@@ -36,7 +36,7 @@ pub use cost::{preset_names, CostModel, Linear, Preset, Roofline, StepShape};
 use crate::error::{Error, Result, Value};
 use crate::hash::{expand_block_ids, BlockHash};
 use crate::limits::{self, can_allocate, Blame, MAX_COUNT, MAX_REPLICAS, MAX_SNAPSHOTS, MAX_TIME};
-use crate::router::{ReplicaSnapshot, ReplicaSpec, RouteRequest, Router, RouterConfig};
+use crate::router::{PrefixUse, ReplicaSnapshot, ReplicaSpec, RouteRequest, Router, RouterConfig};
 use crate::sched::{
     blocks_for, NewRequest, PrefixCacheStats, RequestId, Scheduler, SchedulerConfig, StepPlan,
     BYTES_PER_BLOCK, BYTES_PER_CACHED_BLOCK, F64,
@@ -70,6 +70,10 @@ pub struct SimConfig {
     pub record_steps: bool,
     /// Fixes SAL's β; `None`: the router learns it from finished requests.
     pub sal_beta: Option<f64>,
+    /// Cache-aware routers learn each replica's cached prefix of a request exactly from the
+    /// replicas' schedulers (`true`, as Dynamo's KV events would tell them) or only from
+    /// their own record of what they sent where (`false`, SGLang's approximate tree).
+    pub router_exact_overlap: bool,
 }
 
 impl SimConfig {
@@ -89,6 +93,7 @@ impl SimConfig {
             snapshot_interval: None,
             record_steps: true,
             sal_beta: None,
+            router_exact_overlap: false,
         }
     }
 
@@ -363,6 +368,7 @@ impl Replica {
             waiting: Some((s.num_waiting() + s.num_swapped()) as u64),
             running: Some(s.num_running() as u64),
             queued_prefill_tokens: Some(self.queued_prefill),
+            queued_prefill_uncached_tokens: None,
             remaining_decode_tokens: None,
             free_blocks: Some(s.num_free_gpu_blocks() as u64),
         }
@@ -635,10 +641,20 @@ impl<'a> Sim<'a> {
             .and_then(|p| p.get(i))
             .map(|&p| p.max(0) as u64);
         let block_hashes = self.block_hashes(i, prompt)?;
+        let prefix_router = self.router.prefix_use() != PrefixUse::None;
+        let overlap: Option<Vec<u64>> =
+            (prefix_router && self.config.router_exact_overlap).then(|| {
+                self.replicas
+                    .iter()
+                    .map(|rep| rep.sched.prefix_hit_blocks(&block_hashes) as u64)
+                    .collect()
+            });
         let route = RouteRequest {
-            prompt_tokens: prompt,
             max_output_tokens: Some(max_out),
             predicted_output_tokens: predicted,
+            block_hashes: if prefix_router { &block_hashes } else { &[] },
+            overlap_blocks: overlap.as_deref(),
+            ..RouteRequest::new(prompt)
         };
         let r = self.router.route(i as u64, route)?;
         let Some(rep) = self.replicas.get_mut(r) else {

@@ -496,6 +496,32 @@ class Scheduler:
             return declared, []
         return declared, [given_block_hash(h) for h in _check_block_hashes(block_hashes)]
 
+    def extend_block_hashes(self, request_id: RequestId, block_hashes: Iterable[int | bytes], *,
+                            start: int) -> None:
+        """Prefix caching: name the request's next full blocks, from block ``start``, with the
+        caller's hashes (vLLM's ``Request.block_hashes`` as generated tokens fill blocks), so
+        generated blocks are found by content rather than by the request's own hashes.
+        ``start`` must be the number of hashes it holds now; the blocks must be full of known
+        tokens. No-op with caching off."""
+        _check_id(request_id)
+        start = _check_count("start", start, 0)
+        hashes = [given_block_hash(h) for h in _check_block_hashes(block_hashes)]
+        req = self._live(request_id)
+        if not self.caching:
+            return
+        held = len(req.block_hashes)
+        if start != held:
+            raise InvalidArgumentError(
+                f"request {request_id!r}: hashes must continue at block {held} (it holds {held} block hashes), "
+                f"not {start}", field="start", value=start)
+        full = req.num_tokens // self.config.block_size
+        if held + len(hashes) > full:
+            raise InvalidArgumentError(
+                f"request {request_id!r}: {len(hashes)} more block hashes after {held}, but its {req.num_tokens} "
+                f"known tokens fill {full} blocks of {self.config.block_size}", field="block_hashes",
+                value=len(hashes))
+        req.block_hashes.extend(hashes)
+
     def abort(self, request_id: RequestId) -> None:
         """End a live request now, wherever it is; its blocks are freed at once."""
         req = self._live(request_id)
