@@ -263,3 +263,18 @@ def test_v1_priority_unschedules_an_already_scheduled_victim(Sched):
             break
     assert plan.preempted == [("B", "recompute")]
     assert list(plan.req_ids) == ["A"] and plan.new_blocks == [("A", [3])]
+
+
+def test_block_hashes_take_numpy_ints_and_bytes_and_refuse_the_rest(Sched):
+    import numpy as np
+
+    s = Sched(_v1(num_gpu_blocks=16, enable_prefix_caching=True))
+    s.add_request("a", prompt_tokens=9, max_output_tokens=1, block_hashes=np.array([7, 8], dtype=np.uint64))
+    s.add_request("b", prompt_tokens=9, max_output_tokens=1, block_hashes=[np.int64(7), b"x"])
+    plan = _step(s)
+    assert list(plan.num_cached_tokens) == [0, 4]          # b shares a's first block
+    for bad in ([True], [1.0], [-1], [2**128], ["7"], "78", [np.bool_(True)]):
+        with pytest.raises(halffull.InvalidArgumentError) as info:
+            s.add_request("c", prompt_tokens=9, max_output_tokens=1, block_hashes=bad)
+        assert info.value.field == "block_hashes"
+    assert s.num_waiting == 0 and len(s) == 0

@@ -350,6 +350,14 @@ pub(crate) fn block_hashes(ob: &Bound<'_, PyAny>) -> PyResult<Vec<BlockHash>> {
             if let Ok(h) = item.extract::<u128>() {
                 return Ok(h);
             }
+        } else if !item.is_instance_of::<PyBool>() && !item.is_instance_of::<PyFloat>() {
+            // numpy integer scalars (as the reference takes them): through `__index__`
+            if let Ok(h) = item
+                .call_method0("__index__")
+                .and_then(|i| i.extract::<u128>())
+            {
+                return Ok(h);
+            }
         }
         let v = value(item);
         Err(Error::InvalidArgument {
