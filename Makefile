@@ -31,6 +31,12 @@ bench-vllm: ## vLLM's scheduler vs halffull.vllm.Scheduler per step, 32/128/256 
 test-rust: ## Rust unit tests in a debug build (debug_asserts on; no Python needed)
 	cargo test --lib
 
+FUZZ_SECONDS ?= 3600
+
+.PHONY: fuzz
+fuzz: ## Coverage-guided fuzzing of the core API for FUZZ_SECONDS (cargo-fuzz, nightly; not in CI)
+	cd fuzz && cargo +nightly fuzz run core_api -- -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096
+
 .PHONY: lint
 lint: ## cargo fmt --check, clippy, ruff, mypy, the stub check
 	cargo fmt --all -- --check

@@ -126,6 +126,18 @@ pub enum Error {
     Invariant {
         message: String,
     },
+    /// An allocation the caller sized (`field`: the setting or argument that sized it) could
+    /// not be made: `bytes` were asked for. Nothing was changed.
+    OutOfMemory {
+        field: &'static str,
+        bytes: u64,
+        message: String,
+    },
+    /// The object is in the middle of another call (a re-entrant call from a finalizer or a
+    /// callback run by that call); nothing was done.
+    Busy {
+        what: &'static str,
+    },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -147,6 +159,19 @@ impl Error {
             value: None,
             index: None,
             message: message.into(),
+        }
+    }
+
+    /// `OutOfMemory` for `count` items of `item_bytes` bytes each, sized by `field`.
+    pub fn out_of_memory(field: &'static str, what: &str, count: u64, item_bytes: u64) -> Self {
+        let bytes = count.saturating_mul(item_bytes);
+        Error::OutOfMemory {
+            field,
+            bytes,
+            message: format!(
+                "cannot allocate {what}: {count} x {item_bytes} bytes = {bytes} bytes \
+                 (sized by {field}); nothing was changed"
+            ),
         }
     }
 
@@ -196,6 +221,12 @@ impl fmt::Display for Error {
             }
             Error::InvalidUpdate { message, .. } => write!(f, "{message}"),
             Error::Invariant { message } => write!(f, "{message}"),
+            Error::OutOfMemory { message, .. } => write!(f, "{message}"),
+            Error::Busy { what } => write!(
+                f,
+                "this {what} is in the middle of another call (a re-entrant call from a finalizer \
+                 or callback); nothing was done: call it again after that call returns"
+            ),
         }
     }
 }

@@ -213,6 +213,16 @@ pub fn check_time(field: &'static str, t: f64) -> Result<f64> {
 /// the trace's span of arrivals): beyond it a run would take hours, or never end.
 pub const MAX_SNAPSHOTS: u64 = 10_000_000;
 
+/// Can `bytes` be had in one allocation? Asked for and given back at once, untouched: under
+/// a memory limit (`ulimit -v`), or under Linux's default overcommit for a request beyond
+/// RAM and swap, it is refused here, where several smaller allocations would each be granted
+/// and the process killed when it touches them. Callers then raise `OutOfMemory` before
+/// building anything.
+pub fn can_allocate(bytes: u64) -> bool {
+    let mut probe: Vec<u8> = Vec::new();
+    usize::try_from(bytes).is_ok_and(|b| probe.try_reserve_exact(b).is_ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

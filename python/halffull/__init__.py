@@ -12,6 +12,7 @@ from ._core import Router, Scheduler, StepPlan, block_hashes, policy_names, rout
 from ._core import __version__ as _core_version
 from .config import PREEMPTION_MODES, SchedulerConfig
 from .errors import (
+    BusyError,
     ClockError,
     ConfigError,
     DuplicateRequestError,
@@ -19,6 +20,7 @@ from .errors import (
     InvalidArgumentError,
     InvalidUpdateError,
     InvariantError,
+    OutOfMemoryError,
     RequestTooLargeError,
     StalePlanError,
     SweepError,
@@ -41,6 +43,7 @@ __all__ = [
     "CostModel",
     "Router",
     "SimResult",
+    "BusyError",
     "ClockError",
     "ConfigError",
     "DuplicateRequestError",
@@ -48,6 +51,7 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidUpdateError",
     "InvariantError",
+    "OutOfMemoryError",
     "RequestTooLargeError",
     "Scheduler",
     "SchedulerConfig",

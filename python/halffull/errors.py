@@ -117,6 +117,20 @@ class InvariantError(HalffullError, AssertionError):
     ATTRIBUTES = ("request_id",)
 
 
+class OutOfMemoryError(HalffullError, MemoryError):
+    """An allocation sized by a setting or an argument (``field``) could not be made:
+    ``bytes`` were asked for. Nothing was changed."""
+
+    ATTRIBUTES = ("field", "bytes")
+
+
+class BusyError(HalffullError, RuntimeError):
+    """The object (``what``: ``"Scheduler"`` or ``"Router"``) is in the middle of another
+    call: a re-entrant call from a finalizer or a callback that call ran. Nothing was done."""
+
+    ATTRIBUTES = ("what",)
+
+
 __all__ = [
     "HalffullError",
     "ConfigError",
@@ -130,4 +144,6 @@ __all__ = [
     "TraceError",
     "SweepError",
     "InvariantError",
+    "OutOfMemoryError",
+    "BusyError",
 ]

@@ -36,8 +36,9 @@ import numpy as np
 
 from . import _core
 from . import traces as _traces
+from ._util import as_float, shown
 from .errors import ConfigError, InvalidArgumentError
-from .limits import MAX_COUNT
+from .limits import MAX_COUNT, MAX_REPLICAS
 
 CostModel = _core.CostModel
 
@@ -63,6 +64,7 @@ def presets(block_size: int = 16) -> list[dict[str, Any]]:
     """Every preset with its numbers: model shape, GPU peak FLOP/s, bandwidth, memory, and
     the derived KV capacity (``num_gpu_blocks`` of ``block_size`` tokens). Sources of the
     numbers: comments in ``rust/sim/cost.rs``."""
+    block_size = _int("block_size", block_size, 1, MAX_COUNT)
     return [dict(_core.sim_preset(name, block_size)) for name in preset_names()]
 
 
@@ -91,17 +93,44 @@ def _as_trace(trace: Any) -> _traces.Trace:
     return _traces.resolve(trace)
 
 
-def _number(name: str, value: Any, *, positive: bool = True) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise InvalidArgumentError(f"{name} must be a number, got {value!r}", field=name, value=value)
-    v = float(value)
+def _number(name: str, value: Any, *, positive: bool = True,
+            error: type[ConfigError] | type[InvalidArgumentError] = InvalidArgumentError) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise error(f"{name} must be a number, got {type(value).__name__} {shown(value)}",
+                    field=name, value=value)
+    v = as_float(value)
     if not math.isfinite(v) or (v <= 0 if positive else v < 0):
-        raise InvalidArgumentError(
-            f"{name} must be finite and {'> 0' if positive else '>= 0'}, got {value!r}",
+        raise error(
+            f"{name} must be finite and {'> 0' if positive else '>= 0'}, got {shown(value)}",
             field=name,
             value=value,
         )
     return v
+
+
+def _int(name: str, value: Any, lo: int, hi: int) -> int:
+    """An int (Python's or numpy's, not a bool) in ``[lo, hi]``, or ``ConfigError``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ConfigError(f"{name} must be an int, got {type(value).__name__} {shown(value)}",
+                          field=name, value=value)
+    if not lo <= int(value) <= hi:
+        raise ConfigError(f"{name} must be in [{lo}, {hi}], got {shown(value)}", field=name, value=value)
+    return int(value)
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ConfigError(f"{name} must be a bool, got {type(value).__name__} {shown(value)}",
+                          field=name, value=value)
+    return bool(value)
+
+
+def _name(name: str, value: Any, valid: list[str]) -> str:
+    if not isinstance(value, str) or value not in valid:
+        what = shown(value) if isinstance(value, str) else f"{type(value).__name__} {shown(value)}"
+        raise ConfigError(f"{name} must be one of {', '.join(valid)}; got {what}"[:300],
+                          field=name, value=value, valid=tuple(valid))
+    return value
 
 
 def _cost_model(cost_model: Any) -> Any:
@@ -117,7 +146,7 @@ def _cost_model(cost_model: Any) -> Any:
                 f"a linear cost model needs c0, c1, c2, c3 (and optionally swap_s_per_block); got {sorted(cost_model)}",
                 field="cost_model",
             )
-        return CostModel.linear(**{k: float(v) for k, v in cost_model.items()})
+        return CostModel.linear(**dict(cost_model))     # each coefficient checked in Rust
     raise ConfigError(
         f"cost_model must be a CostModel or a dict of c0..c3, got {type(cost_model).__name__}",
         field="cost_model",
@@ -165,6 +194,8 @@ def measure_capacity(
     """One replica's capacity in finished requests per second on this trace's request mix
     (the method is in the module docstring). Cached per (trace, cost model, engine)."""
     tr = _as_trace(trace)
+    max_output_tokens = _int("max_output_tokens", max_output_tokens, 1, MAX_COUNT)
+    capacity_requests = _int("capacity_requests", capacity_requests, 1, MAX_COUNT)
     engine, cost = _setup(preset_name(preset), cost_model, engine_config)
     return _capacity(tr, engine, cost, max_output_tokens, capacity_requests)
 
@@ -255,6 +286,10 @@ class SimResult:
         that is ``STARVATION_FACTOR`` (10) times the run's median service time, a request's
         service time being its time from first token to finish (its decode, which the waiting
         order hardly changes); pass ``starvation_s`` to compare runs on one fixed threshold."""
+        slo_ttft = _number("slo_ttft", slo_ttft, positive=False)
+        slo_tpot = _number("slo_tpot", slo_tpot, positive=False)
+        if starvation_s is not None:
+            starvation_s = _number("starvation_s", starvation_s, positive=False)
         r = self.requests
         done = r["status"] == "finished"
         n, nf = len(self), int(done.sum())
@@ -404,15 +439,30 @@ def simulate(
     tr = _as_trace(trace)
     if len(tr) == 0:
         raise InvalidArgumentError("the trace has no requests", field="trace")
-    if isinstance(replicas, bool) or not isinstance(replicas, (int, np.integer)) or replicas < 1:
-        raise ConfigError(f"replicas must be an int >= 1, got {replicas!r}", field="replicas", value=replicas)
+    # Every argument is checked before anything runs (the capacity measurement takes time).
+    replicas = _int("replicas", replicas, 1, MAX_REPLICAS)
+    router = _name("router", router, list(_core.router_names()))
+    seed = _int("seed", seed, 0, 2**64 - 1)
+    max_output_tokens = _int("max_output_tokens", max_output_tokens, 1, MAX_COUNT)
+    capacity_requests = _int("capacity_requests", capacity_requests, 1, MAX_COUNT)
+    record_steps = _flag("record_steps", record_steps)
+    if snapshot_interval is not None:
+        snapshot_interval = _number("snapshot_interval", snapshot_interval, error=ConfigError)
+    if sal_beta is not None:
+        sal_beta = _number("sal_beta", sal_beta)
     if load is not None and rate_scale is not None:
         raise InvalidArgumentError("give load or rate_scale, not both", field="load")
+    if load is not None:
+        _number("load", load)
+    if rate_scale is not None:
+        _number("rate_scale", rate_scale)
+    if not (predictor is None or (isinstance(predictor, str) and predictor in ("none", "oracle"))):
+        _predictor_sigma(predictor)
     name = preset_name(preset, model, gpu)
     engine, cost = _setup(name, cost_model, {**engine_config, "policy": policy})
     config: dict[str, Any] = {
         "trace": tr.name,
-        "replicas": int(replicas),
+        "replicas": replicas,
         "policy": policy,
         "router": router,
         "preset": name,
@@ -428,16 +478,16 @@ def simulate(
     if load is not None:
         x = _number("load", load)
         per_replica = _capacity(tr, engine, cost, max_output_tokens, capacity_requests)
-        capacity = per_replica * int(replicas)
+        capacity = per_replica * replicas
         rate = tr.rate if tr.rate > 0 else float("nan")
         if not math.isfinite(rate) or rate <= 0:
             raise InvalidArgumentError(
                 "load needs a trace whose arrivals span time (its rate is undefined)", field="load"
             )
-        tr = tr.scale_rate(x * capacity / rate)
+        tr = _scaled(tr, x * capacity / rate, "load", load)
         config.update(load=x, capacity_requests_per_s=capacity)
     elif rate_scale is not None:
-        tr = tr.scale_rate(_number("rate_scale", rate_scale))
+        tr = _scaled(tr, _number("rate_scale", rate_scale), "rate_scale", rate_scale)
         config["rate_scale"] = float(rate_scale)
     config["offered_rate"] = tr.rate
     predicted = predict_output_tokens(tr.output_tokens, predictor, seed)
@@ -447,21 +497,29 @@ def simulate(
     t0 = time.perf_counter()
     raw = _core.simulate(
         *_columns(tr),
-        replicas=int(replicas),
+        replicas=replicas,
         router=router,
         cost=cost,
         engine=engine,
-        seed=int(seed),
-        max_output_tokens=int(max_output_tokens),
+        seed=seed,
+        max_output_tokens=max_output_tokens,
         snapshot_interval=snapshot_interval,
         record_steps=record_steps,
         predicted_output_tokens=predicted,
-        sal_beta=None if sal_beta is None else _number("sal_beta", sal_beta),
+        sal_beta=sal_beta,
         **_hash_columns(tr, hash_block_tokens),
         router_exact_overlap=bool(router_exact_overlap),
     )
     wall = time.perf_counter() - t0
     return _result(raw, config, wall)
+
+
+def _scaled(tr: _traces.Trace, factor: float, field: str, given: Any) -> _traces.Trace:
+    """``tr.scale_rate(factor)``, its error naming ``field`` (what the caller gave)."""
+    try:
+        return tr.scale_rate(factor)
+    except InvalidArgumentError as e:
+        raise InvalidArgumentError(f"{field}={shown(given)}: {e}", field=field, value=given) from None
 
 
 #: Largest noise level ``sigma`` of the ``noisy`` predictor: at 100 a prediction is already
@@ -481,11 +539,11 @@ def _predictor_sigma(predictor: Any) -> float:
         except ValueError:
             pass
     elif isinstance(text, (int, float, np.integer, np.floating)) and not isinstance(text, (bool, np.bool_)):
-        sigma = float(text)
+        sigma = as_float(text)
     if not (math.isfinite(sigma) and 0.0 <= sigma <= MAX_PREDICTOR_SIGMA):
         raise InvalidArgumentError(
             "predictor must be None, 'oracle', or a noise level sigma in [0, "
-            f"{MAX_PREDICTOR_SIGMA:g}] (a number or 'noisy:0.5'), got {predictor!r}",
+            f"{MAX_PREDICTOR_SIGMA:g}] (a number or 'noisy:0.5'), got {shown(predictor)}",
             field="predictor", value=predictor)
     return sigma + 0.0                                  # -0.0 is 0.0
 

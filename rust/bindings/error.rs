@@ -125,6 +125,18 @@ fn class_and_attrs(py: Python<'_>, e: &Error) -> PyResult<ClassAndAttrs> {
             vec![("request_id", id_to_py(py, id)?)],
         ),
         Error::Invariant { message: _ } => ("InvariantError", vec![]),
+        Error::OutOfMemory {
+            field,
+            bytes,
+            message: _,
+        } => (
+            "OutOfMemoryError",
+            vec![
+                ("field", field.into_py_any(py)?),
+                ("bytes", bytes.into_py_any(py)?),
+            ],
+        ),
+        Error::Busy { what } => ("BusyError", vec![("what", what.into_py_any(py)?)]),
     })
 }
 

@@ -2,19 +2,20 @@
 //! `sim_preset_names`, `sim_preset`. The trace goes in as numpy columns, the results come
 //! back as a dict of numpy columns; the GIL is released while the simulation runs.
 
+use std::hash::{Hash, Hasher};
 use std::time::{Duration, Instant};
 
-use numpy::{PyArray1, PyReadonlyArray1};
+use numpy::{Element, PyArray1, PyReadonlyArray1};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyDict, PyList, PyTuple};
 
 use super::config::{config_from_dict, pairs, PySchedulerConfig};
-use super::convert::value;
+use super::convert::{flag, items, name, type_name, value};
 use super::error::IntoPyResult;
 use crate::config::SchedulerConfig;
-use crate::error::Error;
-use crate::limits;
+use crate::error::{Error, Value};
+use crate::limits::{self, Blame, MAX_COUNT};
 use crate::sim::{
     self, BlockIds, CostModel, Linear, Preset, SimConfig, SimOutput, StepShape, TraceView,
 };
@@ -35,11 +36,50 @@ fn sim_preset_names() -> Vec<&'static str> {
     sim::preset_names()
 }
 
+/// A preset by name (a str in `sim_preset_names()`; `field`: the argument).
+fn preset_by_name(py: Python<'_>, field: &'static str, ob: &Bound<'_, PyAny>) -> PyResult<Preset> {
+    let name = name(py, Blame::Config, field, ob)?;
+    Preset::by_name(&name)
+        .map_err(|e| match e {
+            Error::UnknownName { name, valid, .. } => Error::UnknownName { field, name, valid },
+            other => other,
+        })
+        .py(py)
+}
+
+/// A block size: an int in `[1, 2**40]`.
+fn block_size(py: Python<'_>, ob: &Bound<'_, PyAny>) -> PyResult<u64> {
+    limits::config_count("block_size", &value(ob)).py(py)
+}
+
+/// A cost parameter: a number (not a bool); the cost model checks its range.
+fn parameter(py: Python<'_>, field: &'static str, ob: &Bound<'_, PyAny>) -> PyResult<f64> {
+    limits::number(Blame::Config, field, &value(ob)).py(py)
+}
+
+fn opt_parameter(
+    py: Python<'_>,
+    field: &'static str,
+    ob: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Option<f64>> {
+    ob.filter(|o| !o.is_none())
+        .map(|o| parameter(py, field, o))
+        .transpose()
+}
+
 /// A preset's numbers: model shape, GPU, tensor parallelism, derived KV capacity.
 #[pyfunction]
-#[pyo3(signature = (name, block_size=16))]
-fn sim_preset<'py>(py: Python<'py>, name: &str, block_size: u64) -> PyResult<Bound<'py, PyDict>> {
-    let p = Preset::by_name(name).py(py)?;
+#[pyo3(signature = (name, block_size=None), text_signature = "(name, block_size=16)")]
+fn sim_preset<'py>(
+    py: Python<'py>,
+    name: &Bound<'py, PyAny>,
+    block_size: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let p = preset_by_name(py, "name", name)?;
+    let block_size = match block_size.filter(|b| !b.is_none()) {
+        Some(b) => self::block_size(py, b)?,
+        None => 16,
+    };
     let d = PyDict::new(py);
     d.set_item("name", p.name)?;
     d.set_item("model", p.model.name)?;
@@ -64,41 +104,124 @@ fn sim_preset<'py>(py: Python<'py>, name: &str, block_size: u64) -> PyResult<Bou
     Ok(d)
 }
 
+/// The parameter names of each kind of cost model, in `params()` order.
+const ROOFLINE_PARAMS: [&str; 12] = [
+    "overhead_s",
+    "params",
+    "num_layers",
+    "q_dim",
+    "weight_bytes",
+    "kv_bytes_per_token",
+    "peak_flops",
+    "mem_bw",
+    "eff_compute",
+    "eff_memory",
+    "host_bw",
+    "block_size",
+];
+const LINEAR_PARAMS: [&str; 5] = ["c0", "c1", "c2", "c3", "swap_s_per_block"];
+
 /// A step cost model: `CostModel.preset("llama-3-8b/h100")` (roofline) or
 /// `CostModel.linear(c0, c1, c2, c3)`. `step_time(...)` prices one step exactly as the
-/// simulator does.
-#[pyclass(name = "CostModel", module = "halffull._core", frozen, from_py_object)]
-#[derive(Clone)]
+/// simulator does. Immutable; equal models compare and hash equal; pickles and copies
+/// (`multiprocessing`, Ray) by its parameters.
+#[pyclass(
+    name = "CostModel",
+    module = "halffull._core",
+    frozen,
+    eq,
+    hash,
+    from_py_object
+)]
+#[derive(Clone, PartialEq)]
 pub struct PyCostModel {
     inner: CostModel,
+}
+
+impl Hash for PyCostModel {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        for x in self.values() {
+            (x + 0.0).to_bits().hash(state);
+        }
+    }
+}
+
+impl PyCostModel {
+    /// The parameters in [`ROOFLINE_PARAMS`] or [`LINEAR_PARAMS`] order.
+    fn values(&self) -> Vec<f64> {
+        match self.inner {
+            CostModel::Roofline(r) => vec![
+                r.overhead_s,
+                r.params,
+                r.num_layers,
+                r.q_dim,
+                r.weight_bytes,
+                r.kv_bytes_per_token,
+                r.peak_flops,
+                r.mem_bw,
+                r.eff_compute,
+                r.eff_memory,
+                r.host_bw,
+                r.block_size,
+            ],
+            CostModel::Linear(l) => vec![l.c0, l.c1, l.c2, l.c3, l.swap_s_per_block],
+        }
+    }
+
+    fn names(&self) -> &'static [&'static str] {
+        match self.inner {
+            CostModel::Roofline(_) => &ROOFLINE_PARAMS,
+            CostModel::Linear(_) => &LINEAR_PARAMS,
+        }
+    }
+}
+
+/// One column of `step_time`: every item through `check`, naming its index on error.
+fn step_column<T>(
+    py: Python<'_>,
+    field: &'static str,
+    ob: &Bound<'_, PyAny>,
+    what: &str,
+    check: impl Fn(&Value) -> crate::error::Result<T>,
+) -> PyResult<Vec<T>> {
+    items(field, ob, what)?
+        .iter()
+        .enumerate()
+        .map(|(i, item)| check(&value(item)).map_err(|e| e.at(i)).py(py))
+        .collect()
 }
 
 #[pymethods]
 impl PyCostModel {
     /// The roofline model of a preset; efficiencies and overhead may be overridden.
     #[staticmethod]
-    #[pyo3(signature = (name, *, block_size=16, overhead_s=None, eff_compute=None, eff_memory=None, host_bw=None))]
+    #[pyo3(signature = (name, *, block_size=None, overhead_s=None, eff_compute=None, eff_memory=None, host_bw=None),
+           text_signature = "(name, *, block_size=16, overhead_s=None, eff_compute=None, eff_memory=None, host_bw=None)")]
     fn preset(
         py: Python<'_>,
-        name: &str,
-        block_size: u64,
-        overhead_s: Option<f64>,
-        eff_compute: Option<f64>,
-        eff_memory: Option<f64>,
-        host_bw: Option<f64>,
+        name: &Bound<'_, PyAny>,
+        block_size: Option<&Bound<'_, PyAny>>,
+        overhead_s: Option<&Bound<'_, PyAny>>,
+        eff_compute: Option<&Bound<'_, PyAny>>,
+        eff_memory: Option<&Bound<'_, PyAny>>,
+        host_bw: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let p = Preset::by_name(name).py(py)?;
+        let p = preset_by_name(py, "name", name)?;
+        let block_size = match block_size.filter(|b| !b.is_none()) {
+            Some(b) => self::block_size(py, b)?,
+            None => 16,
+        };
         let mut r = p.roofline(block_size);
-        if let Some(v) = overhead_s {
+        if let Some(v) = opt_parameter(py, "overhead_s", overhead_s)? {
             r.overhead_s = v;
         }
-        if let Some(v) = eff_compute {
+        if let Some(v) = opt_parameter(py, "eff_compute", eff_compute)? {
             r.eff_compute = v;
         }
-        if let Some(v) = eff_memory {
+        if let Some(v) = opt_parameter(py, "eff_memory", eff_memory)? {
             r.eff_memory = v;
         }
-        if let Some(v) = host_bw {
+        if let Some(v) = opt_parameter(py, "host_bw", host_bw)? {
             r.host_bw = v;
         }
         let inner = CostModel::Roofline(r);
@@ -108,22 +231,76 @@ impl PyCostModel {
 
     /// `c0 + c1*prefill_tokens + c2*decode_seqs + c3*kv_tokens (+ swap_s_per_block*blocks)`.
     #[staticmethod]
-    #[pyo3(signature = (c0, c1, c2, c3, swap_s_per_block=0.0))]
+    #[pyo3(signature = (c0, c1, c2, c3, swap_s_per_block=None),
+           text_signature = "(c0, c1, c2, c3, swap_s_per_block=0.0)")]
     fn linear(
         py: Python<'_>,
-        c0: f64,
-        c1: f64,
-        c2: f64,
-        c3: f64,
-        swap_s_per_block: f64,
+        c0: &Bound<'_, PyAny>,
+        c1: &Bound<'_, PyAny>,
+        c2: &Bound<'_, PyAny>,
+        c3: &Bound<'_, PyAny>,
+        swap_s_per_block: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let inner = CostModel::Linear(Linear {
-            c0,
-            c1,
-            c2,
-            c3,
-            swap_s_per_block,
+            c0: parameter(py, "c0", c0)?,
+            c1: parameter(py, "c1", c1)?,
+            c2: parameter(py, "c2", c2)?,
+            c3: parameter(py, "c3", c3)?,
+            swap_s_per_block: opt_parameter(py, "swap_s_per_block", swap_s_per_block)?
+                .unwrap_or(0.0),
         });
+        inner.validate().py(py)?;
+        Ok(PyCostModel { inner })
+    }
+
+    /// Rebuild a pickled model from `kind` and its `params()` values in order (checked as
+    /// the constructors check them); not public API.
+    #[staticmethod]
+    fn _from_params(
+        py: Python<'_>,
+        kind: &Bound<'_, PyAny>,
+        values: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        let kind = name(py, Blame::Config, "kind", kind)?;
+        let v = step_column(py, "params", values, "numbers", |v| {
+            limits::number(Blame::Config, "params", v)
+        })?;
+        let inner = match (kind.as_str(), v.as_slice()) {
+            (
+                "roofline",
+                &[overhead_s, params, num_layers, q_dim, weight_bytes, kv_bytes_per_token, peak_flops, mem_bw, eff_compute, eff_memory, host_bw, block_size],
+            ) => CostModel::Roofline(sim::Roofline {
+                overhead_s,
+                params,
+                num_layers,
+                q_dim,
+                weight_bytes,
+                kv_bytes_per_token,
+                peak_flops,
+                mem_bw,
+                eff_compute,
+                eff_memory,
+                host_bw,
+                block_size,
+            }),
+            ("linear", &[c0, c1, c2, c3, swap_s_per_block]) => CostModel::Linear(Linear {
+                c0,
+                c1,
+                c2,
+                c3,
+                swap_s_per_block,
+            }),
+            _ => {
+                return Err(Error::config(
+                    "params",
+                    format!(
+                        "a {kind:?} cost model cannot be built from {} parameters",
+                        v.len()
+                    ),
+                ))
+                .py(py)
+            }
+        };
         inner.validate().py(py)?;
         Ok(PyCostModel { inner })
     }
@@ -140,54 +317,43 @@ impl PyCostModel {
     /// The parameters as a dict.
     fn params<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
-        match self.inner {
-            CostModel::Roofline(r) => {
-                for (k, v) in [
-                    ("overhead_s", r.overhead_s),
-                    ("params", r.params),
-                    ("num_layers", r.num_layers),
-                    ("q_dim", r.q_dim),
-                    ("weight_bytes", r.weight_bytes),
-                    ("kv_bytes_per_token", r.kv_bytes_per_token),
-                    ("peak_flops", r.peak_flops),
-                    ("mem_bw", r.mem_bw),
-                    ("eff_compute", r.eff_compute),
-                    ("eff_memory", r.eff_memory),
-                    ("host_bw", r.host_bw),
-                    ("block_size", r.block_size),
-                ] {
-                    d.set_item(k, v)?;
-                }
-            }
-            CostModel::Linear(l) => {
-                for (k, v) in [
-                    ("c0", l.c0),
-                    ("c1", l.c1),
-                    ("c2", l.c2),
-                    ("c3", l.c3),
-                    ("swap_s_per_block", l.swap_s_per_block),
-                ] {
-                    d.set_item(k, v)?;
-                }
-            }
+        for (k, v) in self.names().iter().zip(self.values()) {
+            d.set_item(k, v)?;
         }
         Ok(d)
     }
 
     /// Seconds one step takes: per scheduled request its new tokens, cached tokens and
-    /// whether it is a prefill (a `StepPlan`'s arrays), plus blocks swapped in or out.
-    #[pyo3(signature = (num_new_tokens, num_computed_tokens, is_prefill, swap_blocks=0))]
+    /// whether it is a prefill (a `StepPlan`'s arrays, or any iterables of ints and bools),
+    /// plus blocks swapped in or out.
+    #[pyo3(signature = (num_new_tokens, num_computed_tokens, is_prefill, swap_blocks=None),
+           text_signature = "($self, num_new_tokens, num_computed_tokens, is_prefill, swap_blocks=0)")]
     fn step_time(
         &self,
         py: Python<'_>,
-        num_new_tokens: Vec<u64>,
-        num_computed_tokens: Vec<u64>,
-        is_prefill: Vec<bool>,
-        swap_blocks: u64,
+        num_new_tokens: &Bound<'_, PyAny>,
+        num_computed_tokens: &Bound<'_, PyAny>,
+        is_prefill: &Bound<'_, PyAny>,
+        swap_blocks: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<f64> {
-        if num_new_tokens.len() != num_computed_tokens.len()
-            || num_new_tokens.len() != is_prefill.len()
-        {
+        let new = step_column(py, "num_new_tokens", num_new_tokens, "ints", |v| {
+            limits::count("num_new_tokens", v, 0)
+        })?;
+        let computed = step_column(
+            py,
+            "num_computed_tokens",
+            num_computed_tokens,
+            "ints",
+            |v| limits::count("num_computed_tokens", v, 0),
+        )?;
+        let prefill = step_column(py, "is_prefill", is_prefill, "bools", |v| {
+            limits::flag(Blame::Argument, "is_prefill", v)
+        })?;
+        let swap_blocks = match swap_blocks.filter(|b| !b.is_none()) {
+            Some(b) => limits::count("swap_blocks", &value(b), 0).py(py)?,
+            None => 0,
+        };
+        if new.len() != computed.len() || new.len() != prefill.len() {
             return Err(Error::invalid(
                 "num_new_tokens",
                 "num_new_tokens, num_computed_tokens and is_prefill differ in length",
@@ -195,20 +361,73 @@ impl PyCostModel {
             .py(py);
         }
         let mut shape = StepShape::default();
-        for ((&n, &c), &p) in num_new_tokens
-            .iter()
-            .zip(&num_computed_tokens)
-            .zip(&is_prefill)
-        {
+        for ((&n, &c), &p) in new.iter().zip(&computed).zip(&prefill) {
             shape.add(n, c, p);
         }
         shape.swap_blocks = swap_blocks;
         Ok(self.inner.step_time(&shape))
     }
 
+    /// Pickles (and copies) as `CostModel._from_params(kind, parameters)`.
+    fn __reduce__<'py>(
+        slf: &Bound<'py, Self>,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+        let py = slf.py();
+        let me = slf.get();
+        let rebuild = slf.get_type().getattr("_from_params")?;
+        let args = (me.kind(), PyTuple::new(py, me.values())?);
+        Ok((rebuild, args.into_pyobject(py)?))
+    }
+
+    fn __copy__(slf: &Bound<'_, Self>) -> Py<Self> {
+        slf.clone().unbind()
+    }
+
+    fn __deepcopy__(slf: &Bound<'_, Self>, _memo: &Bound<'_, PyAny>) -> Py<Self> {
+        slf.clone().unbind()
+    }
+
     fn __repr__(&self) -> String {
         format!("CostModel({:?})", self.inner)
     }
+}
+
+/// A cost model argument: a `CostModel`.
+fn cost_model(py: Python<'_>, ob: &Bound<'_, PyAny>) -> PyResult<PyCostModel> {
+    match ob.cast::<PyCostModel>() {
+        Ok(c) => Ok(c.get().clone()),
+        Err(_) => Err(Error::Config {
+            field: "cost",
+            value: Some(value(ob)),
+            message: format!("cost must be a CostModel, got {}", type_name(ob)),
+        })
+        .py(py),
+    }
+}
+
+/// A trace column: a one-dimensional numpy array of `T` (float64 or int64).
+fn column<'py, T: Element>(
+    py: Python<'py>,
+    field: &'static str,
+    ob: &Bound<'py, PyAny>,
+) -> PyResult<PyReadonlyArray1<'py, T>> {
+    ob.extract::<PyReadonlyArray1<'py, T>>().or_else(|_| {
+        Err(Error::InvalidArgument {
+            field,
+            value: None,
+            index: None,
+            message: format!(
+                "{field} must be a one-dimensional numpy array of {}, got {}",
+                match std::any::type_name::<T>() {
+                    "f64" => "float64",
+                    "u64" => "uint64",
+                    _ => "int64",
+                },
+                type_name(ob)
+            ),
+        })
+        .py(py)
+    })
 }
 
 /// An engine configuration: a `SchedulerConfig`, or a dict of its fields.
@@ -236,11 +455,15 @@ fn engine_config(py: Python<'_>, engine: &Bound<'_, PyAny>) -> PyResult<Schedule
 #[pyo3(signature = (preset, cost=None, **settings))]
 fn sim_setup(
     py: Python<'_>,
-    preset: &str,
-    cost: Option<PyCostModel>,
+    preset: &Bound<'_, PyAny>,
+    cost: Option<&Bound<'_, PyAny>>,
     settings: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<(PySchedulerConfig, PyCostModel)> {
-    let p = Preset::by_name(preset).py(py)?;
+    let p = preset_by_name(py, "preset", preset)?;
+    let cost = cost
+        .filter(|c| !c.is_none())
+        .map(|c| cost_model(py, c))
+        .transpose()?;
     let pairs = pairs(settings)?;
     let engine = p
         .engine_config(pairs.iter().map(|(k, v)| (k.as_str(), v.clone())))
@@ -266,19 +489,39 @@ struct Columns {
     block_ids: Option<(Vec<u64>, Vec<u64>, u64)>,
 }
 
+/// A numpy column copied into a Vec, allocated fallibly (`OutOfMemory` naming the column).
+fn copy_column<T: Element + Copy>(
+    field: &'static str,
+    a: &PyReadonlyArray1<'_, T>,
+) -> crate::error::Result<Vec<T>> {
+    let view = a.as_array();
+    let mut v = Vec::new();
+    v.try_reserve_exact(view.len()).map_err(|_| {
+        Error::out_of_memory(
+            field,
+            "a copy of the trace column",
+            view.len() as u64,
+            std::mem::size_of::<T>() as u64,
+        )
+    })?;
+    v.extend(view.iter().copied());
+    Ok(v)
+}
+
 impl Columns {
     fn new(
+        py: Python<'_>,
         arrival: PyReadonlyArray1<'_, f64>,
         prompt: PyReadonlyArray1<'_, i64>,
         output: PyReadonlyArray1<'_, i64>,
-    ) -> Self {
-        Columns {
-            arrival: arrival.as_array().iter().copied().collect(),
-            prompt: prompt.as_array().iter().copied().collect(),
-            output: output.as_array().iter().copied().collect(),
+    ) -> PyResult<Self> {
+        Ok(Columns {
+            arrival: copy_column("arrival_time", &arrival).py(py)?,
+            prompt: copy_column("prompt_tokens", &prompt).py(py)?,
+            output: copy_column("output_tokens", &output).py(py)?,
             predicted: None,
             block_ids: None,
-        }
+        })
     }
     fn view(&self) -> TraceView<'_> {
         TraceView {
@@ -298,24 +541,51 @@ impl Columns {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn sim_config(
-    py: Python<'_>,
-    replicas: &Bound<'_, PyAny>,
-    router: &str,
-    cost: &PyCostModel,
-    engine: &Bound<'_, PyAny>,
-    seed: u64,
-    max_output_tokens: u64,
-    snapshot_interval: Option<f64>,
-    record_steps: bool,
-) -> PyResult<SimConfig> {
-    let replicas = limits::replicas("replicas", &value(replicas)).py(py)?;
-    let mut cfg = SimConfig::new(replicas, router, engine_config(py, engine)?, cost.inner);
-    cfg.seed = seed;
-    cfg.max_output_tokens = max_output_tokens;
-    cfg.snapshot_interval = snapshot_interval;
-    cfg.record_steps = record_steps;
+/// The scalar arguments of `simulate` and `measure_capacity`, as Python gave them.
+struct SimArgs<'a, 'py> {
+    replicas: &'a Bound<'py, PyAny>,
+    router: &'a Bound<'py, PyAny>,
+    cost: &'a Bound<'py, PyAny>,
+    engine: &'a Bound<'py, PyAny>,
+    seed: Option<&'a Bound<'py, PyAny>>,
+    max_output_tokens: Option<&'a Bound<'py, PyAny>>,
+    snapshot_interval: Option<&'a Bound<'py, PyAny>>,
+    record_steps: Option<&'a Bound<'py, PyAny>>,
+    sal_beta: Option<&'a Bound<'py, PyAny>>,
+    router_exact_overlap: Option<&'a Bound<'py, PyAny>>,
+}
+
+fn given<'a, 'py>(ob: Option<&'a Bound<'py, PyAny>>) -> Option<&'a Bound<'py, PyAny>> {
+    ob.filter(|o| !o.is_none())
+}
+
+/// A run's configuration, every argument checked by the core's rules (`ConfigError` naming
+/// it); the core's `SimConfig::validate` checks the ranges once more before the run.
+fn sim_config(py: Python<'_>, a: &SimArgs<'_, '_>) -> PyResult<SimConfig> {
+    let replicas = limits::replicas("replicas", &value(a.replicas)).py(py)?;
+    let router = name(py, Blame::Config, "router", a.router)?;
+    let cost = cost_model(py, a.cost)?;
+    let mut cfg = SimConfig::new(replicas, &router, engine_config(py, a.engine)?, cost.inner);
+    if let Some(seed) = given(a.seed) {
+        cfg.seed = limits::seed(&value(seed)).py(py)?;
+    }
+    if let Some(m) = given(a.max_output_tokens) {
+        cfg.max_output_tokens =
+            limits::count_in(Blame::Config, "max_output_tokens", &value(m), 1, MAX_COUNT).py(py)?;
+    }
+    if let Some(dt) = given(a.snapshot_interval) {
+        cfg.snapshot_interval =
+            Some(limits::number(Blame::Config, "snapshot_interval", &value(dt)).py(py)?);
+    }
+    if let Some(r) = given(a.record_steps) {
+        cfg.record_steps = flag(py, Blame::Config, "record_steps", r)?;
+    }
+    if let Some(b) = given(a.sal_beta) {
+        cfg.sal_beta = Some(limits::number(Blame::Config, "sal_beta", &value(b)).py(py)?);
+    }
+    if let Some(r) = given(a.router_exact_overlap) {
+        cfg.router_exact_overlap = flag(py, Blame::Config, "router_exact_overlap", r)?;
+    }
     Ok(cfg)
 }
 
@@ -377,48 +647,68 @@ fn output_dict<'py>(py: Python<'py>, o: SimOutput) -> PyResult<Bound<'py, PyDict
 /// Run a trace (numpy columns) through `replicas` engines behind a router; returns a dict of
 /// numpy columns per request and per step (see `halffull.sim`).
 #[pyfunction]
-#[pyo3(signature = (arrival_time, prompt_tokens, output_tokens, *, replicas, router, cost, engine, seed=0, max_output_tokens=2048, snapshot_interval=None, record_steps=true, predicted_output_tokens=None, sal_beta=None, hash_ids=None, hash_id_offsets=None, hash_block_tokens=512, router_exact_overlap=false))]
+#[pyo3(
+    signature = (arrival_time, prompt_tokens, output_tokens, *, replicas, router, cost, engine, seed=None, max_output_tokens=None, snapshot_interval=None, record_steps=None, predicted_output_tokens=None, sal_beta=None, hash_ids=None, hash_id_offsets=None, hash_block_tokens=None, router_exact_overlap=None),
+    text_signature = "(arrival_time, prompt_tokens, output_tokens, *, replicas, router, cost, engine, seed=0, max_output_tokens=2048, snapshot_interval=None, record_steps=True, predicted_output_tokens=None, sal_beta=None, hash_ids=None, hash_id_offsets=None, hash_block_tokens=512, router_exact_overlap=False)"
+)]
 #[allow(clippy::too_many_arguments)]
 fn simulate<'py>(
     py: Python<'py>,
-    arrival_time: PyReadonlyArray1<'py, f64>,
-    prompt_tokens: PyReadonlyArray1<'py, i64>,
-    output_tokens: PyReadonlyArray1<'py, i64>,
+    arrival_time: &Bound<'py, PyAny>,
+    prompt_tokens: &Bound<'py, PyAny>,
+    output_tokens: &Bound<'py, PyAny>,
     replicas: &Bound<'py, PyAny>,
-    router: &str,
-    cost: PyCostModel,
+    router: &Bound<'py, PyAny>,
+    cost: &Bound<'py, PyAny>,
     engine: &Bound<'py, PyAny>,
-    seed: u64,
-    max_output_tokens: u64,
-    snapshot_interval: Option<f64>,
-    record_steps: bool,
-    predicted_output_tokens: Option<PyReadonlyArray1<'py, i64>>,
-    sal_beta: Option<f64>,
-    hash_ids: Option<PyReadonlyArray1<'py, u64>>,
-    hash_id_offsets: Option<PyReadonlyArray1<'py, u64>>,
-    hash_block_tokens: u64,
-    router_exact_overlap: bool,
+    seed: Option<&Bound<'py, PyAny>>,
+    max_output_tokens: Option<&Bound<'py, PyAny>>,
+    snapshot_interval: Option<&Bound<'py, PyAny>>,
+    record_steps: Option<&Bound<'py, PyAny>>,
+    predicted_output_tokens: Option<&Bound<'py, PyAny>>,
+    sal_beta: Option<&Bound<'py, PyAny>>,
+    hash_ids: Option<&Bound<'py, PyAny>>,
+    hash_id_offsets: Option<&Bound<'py, PyAny>>,
+    hash_block_tokens: Option<&Bound<'py, PyAny>>,
+    router_exact_overlap: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
     let cfg = sim_config(
         py,
-        replicas,
-        router,
-        &cost,
-        engine,
-        seed,
-        max_output_tokens,
-        snapshot_interval,
-        record_steps,
+        &SimArgs {
+            replicas,
+            router,
+            cost,
+            engine,
+            seed,
+            max_output_tokens,
+            snapshot_interval,
+            record_steps,
+            sal_beta,
+            router_exact_overlap,
+        },
     )?;
-    let mut cfg = cfg;
-    cfg.sal_beta = sal_beta;
-    cfg.router_exact_overlap = router_exact_overlap;
-    let mut cols = Columns::new(arrival_time, prompt_tokens, output_tokens);
-    cols.predicted = predicted_output_tokens.map(|p| p.as_array().iter().copied().collect());
-    cols.block_ids = match (hash_ids, hash_id_offsets) {
+    let mut cols = Columns::new(
+        py,
+        column(py, "arrival_time", arrival_time)?,
+        column(py, "prompt_tokens", prompt_tokens)?,
+        column(py, "output_tokens", output_tokens)?,
+    )?;
+    if let Some(p) = given(predicted_output_tokens) {
+        let p = column::<i64>(py, "predicted_output_tokens", p)?;
+        cols.predicted = Some(copy_column("predicted_output_tokens", &p).py(py)?);
+    }
+    let hash_block_tokens = match given(hash_block_tokens) {
+        Some(b) => limits::config_count("hash_block_tokens", &value(b)).py(py)?,
+        None => 512,
+    };
+    cols.block_ids = match (given(hash_ids), given(hash_id_offsets)) {
         (Some(ids), Some(offsets)) => Some((
-            ids.as_array().iter().copied().collect(),
-            offsets.as_array().iter().copied().collect(),
+            copy_column("hash_ids", &column::<u64>(py, "hash_ids", ids)?).py(py)?,
+            copy_column(
+                "hash_id_offsets",
+                &column::<u64>(py, "hash_id_offsets", offsets)?,
+            )
+            .py(py)?,
             hash_block_tokens,
         )),
         (None, None) => None,
@@ -444,31 +734,50 @@ fn simulate<'py>(
 
 /// One replica's capacity in requests/s at saturation on (a sample of) the trace's mix.
 #[pyfunction]
-#[pyo3(signature = (arrival_time, prompt_tokens, output_tokens, *, cost, engine, max_output_tokens=2048, max_requests=2000))]
+#[pyo3(
+    signature = (arrival_time, prompt_tokens, output_tokens, *, cost, engine, max_output_tokens=None, max_requests=None),
+    text_signature = "(arrival_time, prompt_tokens, output_tokens, *, cost, engine, max_output_tokens=2048, max_requests=2000)"
+)]
 #[allow(clippy::too_many_arguments)]
 fn measure_capacity<'py>(
     py: Python<'py>,
-    arrival_time: PyReadonlyArray1<'py, f64>,
-    prompt_tokens: PyReadonlyArray1<'py, i64>,
-    output_tokens: PyReadonlyArray1<'py, i64>,
-    cost: PyCostModel,
+    arrival_time: &Bound<'py, PyAny>,
+    prompt_tokens: &Bound<'py, PyAny>,
+    output_tokens: &Bound<'py, PyAny>,
+    cost: &Bound<'py, PyAny>,
     engine: &Bound<'py, PyAny>,
-    max_output_tokens: u64,
-    max_requests: usize,
+    max_output_tokens: Option<&Bound<'py, PyAny>>,
+    max_requests: Option<&Bound<'py, PyAny>>,
 ) -> PyResult<f64> {
     let one = 1_i64.into_pyobject(py)?.into_any();
+    let router = "round_robin".into_pyobject(py)?.into_any();
+    let record_steps = false.into_pyobject(py)?.to_owned().into_any();
     let cfg = sim_config(
         py,
-        &one,
-        "round_robin",
-        &cost,
-        engine,
-        0,
-        max_output_tokens,
-        None,
-        false,
+        &SimArgs {
+            replicas: &one,
+            router: &router,
+            cost,
+            engine,
+            seed: None,
+            max_output_tokens,
+            snapshot_interval: None,
+            record_steps: Some(&record_steps),
+            sal_beta: None,
+            router_exact_overlap: None,
+        },
     )?;
-    let cols = Columns::new(arrival_time, prompt_tokens, output_tokens);
+    let max_requests = match given(max_requests) {
+        Some(m) => limits::count_in(Blame::Config, "max_requests", &value(m), 1, MAX_COUNT)
+            .py(py)? as usize,
+        None => 2000,
+    };
+    let cols = Columns::new(
+        py,
+        column(py, "arrival_time", arrival_time)?,
+        column(py, "prompt_tokens", prompt_tokens)?,
+        column(py, "output_tokens", output_tokens)?,
+    )?;
     let mut interrupted = None;
     let res = py.detach(|| {
         let mut stop = signal_check(&mut interrupted);

@@ -280,23 +280,39 @@ fn cached_tokens(overlap: u64, block_size: u64, prompt: u64) -> u64 {
 }
 
 /// A live request: where it went and what it was charged there.
-#[derive(Debug, Clone)]
-struct Live {
-    replica: usize,
-    prompt_tokens: u64,
-    max_output_tokens: Option<u64>,
-    decode_estimate: u64,
-    output_tokens: u64,
-    started: bool,
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Live {
+    pub replica: usize,
+    pub prompt_tokens: u64,
+    pub max_output_tokens: Option<u64>,
+    pub decode_estimate: u64,
+    pub output_tokens: u64,
+    pub started: bool,
     /// Blocks charged to the replica's `used_blocks` (0 until started).
-    used_blocks: u64,
+    pub used_blocks: u64,
     /// Prompt tokens expected from the replica's cache (`prompt - cached` is charged to its
     /// `queued_prefill_uncached_tokens` while waiting).
-    cached_tokens: u64,
+    pub cached_tokens: u64,
     /// Its block hashes and own blocks as charged to the replica's [`ActiveBlocks`] (kept
     /// only when the policy tracks active blocks).
-    hashes: Box<[BlockHash]>,
-    own_blocks: u64,
+    pub hashes: Box<[BlockHash]>,
+    pub own_blocks: u64,
+}
+
+/// Everything a [`Router`] has learned since it was built, as plain data: with its
+/// [`RouterConfig`], [`Router::from_state`] rebuilds a router that decides exactly as this
+/// one would (pickling). Live requests are sorted by id. The cache-aware policies' prefix
+/// records are not part of it yet: [`Router::from_state`] refuses those policies.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouterState<K> {
+    /// [`Policy::state`]: the round-robin pointer or the generator's state.
+    pub policy_state: u64,
+    pub replicas: Vec<ReplicaLoad>,
+    pub snapshotted: Vec<bool>,
+    pub live: Vec<(K, Live)>,
+    pub num_finished: u64,
+    pub sum_input_tokens: u128,
+    pub sum_output_tokens: u128,
 }
 
 impl Live {
@@ -411,6 +427,94 @@ impl<K: RequestKey> Router<K> {
 
     pub fn config(&self) -> &RouterConfig {
         &self.config
+    }
+
+    /// What this router has learned: see [`RouterState`].
+    pub fn state(&self) -> RouterState<K>
+    where
+        K: Clone + Ord,
+    {
+        let mut live: Vec<(K, Live)> = self
+            .live
+            .iter()
+            .map(|(k, l)| (k.clone(), l.clone()))
+            .collect();
+        live.sort_by(|a, b| a.0.cmp(&b.0));
+        RouterState {
+            policy_state: self.policy.state(),
+            replicas: self.replicas.clone(),
+            snapshotted: self.snapshotted.clone(),
+            live,
+            num_finished: self.num_finished,
+            sum_input_tokens: self.sum_input_tokens,
+            sum_output_tokens: self.sum_output_tokens,
+        }
+    }
+
+    /// A router built from `config` that has learned `state` (what [`Router::state`] gave).
+    /// The state is checked against the configuration (one load per replica with its
+    /// capacity, every live request on a replica, each id once, the counters consistent):
+    /// `InvalidArgument` naming `state` otherwise.
+    pub fn from_state(config: RouterConfig, state: RouterState<K>) -> Result<Self> {
+        let mut router = Router::new(config)?;
+        let bad = |message: String| Error::InvalidArgument {
+            field: "state",
+            value: None,
+            index: None,
+            message: format!("not a router state for this configuration: {message}"),
+        };
+        if router.prefix_use != PrefixUse::None {
+            return Err(bad(format!(
+                "{}'s prefix records cannot be restored yet",
+                router.policy.name()
+            )));
+        }
+        let n = router.replicas.len();
+        if state.replicas.len() != n || state.snapshotted.len() != n {
+            return Err(bad(format!(
+                "{} loads and {} snapshot flags for {n} replicas",
+                state.replicas.len(),
+                state.snapshotted.len()
+            )));
+        }
+        for (i, (got, want)) in state.replicas.iter().zip(&router.replicas).enumerate() {
+            let capacity =
+                |l: &ReplicaLoad| (l.num_gpu_blocks, l.block_size, l.max_num_batched_tokens);
+            if capacity(got) != capacity(want) {
+                return Err(bad(format!(
+                    "replica {i}'s capacity differs from the configuration's"
+                )));
+            }
+        }
+        let mut live = HashMap::with_capacity(state.live.len());
+        for (id, l) in state.live {
+            if l.replica >= n {
+                return Err(bad(format!(
+                    "request {id} is on replica {} of {n}",
+                    l.replica
+                )));
+            }
+            if !l.hashes.is_empty() || l.own_blocks != 0 {
+                return Err(bad(format!(
+                    "request {id} holds active blocks, which this policy does not track"
+                )));
+            }
+            if live.insert(id, l).is_some() {
+                return Err(bad("a request id appears twice".into()));
+            }
+        }
+        if state.sum_output_tokens > 0 && state.num_finished == 0 {
+            return Err(bad("output tokens summed over no finished request".into()));
+        }
+        router.policy.set_state(state.policy_state);
+        router.replicas = state.replicas;
+        router.snapshotted = state.snapshotted;
+        router.live = live;
+        router.num_finished = state.num_finished;
+        router.sum_input_tokens = state.sum_input_tokens;
+        router.sum_output_tokens = state.sum_output_tokens;
+        router.check_invariants().map_err(|e| bad(e.to_string()))?;
+        Ok(router)
     }
 
     pub fn policy_name(&self) -> &'static str {
@@ -942,6 +1046,58 @@ mod tests {
 
     fn req(prompt: u64) -> RouteRequest<'static> {
         RouteRequest::new(prompt)
+    }
+
+    #[test]
+    fn a_restored_router_decides_as_the_original() {
+        for policy in policy_names() {
+            let mut a = router(policy, 3);
+            if a.prefix_use() != PrefixUse::None {
+                // Prefix records are not part of the state yet: refused, not half restored.
+                assert!(Router::from_state(a.config().clone(), a.state()).is_err());
+                continue;
+            }
+            for id in 0..20u64 {
+                a.route(id, req(5 + 7 * id % 30)).unwrap();
+                if id % 3 == 0 {
+                    a.on_progress(&id, 2).unwrap();
+                }
+                if id % 4 == 0 {
+                    a.on_finish(&id, 3).unwrap();
+                }
+            }
+            a.update_replica(
+                1,
+                ReplicaSnapshot {
+                    waiting: Some(2),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+            let mut b = Router::from_state(a.config().clone(), a.state()).unwrap();
+            assert_eq!(a.state(), b.state(), "{policy}");
+            for id in 100..140u64 {
+                assert_eq!(
+                    a.route(id, req(id % 17 + 1)).unwrap(),
+                    b.route(id, req(id % 17 + 1)).unwrap()
+                );
+            }
+            assert_eq!(a.state(), b.state(), "{policy}");
+        }
+    }
+
+    #[test]
+    fn a_state_that_does_not_fit_the_config_is_refused() {
+        let a = router("random", 2);
+        let mut s = a.state();
+        s.replicas.pop();
+        assert!(matches!(
+            Router::from_state(a.config().clone(), s),
+            Err(Error::InvalidArgument { field: "state", .. })
+        ));
+        let mut s = a.state();
+        s.replicas[0].waiting = 5; // no live request waits there
+        assert!(Router::<u64>::from_state(a.config().clone(), s).is_err());
     }
 
     #[test]

@@ -108,6 +108,15 @@ pub trait Policy: Send + Sync + fmt::Debug {
     fn prefixes(&self) -> PrefixUse {
         PrefixUse::None
     }
+
+    /// The policy's own state as one number (the round-robin pointer, the generator's
+    /// state; 0 for stateless policies), so a router can be saved and restored.
+    fn state(&self) -> u64 {
+        0
+    }
+
+    /// Restore what [`Policy::state`] returned.
+    fn set_state(&mut self, _state: u64) {}
 }
 
 /// The cache-aware policies' settings (ignored by the others).
@@ -285,6 +294,12 @@ impl Policy for RoundRobin {
         self.next = (i + 1) % n;
         i
     }
+    fn state(&self) -> u64 {
+        self.next as u64
+    }
+    fn set_state(&mut self, state: u64) {
+        self.next = usize::try_from(state).unwrap_or(0);
+    }
 }
 
 #[derive(Debug)]
@@ -299,6 +314,12 @@ impl Policy for Random {
     /// One draw per decision, also with a single replica.
     fn choose(&mut self, cluster: &Cluster<'_>, _: &RouteRequest<'_>) -> usize {
         self.rng.below(cluster.replicas.len() as u64) as usize
+    }
+    fn state(&self) -> u64 {
+        self.rng.state()
+    }
+    fn set_state(&mut self, state: u64) {
+        self.rng = SplitMix64::new(state);
     }
 }
 
@@ -329,6 +350,12 @@ impl Policy for PowerOfTwo {
             (Some(a), Some(b)) if b.outstanding_requests() < a.outstanding_requests() => hi,
             _ => lo,
         }
+    }
+    fn state(&self) -> u64 {
+        self.rng.state()
+    }
+    fn set_state(&mut self, state: u64) {
+        self.rng = SplitMix64::new(state);
     }
 }
 

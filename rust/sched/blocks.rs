@@ -15,14 +15,24 @@
 //! In `vllm_v1` block 0 is vLLM's null block: taken out of the queue at construction, never
 //! handed out, never freed, so `N` blocks leave `N - 1` usable.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, TryReserveError};
 use std::hash::BuildHasherDefault;
 
+use crate::error::{Error, Result};
 use crate::hash::BlockHash;
+use crate::limits::can_allocate;
 
 pub type BlockId = u32;
 
 const NIL: u32 = u32::MAX;
+
+/// Bytes a pool holds per block: its free-queue links and flag (9) and its reference count
+/// (4); with prefix caching, [`BYTES_PER_CACHED_BLOCK`] more.
+pub const BYTES_PER_BLOCK: u64 = 13;
+
+/// With prefix caching on, the bytes per block of its hash slot (`Option<BlockHash>`); the
+/// cache map itself grows with the blocks that carry a hash.
+pub const BYTES_PER_CACHED_BLOCK: u64 = std::mem::size_of::<Option<BlockHash>>() as u64;
 
 /// An intrusive doubly linked list over the ids `0..n` (each id at most once). Also the
 /// deque of `vllm_v1`'s FCFS waiting queue (over request slots).
@@ -54,14 +64,19 @@ impl LinkedIds {
         }
     }
 
-    /// The list `0, 1, ..., n - 1`, head to tail.
-    pub(crate) fn with_range(n: u32) -> Self {
+    /// The list `0, 1, ..., n - 1`, head to tail; `Err` (allocating nothing) if its arrays
+    /// cannot be had.
+    pub(crate) fn with_range(n: u32) -> std::result::Result<Self, TryReserveError> {
         let mut l = LinkedIds::new();
+        let len = n as usize;
+        l.prev.try_reserve_exact(len)?;
+        l.next.try_reserve_exact(len)?;
+        l.linked.try_reserve_exact(len)?;
         l.grow(n);
         for id in 0..n {
             l.push_back(id);
         }
-        l
+        Ok(l)
     }
 
     fn grow(&mut self, n: u32) {
@@ -340,41 +355,42 @@ pub(crate) struct BlockPool {
 }
 
 impl BlockPool {
-    /// halffull's pool: every block free, FIFO reuse.
-    pub(crate) fn new(num_blocks: u32) -> Self {
-        BlockPool {
+    /// halffull's pool: every block free, FIFO reuse. Allocated fallibly: `OutOfMemory`
+    /// (naming `field`, the setting that sized it) if it cannot be had.
+    pub(crate) fn new(num_blocks: u32, field: &'static str) -> Result<Self> {
+        Ok(BlockPool {
             num_blocks,
-            free: LinkedIds::with_range(num_blocks),
+            free: free_queue(num_blocks, field)?,
             order: ReleaseOrder::Fifo,
             null_block: None,
-            ref_cnt: vec![0; num_blocks as usize],
+            ref_cnt: filled(num_blocks, 0, field)?,
             cache: None,
             hash: Vec::new(),
             stats: PrefixCacheStats::default(),
-        }
+        })
     }
 
     /// vLLM V1's pool: block 0 is the null block, the free queue is `1..N`, LIFO reuse;
     /// with `caching`, freed blocks that carry a hash go to the tail instead (LRU).
-    pub(crate) fn new_v1(num_blocks: u32, caching: bool) -> Self {
-        let mut free = LinkedIds::with_range(num_blocks);
+    pub(crate) fn new_v1(num_blocks: u32, caching: bool, field: &'static str) -> Result<Self> {
+        let mut free = free_queue(num_blocks, field)?;
         let null_block = free.pop_front();
-        BlockPool {
+        Ok(BlockPool {
             num_blocks,
             free,
             order: ReleaseOrder::Lifo,
             null_block,
-            ref_cnt: vec![0; num_blocks as usize],
+            ref_cnt: filled(num_blocks, 0, field)?,
             // A block carries at most one hash, so the map never outgrows the pool; sized up
             // front (to a point) so that filling the cache never rehashes.
             cache: caching.then(|| CacheMap::with_capacity((num_blocks as usize).min(1 << 12))),
             hash: if caching {
-                vec![None; num_blocks as usize]
+                filled(num_blocks, None, field)?
             } else {
                 Vec::new()
             },
             stats: PrefixCacheStats::default(),
-        }
+        })
     }
 
     pub(crate) fn num_blocks(&self) -> u32 {
@@ -557,6 +573,57 @@ impl BlockPool {
     }
 }
 
+/// `OutOfMemory` unless a GPU pool (with its hash slots when `caching`) and a CPU pool fit
+/// together: asked for at once, before either is built.
+pub(crate) fn check_pools_fit(
+    num_gpu_blocks: u64,
+    num_cpu_blocks: u64,
+    caching: bool,
+) -> Result<()> {
+    let per_gpu_block = BYTES_PER_BLOCK + if caching { BYTES_PER_CACHED_BLOCK } else { 0 };
+    let bytes = num_gpu_blocks
+        .saturating_mul(per_gpu_block)
+        .saturating_add(num_cpu_blocks.saturating_mul(BYTES_PER_BLOCK));
+    if can_allocate(bytes) {
+        return Ok(());
+    }
+    let field = if num_gpu_blocks >= num_cpu_blocks {
+        "num_gpu_blocks"
+    } else {
+        "num_cpu_blocks"
+    };
+    Err(Error::OutOfMemory {
+        field,
+        bytes,
+        message: format!(
+            "cannot allocate the block pools: {num_gpu_blocks} GPU blocks x {per_gpu_block} bytes + \
+             {num_cpu_blocks} CPU blocks x {BYTES_PER_BLOCK} bytes = {bytes} bytes; nothing was changed"
+        ),
+    })
+}
+
+/// A pool's free queue, every block free, allocated fallibly.
+fn free_queue(num_blocks: u32, field: &'static str) -> Result<LinkedIds> {
+    LinkedIds::with_range(num_blocks).map_err(|_| {
+        Error::out_of_memory(field, "a block pool's free queue", u64::from(num_blocks), 9)
+    })
+}
+
+/// `n` copies of `value`, allocated fallibly.
+fn filled<T: Clone>(n: u32, value: T, field: &'static str) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n as usize).map_err(|_| {
+        Error::out_of_memory(
+            field,
+            "a block pool",
+            u64::from(n),
+            std::mem::size_of::<T>() as u64,
+        )
+    })?;
+    v.resize(n as usize, value);
+    Ok(v)
+}
+
 /// Blocks needed to hold `num_tokens` tokens: `ceil(num_tokens / block_size)`.
 #[inline]
 pub fn blocks_for(num_tokens: u64, block_size: u64) -> u64 {
@@ -569,7 +636,7 @@ mod tests {
 
     #[test]
     fn fifo_reuse_order() {
-        let mut pool = BlockPool::new(4);
+        let mut pool = BlockPool::new(4, "num_gpu_blocks").unwrap();
         let mut a = Vec::new();
         assert!(pool.allocate_into(3, &mut a));
         assert_eq!(a, vec![0, 1, 2]);
@@ -584,7 +651,7 @@ mod tests {
     #[test]
     fn v1_null_block_and_lifo_reuse() {
         // SPEC §5.1 (checks.py): a finished table [3,2,1,6,7] makes the queue start 7,6,1,2,3.
-        let mut pool = BlockPool::new_v1(10, false);
+        let mut pool = BlockPool::new_v1(10, false, "num_gpu_blocks").unwrap();
         assert_eq!(pool.null_block(), Some(0));
         assert_eq!((pool.num_free(), pool.num_usable()), (9, 9));
         assert_eq!(
@@ -608,7 +675,7 @@ mod tests {
 
     #[test]
     fn linked_ids_unlink_from_the_middle() {
-        let mut l = LinkedIds::with_range(5);
+        let mut l = LinkedIds::with_range(5).unwrap();
         assert!(l.remove(2) && !l.remove(2));
         l.push_front(2);
         l.remove(4);

@@ -44,7 +44,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::config::Semantics;
 use crate::hash::BlockHash;
 use blocks::BlockPool;
-pub use blocks::{blocks_for, BlockId, PrefixCacheStats};
+pub use blocks::{blocks_for, BlockId, PrefixCacheStats, BYTES_PER_BLOCK, BYTES_PER_CACHED_BLOCK};
 use policy::Policy;
 pub use policy::{policy_names, F64};
 pub use request::{NewRequest, Request, RequestId, Status};
@@ -257,16 +257,20 @@ impl Scheduler {
     pub fn new(cfg: SchedulerConfig) -> Result<Self> {
         cfg.validate()?;
         let policy = policy::make_policy(&cfg);
+        let caching = cfg.semantics == Semantics::VllmV1 && cfg.enable_prefix_caching;
+        blocks::check_pools_fit(cfg.num_gpu_blocks, cfg.num_cpu_blocks, caching)?;
         let gpu = match cfg.semantics {
-            Semantics::Halffull => BlockPool::new(cfg.num_gpu_blocks as u32),
-            Semantics::VllmV1 => {
-                BlockPool::new_v1(cfg.num_gpu_blocks as u32, cfg.enable_prefix_caching)
-            }
+            Semantics::Halffull => BlockPool::new(cfg.num_gpu_blocks as u32, "num_gpu_blocks")?,
+            Semantics::VllmV1 => BlockPool::new_v1(
+                cfg.num_gpu_blocks as u32,
+                cfg.enable_prefix_caching,
+                "num_gpu_blocks",
+            )?,
         };
         Ok(Scheduler {
             rules: Rules::new(&cfg),
             gpu,
-            cpu: BlockPool::new(cfg.num_cpu_blocks as u32),
+            cpu: BlockPool::new(cfg.num_cpu_blocks as u32, "num_cpu_blocks")?,
             policy,
             id: SCHEDULER_IDS.fetch_add(1, Ordering::Relaxed),
             slab: Vec::new(),
@@ -453,6 +457,9 @@ impl Scheduler {
     /// `max_output_tokens` exceeds the cache. The rule `add_request` applies; a router or
     /// simulator can ask it before dispatching.
     pub fn check_fits(&self, id: &RequestId, prompt: u64, max_output_tokens: u64) -> Result<()> {
+        // Public: the counts may come unchecked (a fuzzed u64::MAX made `prompt + 1` wrap).
+        check_count("prompt_tokens", prompt, 1)?;
+        check_count("max_output_tokens", max_output_tokens, 1)?;
         let cfg = &self.cfg;
         let usable = cfg.usable_gpu_blocks();
         let too_large = |need: u64, capacity: u64, message: String| Error::RequestTooLarge {

@@ -119,3 +119,17 @@ fn config_errors_name_valid_values() {
     }
     assert!(Scheduler::new(cfg("fcfs", 0)).is_err());
 }
+
+#[test]
+fn check_fits_refuses_counts_beyond_the_limits_instead_of_wrapping() {
+    // Found by the fuzz target: `prompt + 1` overflowed (and wrapped to "fits" in release).
+    let s = Scheduler::new(SchedulerConfig::new(8, 4)).unwrap();
+    let id = RequestId::Int(1);
+    for (prompt, out) in [(u64::MAX, 1), (1, u64::MAX), (0, 1), ((1 << 40) + 1, 1)] {
+        assert!(matches!(
+            s.check_fits(&id, prompt, out),
+            Err(Error::InvalidArgument { .. })
+        ));
+    }
+    assert!(s.check_fits(&id, 31, 1).is_ok());
+}

@@ -29,16 +29,17 @@
 pub(crate) mod cost;
 
 use std::cmp::{Ordering, Reverse};
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, TryReserveError};
 
 pub use cost::{preset_names, CostModel, Linear, Preset, Roofline, StepShape};
 
 use crate::error::{Error, Result, Value};
 use crate::hash::{expand_block_ids, BlockHash};
-use crate::limits::{self, Blame, MAX_COUNT, MAX_REPLICAS, MAX_SNAPSHOTS, MAX_TIME};
+use crate::limits::{self, can_allocate, Blame, MAX_COUNT, MAX_REPLICAS, MAX_SNAPSHOTS, MAX_TIME};
 use crate::router::{PrefixUse, ReplicaSnapshot, ReplicaSpec, RouteRequest, Router, RouterConfig};
 use crate::sched::{
-    blocks_for, NewRequest, PrefixCacheStats, RequestId, Scheduler, SchedulerConfig, StepPlan, F64,
+    blocks_for, NewRequest, PrefixCacheStats, RequestId, Scheduler, SchedulerConfig, StepPlan,
+    BYTES_PER_BLOCK, BYTES_PER_CACHED_BLOCK, F64,
 };
 
 /// Outcome of a trace row.
@@ -290,6 +291,54 @@ pub struct SimOutput {
     pub end_time: f64,
 }
 
+impl SimOutput {
+    /// Room for one more step in every per-step column (grown fallibly, doubling):
+    /// `OutOfMemory` naming `record_steps` when a long run's series no longer fits.
+    fn reserve_step(&mut self) -> Result<()> {
+        let n = self.step_time.len();
+        if n < self.step_time.capacity() {
+            return Ok(());
+        }
+        let more = n.max(1024);
+        let oom =
+            |_| Error::out_of_memory("record_steps", "the per-step series", (n + more) as u64, 72);
+        self.step_time.try_reserve_exact(more).map_err(oom)?;
+        self.step_duration.try_reserve_exact(more).map_err(oom)?;
+        self.step_replica.try_reserve_exact(more).map_err(oom)?;
+        self.step_batch_size.try_reserve_exact(more).map_err(oom)?;
+        self.step_prefill_tokens
+            .try_reserve_exact(more)
+            .map_err(oom)?;
+        self.step_decode_tokens
+            .try_reserve_exact(more)
+            .map_err(oom)?;
+        self.step_kv_blocks_used
+            .try_reserve_exact(more)
+            .map_err(oom)?;
+        self.step_queue_length
+            .try_reserve_exact(more)
+            .map_err(oom)?;
+        self.step_preempted.try_reserve_exact(more).map_err(oom)?;
+        Ok(())
+    }
+}
+
+/// `n` copies of `value`, allocated fallibly.
+fn filled<T: Clone>(n: usize, value: T) -> std::result::Result<Vec<T>, TryReserveError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n)?;
+    v.resize(n, value);
+    Ok(v)
+}
+
+/// A copy of `src`, allocated fallibly.
+fn copied<T: Copy>(src: &[T]) -> std::result::Result<Vec<T>, TryReserveError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(src.len())?;
+    v.extend_from_slice(src);
+    Ok(v)
+}
+
 /// One engine and what the simulator tracks around it.
 struct Replica {
     sched: Scheduler,
@@ -447,21 +496,65 @@ struct Sim<'a> {
 impl<'a> Sim<'a> {
     fn new(trace: TraceView<'a>, config: &'a SimConfig) -> Result<Self> {
         let router = Router::new(config.router_config())?;
-        let replicas = (0..config.num_replicas)
-            .map(|_| Replica::new(config.engine.clone()))
-            .collect::<Result<Vec<_>>>()?;
+        // Every replica's scheduler (its block pools: `BYTES_PER_BLOCK` per block) and every
+        // per-row column is allocated fallibly: `OutOfMemory`, not an abort.
+        let mut replicas = Vec::new();
+        replicas
+            .try_reserve_exact(config.num_replicas)
+            .map_err(|_| {
+                Error::out_of_memory(
+                    "replicas",
+                    "the replicas",
+                    config.num_replicas as u64,
+                    std::mem::size_of::<Replica>() as u64,
+                )
+            })?;
+        // All the replicas' block pools at once, asked for (and given back) before any is
+        // built: a cluster that cannot fit fails at once, not after building thousands.
+        let engine = &config.engine;
+        let caching =
+            engine.semantics == crate::config::Semantics::VllmV1 && engine.enable_prefix_caching;
+        let per_replica = engine
+            .num_gpu_blocks
+            .saturating_mul(BYTES_PER_BLOCK + if caching { BYTES_PER_CACHED_BLOCK } else { 0 })
+            + engine.num_cpu_blocks.saturating_mul(BYTES_PER_BLOCK);
+        let total = (config.num_replicas as u64).saturating_mul(per_replica);
+        let too_many = |bytes: u64| Error::OutOfMemory {
+            field: "replicas",
+            bytes,
+            message: format!(
+                "cannot allocate {} replicas: their block pools take {} x {per_replica} bytes \
+                 ({} GPU + {} CPU blocks each) = {total} bytes; nothing was run",
+                config.num_replicas,
+                config.num_replicas,
+                engine.num_gpu_blocks,
+                engine.num_cpu_blocks
+            ),
+        };
+        if !can_allocate(total) {
+            return Err(too_many(total));
+        }
+        for _ in 0..config.num_replicas {
+            replicas.push(Replica::new(config.engine.clone()).map_err(|e| match e {
+                Error::OutOfMemory { .. } => too_many(total),
+                other => other,
+            })?);
+        }
         let n = trace.arrival_time.len();
+        let rows =
+            |what: &str, bytes: usize| Error::out_of_memory("trace", what, n as u64, bytes as u64);
         let out = SimOutput {
-            replica: vec![-1; n],
-            arrival_time: trace.arrival_time.to_vec(),
-            first_token_time: vec![f64::NAN; n],
-            finish_time: vec![f64::NAN; n],
-            prompt_tokens: trace.prompt_tokens.to_vec(),
-            output_tokens: vec![0; n],
-            preemptions: vec![0; n],
-            status: vec![STATUS_REJECTED; n],
-            reject_reason: vec![String::new(); n],
-            cached_tokens: vec![0; n],
+            replica: filled(n, -1).map_err(|_| rows("the replica column", 8))?,
+            arrival_time: copied(trace.arrival_time).map_err(|_| rows("the arrival column", 8))?,
+            first_token_time: filled(n, f64::NAN).map_err(|_| rows("the first-token column", 8))?,
+            finish_time: filled(n, f64::NAN).map_err(|_| rows("the finish column", 8))?,
+            prompt_tokens: copied(trace.prompt_tokens).map_err(|_| rows("the prompt column", 8))?,
+            output_tokens: filled(n, 0).map_err(|_| rows("the output column", 8))?,
+            preemptions: filled(n, 0).map_err(|_| rows("the preemption column", 8))?,
+            status: filled(n, STATUS_REJECTED).map_err(|_| rows("the status column", 1))?,
+            reject_reason: filled(n, String::new())
+                .map_err(|_| rows("the reject-reason column", std::mem::size_of::<String>()))?,
+            cached_tokens: filled(n, 0).map_err(|_| rows("the cached-token column", 8))?,
             ..SimOutput::default()
         };
         // At most one event per replica, the next arrival and the next snapshot.
@@ -680,6 +773,7 @@ impl<'a> Sim<'a> {
         }
         if self.config.record_steps {
             let out = &mut self.out;
+            out.reserve_step()?;
             let s = &rep.sched;
             out.step_time.push(now);
             out.step_duration.push(dur);

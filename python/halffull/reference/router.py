@@ -72,6 +72,7 @@ from typing import Any
 
 import numpy as np
 
+from .._util import as_float, check_text_id, items, shown
 from ..errors import (
     ConfigError,
     DuplicateRequestError,
@@ -537,7 +538,7 @@ def _is_int(value: Any) -> bool:
 
 def _check_id(request_id: Any) -> RequestId:
     if isinstance(request_id, str):
-        return str(request_id)
+        return str(check_text_id(request_id, InvalidArgumentError))
     if isinstance(request_id, int) and not isinstance(request_id, bool):
         if not -(2**63) <= request_id < 2**63:
             raise InvalidArgumentError("an int request_id must fit in 64 bits", field="request_id")
@@ -548,10 +549,10 @@ def _check_id(request_id: Any) -> RequestId:
 
 def _check_count(name: str, value: Any, minimum: int, error: type = InvalidArgumentError) -> int:
     if not _is_int(value):
-        raise error(f"{name} must be an int, got {_type_name(value)} {value!r}", field=name, value=value)
+        raise error(f"{name} must be an int, got {_type_name(value)} {shown(value)}", field=name, value=value)
     v = int(value)
     if v < minimum or v > MAX_COUNT:
-        raise error(f"{name} must be in [{minimum}, 2**40], got {value!r}", field=name, value=value)
+        raise error(f"{name} must be in [{minimum}, 2**40], got {shown(value)}", field=name, value=value)
     return v
 
 
@@ -604,13 +605,15 @@ def _at(e: InvalidArgumentError, index: int) -> InvalidArgumentError:
 def _per_replica(name: str, value: Any, n: int, default: int) -> list[int]:
     if value is None:
         return [default] * n
-    if isinstance(value, str) or not hasattr(value, "__len__"):
+    if isinstance(value, str) or not hasattr(value, "__iter__"):
         return [_check_count(name, value, 1, ConfigError)] * n
-    values = [_check_count(name, v, 1, ConfigError) for v in value]
+    return [_check_count(name, v, 1, ConfigError)
+            for v in items(name, value, "ints (one per replica)", ConfigError)]
+
+
+def _one_per_replica(name: str, values: list[int], n: int) -> None:
     if len(values) != n:
-        raise ConfigError(f"{name} has {len(values)} entries; expected one per replica ({n})",
-                          field=name, value=value)
-    return values
+        raise ConfigError(f"{name} has {len(values)} entries; expected one per replica ({n})", field=name)
 
 
 # ---------------------------------------------------------------------------- router
@@ -646,11 +649,11 @@ class Router:
                               field="num_replicas", value=num_replicas)
         seed = 0 if seed is None else seed
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**64:
-            raise ConfigError(f"seed must be an int in [0, 2**64), got {seed!r}", field="seed", value=seed)
+            raise ConfigError(f"seed must be an int in [0, 2**64), got {shown(seed)}", field="seed", value=seed)
         if beta is not None and (isinstance(beta, bool) or not isinstance(beta, (int, float))):
             raise ConfigError(f"beta must be a number, got {_type_name(beta)}", field="beta", value=beta)
         if policy not in POLICIES:
-            raise ConfigError(f"unknown router policy {policy!r}; valid: {', '.join(ROUTERS)}",
+            raise ConfigError(f"unknown router policy {shown(policy)}; valid: {', '.join(ROUTERS)}",
                               field="policy", value=policy, valid=ROUTERS)
         if not 1 <= num_replicas <= MAX_REPLICAS:
             raise ConfigError(f"num_replicas must be in [1, {MAX_REPLICAS}], got {num_replicas}",
@@ -663,8 +666,14 @@ class Router:
             _check_count("prior_input_tokens", prior_input_tokens, 1, ConfigError)
         self.prior_output_tokens = DEFAULT_PRIOR_OUTPUT_TOKENS if prior_output_tokens is None else \
             _check_count("prior_output_tokens", prior_output_tokens, 1, ConfigError)
+        # Every value checked, then the lengths (a bad value is named before a short list).
+        for name, values in (("num_gpu_blocks", blocks), ("block_size", sizes), ("max_num_batched_tokens", budgets)):
+            _one_per_replica(name, values, n)
         if beta is not None:
-            beta = float(beta)
+            if isinstance(beta, (bool, np.bool_)) or not isinstance(beta, (int, float, np.integer, np.floating)):
+                raise ConfigError(f"beta must be a number, got {_type_name(beta)} {shown(beta)}", field="beta",
+                                  value=beta)
+            beta = as_float(beta)
             if not (math.isfinite(beta) and 0.0 < beta <= 1e12):
                 raise ConfigError(f"beta must be finite and in (0, 1e12], got {beta}", field="beta")
         self.beta_override = beta
@@ -765,7 +774,7 @@ class Router:
             raise InvalidArgumentError(f"index must be an int, got {_type_name(index)}", field="index", value=index)
         if not 0 <= int(index) < self.num_replicas:
             raise InvalidArgumentError(
-                f"replica index {index!r} is out of range: the router has {self.num_replicas} replicas",
+                f"replica index {shown(index)} is out of range: the router has {self.num_replicas} replicas",
                 field="index", value=index, num_replicas=self.num_replicas)
         return int(index)
 
@@ -875,16 +884,13 @@ class Router:
         overlap_blocks: Iterable[Sequence[int] | None] | None = None,
     ) -> np.ndarray:
         """``route`` for each request in order; everything is checked first."""
-        ids = list(request_ids)
+        ids = items("request_ids", request_ids, "request ids", InvalidArgumentError)
+        keys = [_check_id(i) for i in ids]
 
         def column(name: str, values: Iterable[int] | None, minimum: int) -> list[int] | None:
-            if values is None:
+            if values is None and name != "prompt_tokens":      # prompt_tokens is required
                 return None
-            out = [_check_count(name, v, minimum) for v in values]
-            if len(out) != len(ids):
-                raise InvalidArgumentError(f"{name} has {len(out)} entries but request_ids has {len(ids)}",
-                                           field=name, value=values)
-            return out
+            return [_check_count(name, v, minimum) for v in items(name, values, "ints", InvalidArgumentError)]
 
         prompts = column("prompt_tokens", prompt_tokens, 1) or []
         caps = column("max_output_tokens", max_output_tokens, 1)
@@ -895,19 +901,23 @@ class Router:
             if values is None:
                 return None
             out = []
-            for k, row in enumerate(values):
+            for k, row in enumerate(items(name, values, "sequences (one per request)", InvalidArgumentError)):
                 try:
                     out.append(None if row is None else parse(row))
                 except InvalidArgumentError as e:
                     raise _at(e, k) from None
-            if len(out) != len(ids):
-                raise InvalidArgumentError(f"{name} has {len(out)} entries but request_ids has {len(ids)}",
-                                           field=name, value=values)
             return out
 
         hash_rows = rows("block_hashes", block_hashes, _block_hashes)
         overlap_rows = rows("overlap_blocks", overlap_blocks, _overlap_counts)
-        rids = [_check_id(i) for i in ids]
+        # Every value first, then the lengths (a bad value is named before a short column).
+        for name, values in (("prompt_tokens", prompts), ("max_output_tokens", caps),
+                             ("predicted_output_tokens", predictions), ("block_hashes", hash_rows),
+                             ("overlap_blocks", overlap_rows)):
+            if values is not None and len(values) != len(ids):
+                raise InvalidArgumentError(f"{name} has {len(values)} entries but request_ids has {len(ids)}",
+                                           field=name)
+        rids = keys
         seen: set[RequestId] = set()
         for k, (rid, original) in enumerate(zip(rids, ids, strict=True)):
             self._check_prefix(prompts[k], (hash_rows[k] or []) if hash_rows else [],

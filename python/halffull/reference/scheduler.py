@@ -72,6 +72,7 @@ from typing import Any
 
 import numpy as np
 
+from .._util import as_float, check_text_id, items, shown
 from ..config import SchedulerConfig
 from ..errors import (
     ClockError,
@@ -80,6 +81,7 @@ from ..errors import (
     InvalidArgumentError,
     InvalidUpdateError,
     InvariantError,
+    OutOfMemoryError,
     RequestTooLargeError,
     StalePlanError,
     UnknownRequestError,
@@ -240,12 +242,14 @@ def _check_id(request_id: Any) -> RequestId:
             field="request_id", value=request_id)
     if isinstance(request_id, int) and not -(2**63) <= request_id < 2**63:
         raise InvalidArgumentError("an int request_id must fit in 64 bits", field="request_id", value=request_id)
+    if isinstance(request_id, str):
+        check_text_id(request_id, InvalidArgumentError)
     return request_id
 
 
 def _check_count(name: str, value: Any, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise InvalidArgumentError(f"{name} must be an int, got {type(value).__name__} {value!r}",
+        raise InvalidArgumentError(f"{name} must be an int, got {type(value).__name__} {shown(value)}",
                                    field=name, value=value)
     value = int(value)
     if value < minimum or value > _MAX_INT:
@@ -255,11 +259,11 @@ def _check_count(name: str, value: Any, minimum: int) -> int:
 
 def _check_time(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise InvalidArgumentError(f"{name} must be a number, got {type(value).__name__} {value!r}",
+        raise InvalidArgumentError(f"{name} must be a number, got {type(value).__name__} {shown(value)}",
                                    field=name, value=value)
-    v = float(value)
+    v = as_float(value)
     if not math.isfinite(v) or v < 0.0 or v > _MAX_TIME:
-        raise InvalidArgumentError(f"{name} must be finite and in [0, 1e12] seconds, got {value!r}",
+        raise InvalidArgumentError(f"{name} must be finite and in [0, 1e12] seconds, got {shown(value)}",
                                    field=name, value=value)
     return v
 
@@ -305,10 +309,15 @@ class Scheduler:
         self.policy = make_policy(config)
         self.scheduler_id = next(_scheduler_ids)
         self.v1 = config.semantics == VLLM_V1
-        self.gpu: BlockPool = (VllmBlockPool(config.num_gpu_blocks, caching=config.enable_prefix_caching)
-                               if self.v1 else BlockPool(config.num_gpu_blocks))
         self.caching = config.enable_prefix_caching
-        self.cpu = BlockPool(config.num_cpu_blocks)
+        try:
+            self.gpu: BlockPool = (VllmBlockPool(config.num_gpu_blocks, caching=config.enable_prefix_caching)
+                                   if self.v1 else BlockPool(config.num_gpu_blocks))
+            self.cpu = BlockPool(config.num_cpu_blocks)
+        except MemoryError:                               # as the core: a typed error, not an abort
+            field = "num_gpu_blocks" if config.num_gpu_blocks >= config.num_cpu_blocks else "num_cpu_blocks"
+            raise OutOfMemoryError(f"cannot allocate the block pools ({config.num_gpu_blocks} + "
+                                   f"{config.num_cpu_blocks} blocks)", field=field) from None
         self.requests: dict[RequestId, Request] = {}     # live requests only
         self.waiting: list[Request] = []                  # unordered: the policy orders it
         self.running: list[Request] = []                  # admission order
@@ -418,7 +427,7 @@ class Scheduler:
         arrival = self.now if arrival_time is None else _check_time("arrival_time", arrival_time)
         if isinstance(priority, bool) or not isinstance(priority, (int, np.integer)) \
                 or not -(2**63) <= int(priority) < 2**63:
-            raise InvalidArgumentError(f"priority must be a 64-bit int, got {priority!r}",
+            raise InvalidArgumentError(f"priority must be a 64-bit int, got {shown(priority)}",
                                        field="priority", value=priority)
         if predicted_output_tokens is not None:
             predicted_output_tokens = _check_count("predicted_output_tokens", predicted_output_tokens, 0)
@@ -774,7 +783,8 @@ class Scheduler:
             self.gpu.register(req.block_table[j], hashes[j])
         req.num_cached_blocks = max(req.num_cached_blocks, full)
 
-    def update(self, plan: StepPlan, finished: Iterable[RequestId] = (), now: float | None = None) -> list[RequestId]:
+    def update(self, plan: StepPlan, finished: Iterable[RequestId] | None = (),
+               now: float | None = None) -> list[RequestId]:
         """Apply what the step produced; returns the ids that finished, in plan order.
 
         Every scheduled request whose known tokens are all computed after the step sampled one
@@ -806,13 +816,16 @@ class Scheduler:
         self._ended_since_plan.extend(ended)
         return ended
 
-    def _early_finishers(self, step: int, finished: Iterable[RequestId]) -> set[RequestId]:
+    def _early_finishers(self, step: int, finished: Iterable[RequestId] | None) -> set[RequestId]:
         """The live requests that ``finished`` names (EOS in step ``step``), each checked to
         have sampled in the pending plan; ids aborted during the step are skipped. Changes
         nothing."""
+        if finished is None:
+            return set()
         if isinstance(finished, (str, int)):
             raise InvalidArgumentError("finished must be a list of request ids, not a single id",
                                        field="finished", value=finished)
+        finished = items("finished", finished, "request ids", InvalidArgumentError)
         sampling = {r.request_id for r, n in self._pending_scheduled
                     if r.num_computed_tokens + n == r.num_tokens}
         early: set[RequestId] = set()

@@ -7,12 +7,13 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import TraceError
+from ..errors import InvalidArgumentError, TraceError
 from ..limits import MAX_TIME
 from .formats import FORMATS, TRACE_FORMATS, Rows, TraceFormat, detect, trace_error
 from .trace import Trace
@@ -29,8 +30,11 @@ def load(path: str | Path, format: str | None = None) -> Trace:
     project's own format keeps its times as written. Raises ``TraceError`` (attributes
     ``path``, ``line``) on a missing or empty file, an unknown format, or a malformed row.
     """
+    if isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
+        raise InvalidArgumentError(f"path must be a str or a path, got {type(path).__name__}",
+                                   field="path", value=path)
     path = Path(path)
-    if format is not None and format not in TRACE_FORMATS:
+    if format is not None and (not isinstance(format, str) or format not in TRACE_FORMATS):
         raise TraceError(
             f"{path}: unknown trace format {format!r}; valid formats: {', '.join(FORMATS)}",
             path=str(path),

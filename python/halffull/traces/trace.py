@@ -12,7 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from .._util import as_float, shown
 from ..errors import InvalidArgumentError
+from ..limits import MAX_TIME
 
 
 def _token_array(values: Any, field: str) -> np.ndarray:
@@ -147,9 +149,18 @@ class Trace:
             raise InvalidArgumentError(
                 f"factor must be a number, got {type(factor).__name__}", field="factor", value=factor
             )
-        if not (math.isfinite(factor) and factor > 0):
-            raise InvalidArgumentError(f"factor must be finite and > 0, got {factor!r}", field="factor", value=factor)
-        return replace(self, arrival_time=self.arrival_time / float(factor))
+        f = as_float(factor)
+        if not (math.isfinite(f) and f > 0):
+            raise InvalidArgumentError(f"factor must be finite and > 0, got {shown(factor)}", field="factor",
+                                       value=factor)
+        with np.errstate(over="ignore"):
+            arrival = self.arrival_time / f
+        last = float(arrival.max()) if arrival.size else 0.0
+        if not last <= MAX_TIME:
+            raise InvalidArgumentError(
+                f"scaling the rate by {shown(factor)} puts the last arrival at {last:.3g} s, beyond MAX_TIME "
+                f"({MAX_TIME:g} s)", field="factor", value=factor)
+        return replace(self, arrival_time=arrival)
 
     def head(self, n: int) -> Trace:
         """The first ``n`` requests (all of them if the trace is shorter)."""
