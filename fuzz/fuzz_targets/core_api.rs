@@ -21,9 +21,11 @@
 
 use halffull::config::{PolicyKind, SchedulerConfig, Semantics};
 use halffull::error::{Error, Value};
-use halffull::router::{ReplicaSnapshot, ReplicaSpec, RouteRequest, Router, RouterConfig};
+use halffull::router::{
+    PrefixUse, ReplicaSnapshot, ReplicaSpec, RouteRequest, Router, RouterConfig,
+};
 use halffull::sched::{NewRequest, RequestId, Scheduler, StepPlan};
-use halffull::sim::{self, CostModel, Linear, SimConfig, TraceView};
+use halffull::sim::{self, BlockIds, CostModel, Linear, SimConfig, TraceView};
 use libfuzzer_sys::fuzz_target;
 
 /// Reads the fuzzer's bytes; past the end every read is 0, so any input is a program.
@@ -112,6 +114,7 @@ fn config(b: &mut Bytes<'_>) -> Vec<(&'static str, Value)> {
             Value::Int(b.range(0, 12).into()),
         ),
         ("reserve_full_prompt", Value::Bool(b.bool())),
+        ("enable_prefix_caching", Value::Bool(b.bool())),
     ];
     match b.u8() % 4 {
         0 => v.push((
@@ -168,6 +171,14 @@ fn view(s: &Scheduler, ids: &[RequestId]) -> View {
             })
             .collect(),
     }
+}
+
+/// Chained-looking block hashes: a prefix of one of three families (so requests share
+/// prefixes), sometimes too long for the prompt (refused) or empty.
+fn hashes(b: &mut Bytes<'_>) -> Vec<u128> {
+    let family = u128::from(b.u8() % 3) << 64;
+    let n = u128::from(b.u8() % 12);
+    (0..n).map(|k| family | k).collect()
 }
 
 fn time(b: &mut Bytes<'_>, now: f64) -> Option<f64> {
@@ -239,6 +250,7 @@ fn scheduler(b: &mut Bytes<'_>) {
                     priority: i64::from(b.u8() as i8),
                     predicted_output_tokens: b.bool().then(|| b.count(30)),
                     true_output_tokens: b.bool().then(|| b.count(16)),
+                    block_hashes: hashes(b),
                 };
                 if tracing() {
                     eprintln!("add {new:?}");
@@ -342,6 +354,9 @@ const ROUTERS: &[&str] = &[
     "least_tokens",
     "llumnix",
     "sal",
+    "cache_aware",
+    "dynamo_kv",
+    "sal_uncached",
 ];
 
 fn router(b: &mut Bytes<'_>) {
@@ -367,20 +382,26 @@ fn router(b: &mut Bytes<'_>) {
         if b.done() {
             break;
         }
-        let before = r.state();
+        let before = (r.state(), r.replicas().to_vec(), record_view(&r));
         let id = u64::from(b.u8() % 24);
+        let prompt_hashes = hashes(b);
+        let overlaps: Vec<u64> = (0..n).map(|_| u64::from(b.u8() % 6)).collect();
         let op = b.u8() % 7;
         let result: Result<(), Error> = match op {
-            0 | 1 => r
-                .route(
+            0 | 1 => {
+                let with_overlaps = b.u8() % 4 == 0;
+                r.route(
                     id,
                     RouteRequest {
                         prompt_tokens: b.count(100),
                         max_output_tokens: b.bool().then(|| b.count(20)),
                         predicted_output_tokens: b.bool().then(|| b.count(30)),
+                        block_hashes: &prompt_hashes,
+                        overlap_blocks: with_overlaps.then_some(overlaps.as_slice()),
                     },
                 )
-                .map(|_| ()),
+                .map(|_| ())
+            }
             2 => {
                 let k = b.range(0, 4);
                 let requests = (0..k)
@@ -400,6 +421,7 @@ fn router(b: &mut Bytes<'_>) {
                     waiting: b.bool().then(|| b.count(10)),
                     running: b.bool().then(|| b.count(10)),
                     queued_prefill_tokens: b.bool().then(|| b.count(500)),
+                    queued_prefill_uncached_tokens: b.bool().then(|| b.count(500)),
                     remaining_decode_tokens: None,
                     free_blocks: b.bool().then(|| b.count(64)),
                 };
@@ -411,7 +433,7 @@ fn router(b: &mut Bytes<'_>) {
         if result.is_err() {
             assert_eq!(
                 before,
-                r.state(),
+                (r.state(), r.replicas().to_vec(), record_view(&r)),
                 "a failed router call (op {op}) changed its state: {result:?}"
             );
         }
@@ -421,7 +443,12 @@ fn router(b: &mut Bytes<'_>) {
             }
         }
     }
-    // A restored router is the router: same state, same next decisions.
+    // A restored router is the router: same state, same next decisions (the cache-aware
+    // policies' prefix records are not part of the state: refused, never half restored).
+    if r.prefix_use() != PrefixUse::None {
+        assert!(Router::from_state(r.config().clone(), r.state()).is_err());
+        return;
+    }
     let mut copy = Router::from_state(r.config().clone(), r.state())
         .unwrap_or_else(|e| panic!("a router's own state was refused: {e}"));
     for k in 0..8u64 {
@@ -432,6 +459,13 @@ fn router(b: &mut Bytes<'_>) {
         );
     }
     assert_eq!(r.state(), copy.state());
+}
+
+/// The prefix records, for "a failed call changed nothing".
+fn record_view(r: &Router<u64>) -> Vec<(Vec<u128>, u64)> {
+    (0..r.num_replicas())
+        .map(|i| (r.record_hashes(i), r.active_blocks(i)))
+        .collect()
 }
 
 // ------------------------------------------------------------------------- simulator
@@ -469,20 +503,42 @@ fn simulator(b: &mut Bytes<'_>) {
     config.max_output_tokens = b.range(1, 32);
     config.snapshot_interval = b.bool().then(|| b.pick(&[0.01, 0.5, 3.0]));
     config.record_steps = b.bool();
+    // Mooncake-style block ids: rows share leading ids, so prefix caching and the
+    // cache-aware routers have something to find.
+    let block_tokens = b.pick(&[8u64, 16, 64]);
+    let mut ids = Vec::new();
+    let mut offsets = vec![0u64];
+    for &p in &prompt {
+        let family = u64::from(b.u8() % 3) * 1000;
+        for k in 0..(p as u64).div_ceil(block_tokens) {
+            ids.push(family + k);
+        }
+        offsets.push(ids.len() as u64);
+    }
+    let with_ids = b.bool();
+    config.router_exact_overlap = b.bool();
     let trace = TraceView {
         arrival_time: &arrival,
         prompt_tokens: &prompt,
         output_tokens: &output,
         predicted_output_tokens: b.bool().then_some(predicted.as_slice()),
+        block_ids: with_ids.then_some(BlockIds {
+            ids: &ids,
+            offsets: &offsets,
+            block_tokens,
+        }),
     };
     match sim::simulate(trace, &config) {
         Ok(out) => {
             assert_eq!(out.status.len(), rows);
             for i in 0..rows {
-                let finished = out.status[i] == 0;
+                // 0 finished, 1 rejected (with a reason), 2 truncated (the cache cannot hold
+                // its true output).
+                assert!(out.status[i] <= 2, "row {i} has status {}", out.status[i]);
+                let finished = out.status[i] != 1;
                 assert!(
                     finished || !out.reject_reason[i].is_empty(),
-                    "row {i} neither finished nor rejected"
+                    "row {i} rejected without a reason"
                 );
                 assert!(
                     out.output_tokens[i] <= output[i],
