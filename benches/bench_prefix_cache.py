@@ -18,11 +18,11 @@ import time
 
 import pytest
 
+import bench_scheduler
 import halffull
+from bench_scheduler import CHURN, RUNNING
 from halffull import reference
 
-RUNNING = 256
-CHURN = 8
 SHARED_BLOCKS = 32        # 512 tokens of block_size 16
 PREFIXES = 32
 MODES = {
@@ -32,20 +32,11 @@ MODES = {
 }
 
 
-class Workload:
+class Workload(bench_scheduler.Workload):
+    """``bench_scheduler``'s steady state, in one of ``MODES``, with shared-prefix prompts."""
+
     def __init__(self, impl, mode: str, waiting: int, seed: int = 0) -> None:
-        cfg = halffull.SchedulerConfig(num_gpu_blocks=1 << 20, block_size=16, max_num_seqs=RUNNING,
-                                       max_num_batched_tokens=1 << 20, **MODES[mode])
-        self.s = impl(cfg)
-        self.t = 0.0
-        self.next_id = 0
-        self.x = seed * 7919 + 1
-        for _ in range(RUNNING):
-            self._add()
-        plan = self.s.schedule(now=0.0)
-        self.s.update(plan, now=0.0)
-        for _ in range(waiting):
-            self._add()
+        super().__init__(impl, "fcfs", waiting, seed, **MODES[mode])
 
     def _add(self) -> None:
         self.x = (self.x * 48271) % 2147483647
@@ -54,19 +45,6 @@ class Workload:
                            max_output_tokens=1 << 30, arrival_time=self.t,
                            block_hashes=[prefix << 16 | j for j in range(SHARED_BLOCKS)])
         self.next_id += 1
-
-    def arrivals(self) -> None:
-        self.t += 0.02
-        for _ in range(CHURN):
-            self._add()
-
-    def step(self):
-        s = self.s
-        plan = s.schedule(now=self.t)
-        ids = plan.req_ids
-        s.update(plan, finished=[ids[0], ids[37], ids[70], ids[101], ids[140], ids[170], ids[201], ids[250]],
-                 now=self.t)
-        return plan
 
 
 def make(impl_name: str, mode: str, waiting: int) -> Workload:

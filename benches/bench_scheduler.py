@@ -28,10 +28,10 @@ CHURN = 8
 class Workload:
     """A scheduler in steady state with `RUNNING` running and `waiting` waiting requests."""
 
-    def __init__(self, impl, policy: str, waiting: int, seed: int = 0) -> None:
+    def __init__(self, impl, policy: str, waiting: int, seed: int = 0, **config) -> None:
         cfg = halffull.SchedulerConfig(
             num_gpu_blocks=1 << 20, block_size=16, max_num_seqs=RUNNING, max_num_batched_tokens=1 << 20,
-            policy=policy, larry_alpha=10.0, larry_deadline=1.0,
+            policy=policy, larry_alpha=10.0, larry_deadline=1.0, **config,
         )
         self.s = impl(cfg)
         self.t = 0.0
