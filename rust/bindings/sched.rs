@@ -1,7 +1,5 @@
 //! Python bindings of the engine scheduler: `Scheduler`, `StepPlan`, `policy_names`.
 
-use std::collections::HashMap;
-
 use numpy::{PyArray1, PyArrayMethods};
 use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
@@ -60,12 +58,16 @@ pub struct PyScheduler {
     ids: Vec<Option<Py<PyAny>>>,
 }
 
-/// The caller's id objects of the slots a plan names, taken while the scheduler is held.
-type PlanIds = HashMap<u32, Py<PyAny>>;
-
-fn id_of(py: Python<'_>, ids: &PlanIds, slot: u32) -> Py<PyAny> {
-    ids.get(&slot)
-        .map_or_else(|| py.None(), |ob| ob.clone_ref(py))
+/// The caller's id objects of the requests a plan names, list by list in the plan's order,
+/// taken while the scheduler is held (new references only: no Python code runs).
+#[derive(Default)]
+struct PlanIds {
+    scheduled: Vec<Py<PyAny>>,
+    admitted: Vec<Py<PyAny>>,
+    preempted: Vec<Py<PyAny>>,
+    swapped_out: Vec<Py<PyAny>>,
+    swapped_in: Vec<Py<PyAny>>,
+    new_blocks: Vec<Py<PyAny>>,
 }
 
 /// The scheduler for one call into the core: held only while Rust runs.
@@ -148,24 +150,19 @@ impl PyScheduler {
         }
     }
 
-    /// The id objects of every slot `plan` names.
+    /// The id objects of every request `plan` names.
     fn plan_ids(&self, py: Python<'_>, plan: &StepPlan) -> PyResult<PlanIds> {
-        let slots = plan
-            .scheduled
-            .iter()
-            .map(|s| s.slot)
-            .chain(plan.admitted.iter().copied())
-            .chain(plan.preempted.iter().map(|&(s, _)| s))
-            .chain(plan.swapped_out.iter().map(|(s, _)| *s))
-            .chain(plan.swapped_in.iter().map(|(s, _)| *s))
-            .chain(plan.new_blocks.iter().map(|(s, _)| *s));
-        let mut ids = HashMap::with_capacity(plan.scheduled.len());
-        for slot in slots {
-            if let std::collections::hash_map::Entry::Vacant(e) = ids.entry(slot) {
-                e.insert(self.id_ob(py, slot)?);
-            }
-        }
-        Ok(ids)
+        let ids = |slots: &mut dyn Iterator<Item = u32>| -> PyResult<Vec<Py<PyAny>>> {
+            slots.map(|slot| self.id_ob(py, slot)).collect()
+        };
+        Ok(PlanIds {
+            scheduled: ids(&mut plan.scheduled.iter().map(|s| s.slot))?,
+            admitted: ids(&mut plan.admitted.iter().copied())?,
+            preempted: ids(&mut plan.preempted.iter().map(|&(s, _)| s))?,
+            swapped_out: ids(&mut plan.swapped_out.iter().map(|(s, _)| *s))?,
+            swapped_in: ids(&mut plan.swapped_in.iter().map(|(s, _)| *s))?,
+            new_blocks: ids(&mut plan.new_blocks.iter().map(|(s, _)| *s))?,
+        })
     }
 
     /// Keep the caller's id object of the request just added in `slot`; returns what the slot
@@ -206,9 +203,9 @@ impl PyScheduler {
     }
 
     /// The Python plan, built once the scheduler is no longer held.
-    fn build_plan(py: Python<'_>, plan: StepPlan, plan_ids: &PlanIds) -> PyResult<PyStepPlan> {
+    fn build_plan(py: Python<'_>, plan: StepPlan, plan_ids: PlanIds) -> PyResult<PyStepPlan> {
         let n = plan.scheduled.len();
-        let mut ids = Vec::with_capacity(n);
+        let ids = plan_ids.scheduled;
         let mut slots = Vec::with_capacity(n);
         let mut new_tokens = Vec::with_capacity(n);
         let mut computed = Vec::with_capacity(n);
@@ -217,7 +214,6 @@ impl PyScheduler {
         let mut cached = Vec::with_capacity(n);
         for s in &plan.scheduled {
             cached.push(s.num_cached_tokens as i64);
-            ids.push(id_of(py, plan_ids, s.slot));
             slots.push(s.slot);
             new_tokens.push(s.num_new_tokens as i64);
             computed.push(s.num_computed_tokens as i64);
@@ -225,44 +221,31 @@ impl PyScheduler {
             samples.push(s.samples);
         }
         let num_batched_tokens: i64 = new_tokens.iter().sum();
-        let admitted = PyList::new(
-            py,
-            plan.admitted
-                .iter()
-                .map(|&s| id_of(py, plan_ids, s))
-                .collect::<Vec<_>>(),
-        )?;
+        let admitted = PyList::new(py, plan_ids.admitted)?;
         let preempted = PyList::empty(py);
-        for &(slot, mode) in &plan.preempted {
+        for (id, &(_, mode)) in plan_ids.preempted.into_iter().zip(&plan.preempted) {
             preempted.append(PyTuple::new(
                 py,
-                [
-                    id_of(py, plan_ids, slot),
-                    mode.as_str().into_pyobject(py)?.into_any().unbind(),
-                ],
+                [id, mode.as_str().into_pyobject(py)?.into_any().unbind()],
             )?)?;
         }
-        let swaps = |list: &[(u32, Vec<(BlockId, BlockId)>)]| -> PyResult<Py<PyList>> {
+        let swaps = |ids: Vec<Py<PyAny>>,
+                     list: &[(u32, Vec<(BlockId, BlockId)>)]|
+         -> PyResult<Py<PyList>> {
             let out = PyList::empty(py);
-            for (slot, rows) in list {
+            for (id, (_, rows)) in ids.into_iter().zip(list) {
                 out.append(PyTuple::new(
                     py,
-                    [
-                        id_of(py, plan_ids, *slot).into_bound(py),
-                        Self::mapping_array(py, rows)?,
-                    ],
+                    [id.into_bound(py), Self::mapping_array(py, rows)?],
                 )?)?;
             }
             Ok(out.unbind())
         };
         let new_blocks = PyList::empty(py);
-        for (slot, blocks) in &plan.new_blocks {
+        for (id, (_, blocks)) in plan_ids.new_blocks.into_iter().zip(&plan.new_blocks) {
             new_blocks.append(PyTuple::new(
                 py,
-                [
-                    id_of(py, plan_ids, *slot).into_bound(py),
-                    PyList::new(py, blocks)?.into_any(),
-                ],
+                [id.into_bound(py), PyList::new(py, blocks)?.into_any()],
             )?)?;
         }
         let finished = PyList::new(
@@ -284,8 +267,8 @@ impl PyScheduler {
             num_cached_tokens: PyArray1::from_vec(py, cached).into_any().unbind(),
             admitted: admitted.unbind(),
             preempted: preempted.unbind(),
-            swapped_out: swaps(&plan.swapped_out)?,
-            swapped_in: swaps(&plan.swapped_in)?,
+            swapped_out: swaps(plan_ids.swapped_out, &plan.swapped_out)?,
+            swapped_in: swaps(plan_ids.swapped_in, &plan.swapped_in)?,
             new_blocks: new_blocks.unbind(),
             finished: finished.unbind(),
             slots,
@@ -464,7 +447,7 @@ impl PyScheduler {
             })
         };
         let (plan, ids) = planned.py(py)?;
-        Self::build_plan(py, plan, &ids?)
+        Self::build_plan(py, plan, ids?)
     }
 
     /// Apply what the step produced: every scheduled request whose prefill is complete after
