@@ -25,8 +25,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable
+from itertools import repeat
+from operator import add, attrgetter, not_
 from typing import TYPE_CHECKING, Any
 
 from vllm.v1.core.sched.interface import PauseState, SchedulerInterface
@@ -51,6 +53,17 @@ POLICY_ENV = "HALFFULL_POLICY"
 #: the keys of ``additional_config["halffull"]`` (the policy and its parameters)
 POLICY_KEYS = ("policy", "larry_alpha", "larry_load", "sjf_aging")
 _CACHE_COUNTERS = ("requests", "queries", "hits", "preempted_requests", "preempted_queries", "preempted_hits")
+
+
+_in_flight = attrgetter("num_in_flight_tokens")
+_computed = attrgetter("num_computed_tokens")
+_outputs = attrgetter("_output_token_ids")
+_request_id = attrgetter("request_id")
+
+
+def _set_all(objs: list[Any], name: str, values: Iterable[Any]) -> None:
+    """``obj.name = value`` for each pair, at C speed (no Python frame per object)."""
+    deque(map(setattr, objs, repeat(name), values), maxlen=0)
 
 
 class UnsupportedFeatureError(ValueError):
@@ -150,6 +163,26 @@ def core_config(vllm_config: VllmConfig, kv_cache_config: KVCacheConfig, block_s
         **policy_settings(vllm_config))
 
 
+class _Live:
+    """A request the core has, with what the per-step fast path reads: vLLM's ``check_stop``
+    can stop a single sampled token only if it is in ``stop_ids`` (EOS, stop token ids) or the
+    output reaches ``limit`` (max_tokens, max_model_len); ``general``: the request needs
+    vLLM's full per-token path (logprobs, repetition detection)."""
+
+    __slots__ = ("all", "general", "hasher", "known_hashes", "limit", "out", "req", "stop_ids")
+
+    def __init__(self, req: Request, max_model_len: int, known_hashes: int) -> None:
+        sp = req.sampling_params
+        self.req = req
+        self.out = req._output_token_ids
+        self.all = req._all_token_ids
+        self.stop_ids = frozenset((sp.eos_token_id, *(sp.stop_token_ids or ())))
+        self.limit = min(req.max_tokens, max_model_len - req.num_prompt_tokens)
+        self.general = sp.num_logprobs is not None or sp.repetition_detection is not None
+        self.hasher = req._block_hasher is not None
+        self.known_hashes = known_hashes          # block hashes the core has
+
+
 class Scheduler(SchedulerInterface):
     """vLLM's ``SchedulerInterface`` with halffull's Rust core deciding (module docstring)."""
 
@@ -195,7 +228,7 @@ class Scheduler(SchedulerInterface):
         self.prev_step_scheduled_req_ids: set[str] = set()   # V1 model runner only
         self._pause_state = PauseState.UNPAUSED
         self._held: list[Request] = []            # added while PAUSED_NEW: queued at resume
-        self._hashes: dict[str, int] = {}         # block hashes the core has, per request
+        self._live: dict[str, _Live] = {}         # the requests the core has
         self._plan: Any = None                    # the core's plan of the step in flight
         self._now = 0.0
         #: the core's clock (seconds, as vLLM's ``Request.arrival_time``): LARRY's waiting time
@@ -249,7 +282,7 @@ class Scheduler(SchedulerInterface):
         self.core.add_request(request.request_id, prompt_tokens=request.num_prompt_tokens,
                               max_output_tokens=request.max_tokens, arrival_time=request.arrival_time,
                               priority=request.priority, block_hashes=hashes)
-        self._hashes[request.request_id] = len(hashes) if hashes else 0
+        self._live[request.request_id] = _Live(request, self.max_model_len, len(hashes) if hashes else 0)
 
     def has_request(self, request_id: str) -> bool:
         return request_id in self.requests
@@ -288,7 +321,7 @@ class Scheduler(SchedulerInterface):
         if self.finished_req_ids_dict is not None:
             self.finished_req_ids_dict[request.client_index].add(rid)
         del self.requests[rid]
-        self._hashes.pop(rid, None)
+        self._live.pop(rid, None)
 
     # ------------------------------------------------------------------ the step
 
@@ -304,7 +337,8 @@ class Scheduler(SchedulerInterface):
         self._plan = plan
         requests = self.requests
         log_stats = self.log_stats
-        for rid, _ in plan.preempted:
+        preempted = plan.preempted
+        for rid, _ in preempted:
             req = requests[str(rid)]
             req.status = RequestStatus.PREEMPTED
             req.num_computed_tokens = 0
@@ -315,19 +349,22 @@ class Scheduler(SchedulerInterface):
             req.num_preemptions += 1
             if log_stats:
                 req.record_event(EngineCoreEventType.PREEMPTED, ts)
-        admitted = set(plan.admitted)
-        new_blocks = dict(plan.new_blocks)
         ids = plan.req_ids.tolist()
         counts = plan.num_new_tokens.tolist()
         computed = plan.num_computed_tokens.tolist()
+        reqs = list(map(requests.__getitem__, ids))
+        new_blocks = dict(plan.new_blocks)
+        admitted = plan.admitted
         new_reqs: list[Request] = []
         resumed: list[Request] = []
-        running: list[Request] = []
-        cached_blocks: dict[str, Any] = {}
-        for rid, c in zip(ids, computed, strict=True):
-            req = requests[rid]
-            blocks = new_blocks.get(rid)
-            if rid in admitted:
+        if admitted:
+            # in plan order, as vLLM lists them
+            admitted_set = set(admitted)
+            running = []
+            for req, c in zip(reqs, computed, strict=True):
+                if req.request_id not in admitted_set:
+                    running.append(req)
+                    continue
                 if req.prefill_stats and req.num_preemptions <= 0:
                     req.prefill_stats.set(num_prompt_tokens=req.num_prompt_tokens, num_local_cached_tokens=c,
                                           num_external_cached_tokens=0)
@@ -336,146 +373,206 @@ class Scheduler(SchedulerInterface):
                 req.num_computed_tokens = c
                 if log_stats:
                     req.record_event(EngineCoreEventType.SCHEDULED, ts)
-            else:
-                running.append(req)
-            cached_blocks[rid] = (blocks,) if blocks else None
+        else:
+            running = reqs
         num_scheduled = dict(zip(ids, counts, strict=True))
-        out = self._output(new_reqs, resumed, running, cached_blocks, num_scheduled)
-        for req, n in zip([requests[r] for r in ids], counts, strict=True):
-            req.num_computed_tokens += n
-            req.num_in_flight_tokens += n
-            req.is_prefill_chunk = req.num_computed_tokens < req.num_tokens
+        out = self._output(new_reqs, resumed, running, new_blocks, num_scheduled,
+                           {rid for rid, _ in preempted} if preempted else set(),
+                           None if admitted else computed)
+        # what vLLM's _update_after_schedule does (no spec tokens, no encoder inputs), as
+        # C-level maps: num_computed_tokens += n, num_in_flight_tokens += n, is_prefill_chunk
+        _set_all(reqs, "num_computed_tokens", map(add, computed, counts))
+        _set_all(reqs, "num_in_flight_tokens", map(add, map(_in_flight, reqs), counts))
+        _set_all(reqs, "is_prefill_chunk", map(not_, plan.samples.tolist()))
         self.finished_req_ids = set()
         return out
 
     def _output(self, new_reqs: list[Request], resumed: list[Request], running: list[Request],
-                blocks: dict[str, Any], num_scheduled: dict[str, int]) -> SchedulerOutput:
+                new_blocks: dict[str, list[int]], num_scheduled: dict[str, int],
+                preempted: set[str], computed: list[int] | None = None) -> SchedulerOutput:
+        """vLLM's ``SchedulerOutput`` for this step; ``new_blocks``: the block ids each
+        request gained (absent: none), as the core's plan lists them; ``computed``: the
+        cached requests' computed tokens where the plan already lists them in that order."""
         mrope = self.uses_mrope
+
+        def blocks(rid: str) -> tuple[list[int]] | None:
+            b = new_blocks.get(rid)
+            return (b,) if b else None
+
         if self.use_v2_model_runner:
             new_reqs = new_reqs + resumed
             resumed = []
-            new_data = [NewRequestData.from_request(r, blocks[r.request_id], r._all_token_ids, uses_mrope=mrope)
+            new_data = [NewRequestData.from_request(r, blocks(r.request_id), r._all_token_ids, uses_mrope=mrope)
                         for r in new_reqs]
         else:
-            new_data = [NewRequestData.from_request(r, blocks[r.request_id], uses_mrope=mrope) for r in new_reqs]
-        cached = running + resumed
+            new_data = [NewRequestData.from_request(r, blocks(r.request_id), uses_mrope=mrope) for r in new_reqs]
+        cached = running + resumed if resumed else running
+        cached_ids = list(map(_request_id, cached))
         all_token_ids = {}
         resumed_ids = set()
         if not self.use_v2_model_runner:
-            prev = self.prev_step_scheduled_req_ids
-            all_token_ids = {r.request_id: r.all_token_ids.copy() for r in cached if r.request_id not in prev}
+            fresh = set(cached_ids).difference(self.prev_step_scheduled_req_ids)
+            all_token_ids = {r.request_id: r.all_token_ids.copy() for r in cached if r.request_id in fresh}
             resumed_ids = {r.request_id for r in resumed}
             self.prev_step_scheduled_req_ids = set(num_scheduled)
+        # most running requests gain no block in a step: fill in the few that do
+        new_block_ids: list[tuple[list[int]] | None] = [None] * len(cached_ids)
+        if new_blocks:
+            pos = dict(zip(cached_ids, range(len(cached_ids))))
+            for rid, b in new_blocks.items():
+                k = pos.get(rid)
+                if k is not None and b:
+                    new_block_ids[k] = (b,)
         cached_data = CachedRequestData(
-            req_ids=[r.request_id for r in cached], resumed_req_ids=resumed_ids, new_token_ids=[],
-            all_token_ids=all_token_ids, new_block_ids=[blocks[r.request_id] for r in cached],
-            num_computed_tokens=[r.num_computed_tokens for r in cached],
-            num_output_tokens=[r.num_output_tokens + r.num_output_placeholders for r in cached])
+            req_ids=cached_ids, resumed_req_ids=resumed_ids, new_token_ids=[],
+            all_token_ids=all_token_ids, new_block_ids=new_block_ids,
+            num_computed_tokens=list(computed) if computed is not None else list(map(_computed, cached)),
+            # sync scheduling: no output placeholders
+            num_output_tokens=list(map(len, map(_outputs, cached))))
         return SchedulerOutput(
             scheduled_new_reqs=new_data, scheduled_cached_reqs=cached_data,
             num_scheduled_tokens=num_scheduled, total_num_scheduled_tokens=sum(num_scheduled.values()),
             scheduled_spec_decode_tokens={}, scheduled_encoder_inputs={},
-            preempted_req_ids={rid for rid, _ in self._plan.preempted} if self._plan is not None else set(),
-            finished_req_ids=self.finished_req_ids, free_encoder_mm_hashes=[])
+            preempted_req_ids=preempted, finished_req_ids=self.finished_req_ids, free_encoder_mm_hashes=[])
 
     def _empty_output(self) -> SchedulerOutput:
-        out = self._output([], [], [], {}, {})
+        out = self._output([], [], [], {}, {}, set())
         self.finished_req_ids = set()
         return out
 
     def update_from_output(self, scheduler_output: SchedulerOutput,
                            model_runner_output: ModelRunnerOutput) -> dict[int, EngineCoreOutputs]:
         plan, self._plan = self._plan, None
-        sampled = model_runner_output.sampled_token_ids
-        logprobs = model_runner_output.logprobs
-        prompt_logprobs = model_runner_output.prompt_logprobs_dict
-        prompt_token_id_logprobs = model_runner_output.prompt_token_id_logprobs_dict
-        nans = model_runner_output.num_nans_in_logits
-        index = model_runner_output.req_id_to_index
-        masks = model_runner_output.sampling_masks if self.return_sampling_mask else None
+        mro = model_runner_output
+        sampled = mro.sampled_token_ids
+        index = mro.req_id_to_index
+        masks = mro.sampling_masks if self.return_sampling_mask else None
+        # per-step extras (prompt logprobs, NaN counts, sampling masks) take the general path
+        general_step = bool(masks is not None or mro.prompt_logprobs_dict or mro.prompt_token_id_logprobs_dict
+                            or mro.num_nans_in_logits)
         outputs: dict[int, list[EngineCoreOutput]] = defaultdict(list)
-        requests = self.requests
+        live = self._live
         max_model_len = self.max_model_len
         bs = self.block_size
-        stopped_ids: list[str] = []
+        caching = self.caching
+        preempted = RequestStatus.PREEMPTED
         stopped: list[Request] = []
-        grew: list[Request] = []
+        hashed: list[_Live] = []        # requests that filled a block (prefix caching on)
         for rid, n in scheduler_output.num_scheduled_tokens.items():
-            req = requests.get(rid)
-            if req is None:
+            st = live.get(rid)
+            if st is None:
                 continue
+            req = st.req
             req.num_in_flight_tokens -= n
-            if req.is_finished():
+            if req.status > preempted:            # finished (aborted while the step ran)
                 continue
-            i = index[rid]
-            tokens = sampled[i] if sampled else []
-            stop = False
-            if tokens:
-                for k, tok in enumerate(tokens, 1):
-                    req.append_output_token_ids(tok)
-                    stop = check_stop(req, max_model_len)
-                    if stop:
-                        req.num_computed_tokens -= len(tokens) - k
-                        del tokens[k:]
-                        break
-                grew.append(req)
-            if not (tokens or stop):
-                continue
-            prefill_stats = req.take_prefill_stats()
-            if prefill_stats is not None:
-                # vLLM's estimate: tokens covered by the table's hashed blocks; the step just
-                # scheduled registered every full block of the computed tokens
-                prefill_stats.finalize(req.num_computed_tokens // bs * bs if self.caching else 0)
-            new_logprobs = None
-            if req.sampling_params is not None and req.sampling_params.num_logprobs is not None and logprobs:
-                new_logprobs = logprobs.slice_request(i, len(tokens))
-            finish_reason = None
+            tokens = sampled[index[rid]] if sampled else None
+            if not tokens:
+                continue                          # a partial prefill samples nothing
+            if general_step or st.general or len(tokens) != 1:
+                eco, stop = self._update_general(req, rid, tokens, index[rid], mro, masks)
+                if caching and len(req.block_hashes) > st.known_hashes:
+                    hashed.append(st)
+            else:
+                # the usual decode step, as append_output_token_ids + check_stop do it
+                tok = tokens[0]
+                st.out.append(tok)
+                every = st.all
+                every.append(tok)
+                if st.hasher and len(every) // bs > len(req.block_hashes):
+                    req.update_block_hashes()     # only a full block adds a hash
+                    if caching:
+                        hashed.append(st)
+                stop = (tok in st.stop_ids or len(st.out) >= st.limit) and check_stop(req, max_model_len)
+                eco = EngineCoreOutput(rid, tokens)
+                if req.prefill_stats is not None:
+                    eco.prefill_stats = self._take_prefill_stats(req)
+                if req.events:
+                    eco.events, req.events = req.events, []
+                if req.trace_headers is not None:
+                    eco.trace_headers = req.trace_headers
+                if req.num_nans_in_logits:
+                    eco.num_nans_in_logits = req.num_nans_in_logits
+                if req.stop_reason is not None:
+                    eco.stop_reason = req.stop_reason
+                if stop:
+                    eco.finish_reason = req.get_finished_reason()
+                    eco.spec_decode_metrics = req.spec_decode_metrics
             if stop:
-                finish_reason = req.get_finished_reason()
-                stopped_ids.append(rid)
                 stopped.append(req)
-            mask = masks.slice_request(i, len(tokens)) if masks is not None and tokens else None
-            if nans is not None and rid in nans:
-                req.num_nans_in_logits = nans[rid]
-            outputs[req.client_index].append(EngineCoreOutput(
-                request_id=rid, new_token_ids=tokens, finish_reason=finish_reason, new_logprobs=new_logprobs,
-                new_sampling_mask=mask, new_prompt_logprobs_tensors=prompt_logprobs.get(rid),
-                prompt_token_id_logprobs=prompt_token_id_logprobs.get(rid), pooling_output=None,
-                stop_reason=req.stop_reason, events=req.take_events(), prefill_stats=prefill_stats,
-                spec_decode_metrics=req.spec_decode_metrics if finish_reason is not None else None,
-                trace_headers=req.trace_headers, num_nans_in_logits=req.num_nans_in_logits))
+            outputs[req.client_index].append(eco)
         if plan is not None:
+            stopped_ids = [req.request_id for req in stopped]
             ended = self.core.update(plan, finished=stopped_ids, now=self._now)
             if len(ended) != len(stopped_ids):
                 raise RuntimeError(f"halffull core ended {sorted(ended)} but vLLM's stop check "
                                    f"stopped {sorted(stopped_ids)}: please report this")
         for req in stopped:
             self._forget(req)
-        if self.caching:
-            core, known = self.core, self._hashes
-            for req in grew:
-                rid = req.request_id
-                have = known.get(rid)
-                if have is not None and len(req.block_hashes) > have:
-                    core.extend_block_hashes(rid, req.block_hashes[have:], start=have)
-                    known[rid] = len(req.block_hashes)
-        eco = {ci: EngineCoreOutputs(outputs=outs) for ci, outs in outputs.items()}
+        if hashed:
+            core = self.core
+            for st in hashed:
+                rid = st.req.request_id
+                if rid in live:
+                    have, now_known = st.known_hashes, st.req.block_hashes
+                    core.extend_block_hashes(rid, now_known[have:], start=have)
+                    st.known_hashes = len(now_known)
+        eco_all = {ci: EngineCoreOutputs(outputs=outs) for ci, outs in outputs.items()}
         if self.finished_req_ids_dict:
             for ci, finished in self.finished_req_ids_dict.items():
-                if ci in eco:
-                    eco[ci].finished_requests = finished
+                if ci in eco_all:
+                    eco_all[ci].finished_requests = finished
                 else:
-                    eco[ci] = EngineCoreOutputs(finished_requests=finished)
+                    eco_all[ci] = EngineCoreOutputs(finished_requests=finished)
             self.finished_req_ids_dict.clear()
-        kv_stats = model_runner_output.kv_connector_output
-        stats = self.make_stats(cudagraph_stats=model_runner_output.cudagraph_stats,
+        kv_stats = mro.kv_connector_output
+        stats = self.make_stats(cudagraph_stats=mro.cudagraph_stats,
                                 kv_connector_stats=kv_stats.kv_connector_stats if kv_stats else None)
         if stats is not None:
-            first = next(iter(eco.values()), None)
+            first = next(iter(eco_all.values()), None)
             if first is None:
-                first = eco[0] = EngineCoreOutputs()
+                first = eco_all[0] = EngineCoreOutputs()
             first.scheduler_stats = stats
-        return eco
+        return eco_all
+
+    def _take_prefill_stats(self, req: Request) -> Any:
+        prefill_stats = req.take_prefill_stats()
+        if prefill_stats is not None:
+            # vLLM's estimate: tokens covered by the table's hashed blocks; the step just
+            # scheduled registered every full block of the computed tokens
+            bs = self.block_size
+            prefill_stats.finalize(req.num_computed_tokens // bs * bs if self.caching else 0)
+        return prefill_stats
+
+    def _update_general(self, req: Request, rid: str, tokens: list[int], i: int, mro: ModelRunnerOutput,
+                        masks: Any) -> tuple[EngineCoreOutput, bool]:
+        """One request's sampled tokens, every feature as vLLM's ``update_from_output``
+        applies them (logprobs, masks, NaN counts, prompt logprobs, several tokens)."""
+        stop = False
+        for k, tok in enumerate(tokens, 1):
+            req.append_output_token_ids(tok)
+            stop = check_stop(req, self.max_model_len)
+            if stop:
+                req.num_computed_tokens -= len(tokens) - k
+                del tokens[k:]
+                break
+        prefill_stats = self._take_prefill_stats(req)
+        new_logprobs = None
+        if req.sampling_params is not None and req.sampling_params.num_logprobs is not None and mro.logprobs:
+            new_logprobs = mro.logprobs.slice_request(i, len(tokens))
+        finish_reason = req.get_finished_reason() if stop else None
+        mask = masks.slice_request(i, len(tokens)) if masks is not None else None
+        nans = mro.num_nans_in_logits
+        if nans is not None and rid in nans:
+            req.num_nans_in_logits = nans[rid]
+        eco = EngineCoreOutput(
+            request_id=rid, new_token_ids=tokens, finish_reason=finish_reason, new_logprobs=new_logprobs,
+            new_sampling_mask=mask, new_prompt_logprobs_tensors=mro.prompt_logprobs_dict.get(rid),
+            prompt_token_id_logprobs=mro.prompt_token_id_logprobs_dict.get(rid), pooling_output=None,
+            stop_reason=req.stop_reason, events=req.take_events(), prefill_stats=prefill_stats,
+            spec_decode_metrics=req.spec_decode_metrics if finish_reason is not None else None,
+            trace_headers=req.trace_headers, num_nans_in_logits=req.num_nans_in_logits)
+        return eco, stop
 
     # ------------------------------------------------------------------ the rest
 
