@@ -27,7 +27,7 @@ import os
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterable
-from itertools import repeat
+from itertools import compress, repeat
 from operator import add, attrgetter, not_
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +55,6 @@ POLICY_KEYS = ("policy", "larry_alpha", "larry_load", "sjf_aging")
 _CACHE_COUNTERS = ("requests", "queries", "hits", "preempted_requests", "preempted_queries", "preempted_hits")
 
 
-_in_flight = attrgetter("num_in_flight_tokens")
 _computed = attrgetter("num_computed_tokens")
 _outputs = attrgetter("_output_token_ids")
 _request_id = attrgetter("request_id")
@@ -164,23 +163,34 @@ def core_config(vllm_config: VllmConfig, kv_cache_config: KVCacheConfig, block_s
 
 
 class _Live:
-    """A request the core has, with what the per-step fast path reads: vLLM's ``check_stop``
+    """A request the core has, with what the per-step fast path reads. vLLM's ``check_stop``
     can stop a single sampled token only if it is in ``stop_ids`` (EOS, stop token ids) or the
-    output reaches ``limit`` (max_tokens, max_model_len); ``general``: the request needs
-    vLLM's full per-token path (logprobs, repetition detection)."""
+    request's tokens reach ``limit`` (max_tokens, max_model_len); its block hasher adds a
+    hash only when the tokens reach ``next_full``. ``general``: the request needs vLLM's full
+    per-token path (logprobs, repetition detection, trace headers, NaN counts)."""
 
-    __slots__ = ("all", "general", "hasher", "known_hashes", "limit", "out", "req", "stop_ids")
+    __slots__ = ("all", "client", "general", "known_hashes", "limit", "next_full", "out", "req", "stop_ids")
 
-    def __init__(self, req: Request, max_model_len: int, known_hashes: int) -> None:
+    def __init__(self, req: Request, max_model_len: int, block_size: int, known_hashes: int) -> None:
         sp = req.sampling_params
         self.req = req
         self.out = req._output_token_ids
         self.all = req._all_token_ids
+        self.client = req.client_index
         self.stop_ids = frozenset((sp.eos_token_id, *(sp.stop_token_ids or ())))
-        self.limit = min(req.max_tokens, max_model_len - req.num_prompt_tokens)
-        self.general = sp.num_logprobs is not None or sp.repetition_detection is not None
-        self.hasher = req._block_hasher is not None
+        self.limit = min(req.num_prompt_tokens + req.max_tokens, max_model_len)
+        self.general = (sp.num_logprobs is not None or sp.repetition_detection is not None
+                        or req.trace_headers is not None)
+        self.next_full = 0
         self.known_hashes = known_hashes          # block hashes the core has
+        self.block_hashed(block_size)
+
+    def block_hashed(self, block_size: int) -> None:
+        """Where the request's next full block ends (never, without a hasher)."""
+        if self.req._block_hasher is None:
+            self.next_full = 1 << 62
+        else:
+            self.next_full = (len(self.req.block_hashes) + 1) * block_size
 
 
 class Scheduler(SchedulerInterface):
@@ -229,6 +239,8 @@ class Scheduler(SchedulerInterface):
         self._pause_state = PauseState.UNPAUSED
         self._held: list[Request] = []            # added while PAUSED_NEW: queued at resume
         self._live: dict[str, _Live] = {}         # the requests the core has
+        self._clients: dict[int, int] = {}        # their client (frontend) indices, counted
+        self._chunking: set[str] = set()          # ids whose is_prefill_chunk is True
         self._plan: Any = None                    # the core's plan of the step in flight
         self._now = 0.0
         #: the core's clock (seconds, as vLLM's ``Request.arrival_time``): LARRY's waiting time
@@ -282,7 +294,9 @@ class Scheduler(SchedulerInterface):
         self.core.add_request(request.request_id, prompt_tokens=request.num_prompt_tokens,
                               max_output_tokens=request.max_tokens, arrival_time=request.arrival_time,
                               priority=request.priority, block_hashes=hashes)
-        self._live[request.request_id] = _Live(request, self.max_model_len, len(hashes) if hashes else 0)
+        self._clients[request.client_index] = self._clients.get(request.client_index, 0) + 1
+        self._live[request.request_id] = _Live(request, self.max_model_len, self.block_size,
+                                                len(hashes) if hashes else 0)
 
     def has_request(self, request_id: str) -> bool:
         return request_id in self.requests
@@ -321,7 +335,12 @@ class Scheduler(SchedulerInterface):
         if self.finished_req_ids_dict is not None:
             self.finished_req_ids_dict[request.client_index].add(rid)
         del self.requests[rid]
-        self._live.pop(rid, None)
+        if self._live.pop(rid, None) is not None:
+            ci = request.client_index
+            self._clients[ci] -= 1
+            if not self._clients[ci]:
+                del self._clients[ci]
+        self._chunking.discard(rid)
 
     # ------------------------------------------------------------------ the step
 
@@ -381,9 +400,19 @@ class Scheduler(SchedulerInterface):
                            None if admitted else computed)
         # what vLLM's _update_after_schedule does (no spec tokens, no encoder inputs), as
         # C-level maps: num_computed_tokens += n, num_in_flight_tokens += n, is_prefill_chunk
+        # (in flight: sync scheduling applies every step before the next, so it was 0);
+        # is_prefill_chunk = not samples, set where it changes
         _set_all(reqs, "num_computed_tokens", map(add, computed, counts))
-        _set_all(reqs, "num_in_flight_tokens", map(add, map(_in_flight, reqs), counts))
-        _set_all(reqs, "is_prefill_chunk", map(not_, plan.samples.tolist()))
+        _set_all(reqs, "num_in_flight_tokens", counts)
+        samples = plan.samples
+        if self._chunking or not samples.all():
+            chunking = set(compress(ids, map(not_, samples.tolist())))
+            was = self._chunking
+            for rid in chunking - was:
+                requests[rid].is_prefill_chunk = True
+            for rid in was.intersection(num_scheduled).difference(chunking):
+                requests[rid].is_prefill_chunk = False
+            self._chunking = was.difference(num_scheduled) | chunking
         self.finished_req_ids = set()
         return out
 
@@ -411,8 +440,9 @@ class Scheduler(SchedulerInterface):
         all_token_ids = {}
         resumed_ids = set()
         if not self.use_v2_model_runner:
-            fresh = set(cached_ids).difference(self.prev_step_scheduled_req_ids)
-            all_token_ids = {r.request_id: r.all_token_ids.copy() for r in cached if r.request_id in fresh}
+            prev = self.prev_step_scheduled_req_ids
+            if not prev.issuperset(cached_ids):
+                all_token_ids = {r.request_id: r.all_token_ids.copy() for r in cached if r.request_id not in prev}
             resumed_ids = {r.request_id for r in resumed}
             self.prev_step_scheduled_req_ids = set(num_scheduled)
         # most running requests gain no block in a step: fill in the few that do
@@ -455,22 +485,24 @@ class Scheduler(SchedulerInterface):
         max_model_len = self.max_model_len
         bs = self.block_size
         caching = self.caching
-        preempted = RequestStatus.PREEMPTED
         stopped: list[Request] = []
         hashed: list[_Live] = []        # requests that filled a block (prefix caching on)
+        single = len(self._clients) == 1          # one frontend: one list, in step order
+        ecos: list[EngineCoreOutput] = []
         for rid, n in scheduler_output.num_scheduled_tokens.items():
             st = live.get(rid)
             if st is None:
-                continue
+                continue                          # aborted while the step ran
             req = st.req
             req.num_in_flight_tokens -= n
-            if req.status > preempted:            # finished (aborted while the step ran)
-                continue
             tokens = sampled[index[rid]] if sampled else None
             if not tokens:
                 continue                          # a partial prefill samples nothing
             if general_step or st.general or len(tokens) != 1:
                 eco, stop = self._update_general(req, rid, tokens, index[rid], mro, masks)
+                st.block_hashed(bs)
+                if req.num_nans_in_logits:
+                    st.general = True             # every later output carries the count
                 if caching and len(req.block_hashes) > st.known_hashes:
                     hashed.append(st)
             else:
@@ -479,28 +511,30 @@ class Scheduler(SchedulerInterface):
                 st.out.append(tok)
                 every = st.all
                 every.append(tok)
-                if st.hasher and len(every) // bs > len(req.block_hashes):
+                m = len(every)
+                if m >= st.next_full:
                     req.update_block_hashes()     # only a full block adds a hash
+                    st.block_hashed(bs)
                     if caching:
                         hashed.append(st)
-                stop = (tok in st.stop_ids or len(st.out) >= st.limit) and check_stop(req, max_model_len)
+                stop = (m >= st.limit or tok in st.stop_ids) and check_stop(req, max_model_len)
                 eco = EngineCoreOutput(rid, tokens)
                 if req.prefill_stats is not None:
                     eco.prefill_stats = self._take_prefill_stats(req)
                 if req.events:
                     eco.events, req.events = req.events, []
-                if req.trace_headers is not None:
-                    eco.trace_headers = req.trace_headers
-                if req.num_nans_in_logits:
-                    eco.num_nans_in_logits = req.num_nans_in_logits
-                if req.stop_reason is not None:
-                    eco.stop_reason = req.stop_reason
                 if stop:
+                    eco.stop_reason = req.stop_reason
                     eco.finish_reason = req.get_finished_reason()
                     eco.spec_decode_metrics = req.spec_decode_metrics
             if stop:
                 stopped.append(req)
-            outputs[req.client_index].append(eco)
+            if single:
+                ecos.append(eco)
+            else:
+                outputs[st.client].append(eco)
+        if ecos:
+            outputs[next(iter(self._clients))] = ecos
         if plan is not None:
             stopped_ids = [req.request_id for req in stopped]
             ended = self.core.update(plan, finished=stopped_ids, now=self._now)
