@@ -23,6 +23,7 @@ import random
 import zlib
 from typing import Any
 
+import numpy as np
 import pytest
 
 import vllm_harness as harness
@@ -31,7 +32,7 @@ harness.quiet_vllm()
 pytest.importorskip("vllm", reason="vLLM is not installed")
 
 from vllm.v1.core.sched.scheduler import Scheduler as VllmScheduler  # noqa: E402
-from vllm.v1.outputs import ModelRunnerOutput  # noqa: E402
+from vllm.v1.outputs import LogprobsLists, ModelRunnerOutput  # noqa: E402
 from vllm.v1.request import RequestStatus  # noqa: E402
 from vllm.v1.structured_output import StructuredOutputManager  # noqa: E402
 
@@ -70,6 +71,25 @@ def chat_turns(workload: dict, rng: random.Random) -> dict:
     return workload
 
 
+def request_extras(workload: dict, rng: random.Random) -> dict:
+    """In half the workloads, some requests come from a second frontend (client index 1),
+    carry trace headers, ask for logprobs, salt their cache, or get NaN counts from the model
+    at some output index: the outputs must carry each as vLLM's do."""
+    if rng.random() < 0.5:
+        for r in workload["requests"]:
+            if rng.random() < 0.3:
+                r["client_index"] = 1
+            if rng.random() < 0.1:
+                r["trace_headers"] = {"traceparent": f"00-{r['id']}-01"}
+            if rng.random() < 0.1:
+                r["logprobs"] = 1
+            if rng.random() < 0.1:
+                r["cache_salt"] = rng.choice(["a", "b"])
+            if rng.random() < 0.1:
+                r["nans_at"] = rng.randint(0, 20)
+    return workload
+
+
 # ---------------------------------------------------------------------------- comparing
 
 
@@ -83,6 +103,10 @@ def norm(x: Any) -> Any:
         return x
     if type(x) is list and x and type(x[0]) is int:          # token ids, block ids
         return list(x)
+    if isinstance(x, np.ndarray):
+        return ("array", x.dtype.str, x.tolist())
+    if isinstance(x, tuple) and hasattr(x, "_asdict"):      # LogprobsLists
+        return {k: norm(v) for k, v in x._asdict().items()}
     fields = _FIELDS.get(type(x))
     if fields is None:
         fields = _FIELDS[type(x)] = _fields_of(x)
@@ -163,8 +187,20 @@ def runner_output(s: Any, out: Any, specs: dict) -> ModelRunnerOutput:
         req = s.requests[rid]
         sampled.append([] if req.is_prefill_chunk
                        else [harness.fake_token(specs[rid], req.num_computed_tokens - req.num_prompt_tokens)])
+    nans = {}
+    for rid, tokens in zip(ids, sampled, strict=True):
+        spec = specs[rid]
+        if tokens and spec.get("nans_at") is not None \
+                and s.requests[rid].num_computed_tokens - s.requests[rid].num_prompt_tokens == spec["nans_at"]:
+            nans[rid] = 1 + spec["nans_at"] % 3
+    logprobs = None
+    if any(specs[rid].get("logprobs") for rid in ids):
+        # one row per request (one sampled position each), deterministic in the sampled token
+        tok = np.array([t[0] if t else 0 for t in sampled], dtype=np.int64)
+        logprobs = LogprobsLists(np.stack([tok, tok + 1], axis=1), np.stack([-tok / 1e4, -tok / 1e3], axis=1),
+                                 tok % 7)
     return ModelRunnerOutput(req_ids=ids, req_id_to_index={r: i for i, r in enumerate(ids)},
-                             sampled_token_ids=sampled)
+                             sampled_token_ids=sampled, logprobs=logprobs, num_nans_in_logits=nans or None)
 
 
 def run_pair(workload: dict, ours_cls: Any = hv.Scheduler) -> dict:
@@ -241,7 +277,8 @@ def test_same_outputs_as_vllm(policy, caching):
     for k in range(RUNS_PER_CELL):
         config = harness.random_config(rng, policy, prefix_caching=caching)
         seed = zlib.crc32(f"{cell}:{k}".encode())
-        workload = chat_turns(harness.make_workload(seed, config), random.Random(seed))
+        workload = request_extras(chat_turns(harness.make_workload(seed, config), random.Random(seed)),
+                                  random.Random(seed + 1))
         counts = run_pair(workload)
         with_preemption += counts["preemptions"] > 0
         with_hits += counts["hits"] > 0

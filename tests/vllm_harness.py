@@ -259,11 +259,12 @@ def make_request(spec: dict, block_hasher: Any) -> Any:
     from vllm.sampling_params import SamplingParams
     from vllm.v1.request import Request
 
-    sp = SamplingParams(max_tokens=spec["max_tokens"], stop_token_ids=list(STOP_IDS))
+    sp = SamplingParams(max_tokens=spec["max_tokens"], stop_token_ids=list(STOP_IDS), logprobs=spec.get("logprobs"))
     sp.update_from_generation_config({}, eos_token_id=EOS)
     return Request(request_id=spec["id"], prompt_token_ids=list(spec["prompt"]), sampling_params=sp,
                    pooling_params=None, arrival_time=arrival_time(spec), priority=spec["priority"],
-                   block_hasher=block_hasher)
+                   block_hasher=block_hasher, client_index=spec.get("client_index", 0),
+                   trace_headers=spec.get("trace_headers"), cache_salt=spec.get("cache_salt"))
 
 
 class VllmSide:
