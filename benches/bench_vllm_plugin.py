@@ -129,16 +129,54 @@ def run(running: int, caching: bool, steps: int, warmup: int = 30, seed: int = 0
     return {name: _stats(side.times) for name, side in sides.items()}
 
 
-def profile(running: int = 256, caching: bool = True, steps: int = 200) -> None:
+class _TimedCore:
+    """The adapter's Rust core, with the time spent in its ``schedule`` and ``update`` recorded."""
+
+    def __init__(self, core: Any) -> None:
+        self._core = core
+        self.schedule_s: list[float] = []
+        self.update_s: list[float] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._core, name)
+
+    def schedule(self, **kw: Any) -> Any:
+        t = time.perf_counter()
+        plan = self._core.schedule(**kw)
+        self.schedule_s.append(time.perf_counter() - t)
+        return plan
+
+    def update(self, plan: Any, **kw: Any) -> Any:
+        t = time.perf_counter()
+        ended = self._core.update(plan, **kw)
+        self.update_s.append(time.perf_counter() - t)
+        return ended
+
+
+def profile(running: int = 256, caching: bool = True, steps: int = 300) -> None:
+    """Where our time goes: the core's calls against the adapter's Python, per step, then
+    cProfile's top functions (cProfile inflates Python time; the first table does not)."""
     import cProfile
     import pstats
 
     from halffull.vllm import Scheduler as Ours
 
-    side = Side(Ours, _config(running, caching), running, 0)
-    _freeze_gc()
-    for _ in range(30):
-        side.step()
+    for cache in (False, True):
+        side = Side(Ours, _config(running, cache), running, 0)
+        _freeze_gc()
+        for _ in range(30):
+            side.step()
+        timed = side.s.core = _TimedCore(side.s.core)
+        side.times.clear()
+        for _ in range(steps):
+            side.step()
+        step = statistics.median(side.times) * 1e6
+        core_s = statistics.median(timed.schedule_s) * 1e6
+        core_u = statistics.median(timed.update_s) * 1e6
+        print(f"{running} running, caching {'on' if cache else 'off'}: step median {step:.0f} µs = core schedule "
+              f"{core_s:.0f} + core update {core_u:.0f} + adapter Python {step - core_s - core_u:.0f} "
+              f"({(step - core_s - core_u) * 1e3 / running:.0f} ns per running request)")
+        side.s.core = timed._core
     prof = cProfile.Profile()
     prof.enable()
     for _ in range(steps):

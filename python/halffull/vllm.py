@@ -372,7 +372,7 @@ class Scheduler(SchedulerInterface):
         counts = plan.num_new_tokens.tolist()
         computed = plan.num_computed_tokens.tolist()
         reqs = list(map(requests.__getitem__, ids))
-        new_blocks = dict(plan.new_blocks)
+        new_blocks = {str(rid): b for rid, b in plan.new_blocks}     # the ids are vLLM's str ids
         admitted = plan.admitted
         new_reqs: list[Request] = []
         resumed: list[Request] = []
@@ -396,8 +396,8 @@ class Scheduler(SchedulerInterface):
             running = reqs
         num_scheduled = dict(zip(ids, counts, strict=True))
         out = self._output(new_reqs, resumed, running, new_blocks, num_scheduled,
-                           {rid for rid, _ in preempted} if preempted else set(),
-                           None if admitted else computed)
+                           {str(rid) for rid, _ in preempted} if preempted else set(),
+                           None if admitted else (ids, computed))
         # what vLLM's _update_after_schedule does (no spec tokens, no encoder inputs), as
         # C-level maps: num_computed_tokens += n, num_in_flight_tokens += n, is_prefill_chunk
         # (in flight: sync scheduling applies every step before the next, so it was 0);
@@ -418,10 +418,10 @@ class Scheduler(SchedulerInterface):
 
     def _output(self, new_reqs: list[Request], resumed: list[Request], running: list[Request],
                 new_blocks: dict[str, list[int]], num_scheduled: dict[str, int],
-                preempted: set[str], computed: list[int] | None = None) -> SchedulerOutput:
+                preempted: set[str], listed: tuple[list[str], list[int]] | None = None) -> SchedulerOutput:
         """vLLM's ``SchedulerOutput`` for this step; ``new_blocks``: the block ids each
-        request gained (absent: none), as the core's plan lists them; ``computed``: the
-        cached requests' computed tokens where the plan already lists them in that order."""
+        request gained (absent: none), as the core's plan lists them; ``listed``: the
+        cached requests' ids and computed tokens where the plan already lists them in order."""
         mrope = self.uses_mrope
 
         def blocks(rid: str) -> tuple[list[int]] | None:
@@ -436,7 +436,7 @@ class Scheduler(SchedulerInterface):
         else:
             new_data = [NewRequestData.from_request(r, blocks(r.request_id), uses_mrope=mrope) for r in new_reqs]
         cached = running + resumed if resumed else running
-        cached_ids = list(map(_request_id, cached))
+        cached_ids = listed[0] if listed is not None else list(map(_request_id, cached))
         all_token_ids = {}
         resumed_ids = set()
         if not self.use_v2_model_runner:
@@ -448,7 +448,7 @@ class Scheduler(SchedulerInterface):
         # most running requests gain no block in a step: fill in the few that do
         new_block_ids: list[tuple[list[int]] | None] = [None] * len(cached_ids)
         if new_blocks:
-            pos = dict(zip(cached_ids, range(len(cached_ids))))
+            pos = dict(zip(cached_ids, range(len(cached_ids)), strict=True))
             for rid, b in new_blocks.items():
                 k = pos.get(rid)
                 if k is not None and b:
@@ -456,7 +456,7 @@ class Scheduler(SchedulerInterface):
         cached_data = CachedRequestData(
             req_ids=cached_ids, resumed_req_ids=resumed_ids, new_token_ids=[],
             all_token_ids=all_token_ids, new_block_ids=new_block_ids,
-            num_computed_tokens=list(computed) if computed is not None else list(map(_computed, cached)),
+            num_computed_tokens=listed[1].copy() if listed is not None else list(map(_computed, cached)),
             # sync scheduling: no output placeholders
             num_output_tokens=list(map(len, map(_outputs, cached))))
         return SchedulerOutput(
