@@ -378,6 +378,27 @@ def test_policy_from_additional_config_env_or_vllm(monkeypatch):
     vc.additional_config = {"halffull": {"polcy": "larry"}}
     with pytest.raises(hv.UnsupportedFeatureError, match="polcy"):
         hv.Scheduler(vc, kv, StructuredOutputManager(vc), sbs, hbs)
+    vc.additional_config = {"halffull": {"block_size": 32}}           # vLLM's own settings stay vLLM's
+    with pytest.raises(hv.UnsupportedFeatureError, match="block_size"):
+        hv.Scheduler(vc, kv, StructuredOutputManager(vc), sbs, hbs)
+
+
+def test_every_policy_and_parameter_selectable():
+    """Every halffull policy, with every policy parameter SchedulerConfig has, through
+    additional_config["halffull"]; the core gets exactly the values given."""
+    vc, kv, sbs, hbs = harness.vllm_parts(small())
+    params = [k for k in hv.POLICY_KEYS if k != "policy"]
+    assert {"larry_alpha", "larry_load", "sjf_aging", "larry_deadline", "larry_slack"} <= set(params)
+    assert set(params).isdisjoint(hv.FROM_VLLM)
+    defaults = halffull.SchedulerConfig(num_gpu_blocks=1).to_dict()
+    for policy in halffull.POLICIES:
+        given: dict[str, Any] = {"policy": policy}
+        for k in params:                       # a valid value other than the default
+            v = defaults[k]
+            given[k] = (v * 2 if v else 1.0) if isinstance(v, float) and not isinstance(v, bool) else v
+        vc.additional_config = {"halffull": given}
+        cfg = hv.Scheduler(vc, kv, StructuredOutputManager(vc), sbs, hbs).config.to_dict()
+        assert {k: cfg[k] for k in given} == given, policy
 
 
 def test_larry_runs_every_request_to_its_vllm_stop(monkeypatch):

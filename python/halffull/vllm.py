@@ -50,8 +50,13 @@ if TYPE_CHECKING:
 __all__ = ["Scheduler", "UnsupportedFeatureError", "core_config", "unsupported_features"]
 
 POLICY_ENV = "HALFFULL_POLICY"
-#: the keys of ``additional_config["halffull"]`` (the policy and its parameters)
-POLICY_KEYS = ("policy", "larry_alpha", "larry_load", "sjf_aging")
+#: the ``SchedulerConfig`` settings the adapter takes from vLLM's own configuration
+FROM_VLLM = frozenset({"semantics", "num_gpu_blocks", "block_size", "num_cpu_blocks", "max_num_seqs",
+                       "max_num_batched_tokens", "max_model_len", "long_prefill_token_threshold",
+                       "reserve_full_prompt", "watermark", "enable_prefix_caching", "preemption_mode"})
+#: the keys of ``additional_config["halffull"]``: the policy and every policy parameter
+#: ``SchedulerConfig`` has (all of its settings that vLLM's configuration does not give)
+POLICY_KEYS = tuple(k for k in halffull.SchedulerConfig(num_gpu_blocks=1).to_dict() if k not in FROM_VLLM)
 _CACHE_COUNTERS = ("requests", "queries", "hits", "preempted_requests", "preempted_queries", "preempted_hits")
 
 
